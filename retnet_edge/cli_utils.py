@@ -1,0 +1,58 @@
+"""CLI plumbing: one place maps errors to exit codes, JSON vs table output, stderr chatter."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from .errors import RetNetEdgeError
+
+
+class ErrorHandlingGroup(click.Group):
+    """Known errors -> `Error: …` on stderr and their exit code (1, parity 3); tracebacks only when debugging."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except RetNetEdgeError as exc:
+            _debug_traceback()
+            msg = f"Error: {exc}"
+            if exc.hint:
+                msg += f" (hint: {exc.hint})"
+            click.echo(msg, err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted", err=True)
+            ctx.exit(130)
+        except (OSError, ValueError, RuntimeError) as exc:  # a bug or an unforeseen input: still one line
+            _debug_traceback()
+            click.echo(f"Error: {type(exc).__name__}: {exc} (set RETNET_EDGE_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(1)
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("RETNET_EDGE_DEBUG"):
+        traceback.print_exc()
+
+
+def emit(result: Any, as_json: bool, text: str | None = None) -> None:
+    """Results go to stdout: JSON with --json, else the human text."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(text if text is not None else str(result))
+
+
+def info(message: str) -> None:
+    """Progress and chatter: stderr, so stdout stays parseable."""
+    click.echo(message, err=True)
+
+
+def show_progress(as_json: bool = False) -> bool:
+    return sys.stderr.isatty() and not as_json

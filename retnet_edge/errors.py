@@ -1,0 +1,35 @@
+"""The project's error types: one base, a few typed subclasses.
+
+The CLI maps `RetNetEdgeError` to a one-line message and exit 1, and `ParityError` to exit 3.
+"""
+from __future__ import annotations
+
+
+class RetNetEdgeError(Exception):
+    """Base of every error the tool reports to users as one line (exit 1)."""
+
+    exit_code = 1
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class ConfigError(RetNetEdgeError):
+    """A configuration that is inconsistent or that the canonical model cannot express."""
+
+
+class CheckpointError(RetNetEdgeError):
+    """A checkpoint that is missing, malformed, of unknown format or with wrong keys/shapes."""
+
+
+class ExportError(RetNetEdgeError):
+    """An export that could not be produced (tracing, lowering, quantization, writing)."""
+
+
+class ParityError(RetNetEdgeError):
+    """An artifact that disagrees with eager PyTorch past its tolerance (exit 3)."""
+
+    exit_code = 3

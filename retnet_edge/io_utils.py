@@ -1,0 +1,83 @@
+"""Safe file helpers: atomic directory writes and header-checked safetensors reads."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError, RetNetEdgeError
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temp dir beside `path`; on success it replaces `path` in one rename, on error it vanishes."""
+    out = Path(path)
+    if out.exists() and not force:
+        raise RetNetEdgeError(f"{out} already exists", hint="pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON object file or raise CheckpointError naming the file and the problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors header, validating that the file is complete."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+            header = {}
+            for name in names:
+                sl = f.get_slice(name)
+                header[name] = (sl.get_dtype(), tuple(sl.get_shape()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except Exception as exc:  # safetensors raises SafetensorError/OSError for truncation and bad headers
+        raise CheckpointError(f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})") from None
+    return header
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file (memory-mapped by safetensors until copied)."""
+    safetensors_header(path)  # one clear error for a corrupt file before reading data
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path} could not be read ({type(exc).__name__}: {exc})") from None
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write contiguous, unshared tensors (tied weights are written once by the caller)."""
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

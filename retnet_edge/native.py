@@ -1,0 +1,117 @@
+"""The native format: a directory with config.json (RetNetConfig + format tag) and model.safetensors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import RetNetConfig
+from .errors import CheckpointError
+from .io_utils import atomic_output_dir, read_json, read_safetensors, safetensors_header, write_safetensors
+
+FORMAT_NAME = "retnet-edge"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def is_native(path: Path) -> bool:
+    """True when path is a directory whose config.json carries our format tag."""
+    cfg = Path(path) / CONFIG_FILE
+    if not cfg.is_file():
+        return False
+    try:
+        return read_json(cfg).get("format") == FORMAT_NAME
+    except CheckpointError:
+        return False
+
+
+def read_native_config(path: Path) -> RetNetConfig:
+    """RetNetConfig from a native directory's config.json."""
+    data = read_json(Path(path) / CONFIG_FILE)
+    if data.pop("format", None) != FORMAT_NAME:
+        raise CheckpointError(f"{path}/{CONFIG_FILE} is not a retnet-edge config (no \"format\": \"{FORMAT_NAME}\")")
+    version = data.pop("format_version", None)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}/{CONFIG_FILE} has format_version {version!r}; this tool reads {FORMAT_VERSION}")
+    return RetNetConfig.from_dict(data)
+
+
+def expected_shapes(cfg: RetNetConfig) -> dict[str, tuple[int, ...]]:
+    """Every native key and its shape for a config (the tied head is not stored)."""
+    from .model import RetNet
+
+    with torch.device("meta"):
+        model = RetNet(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not _is_tied_alias(cfg, k)}
+
+
+def _is_tied_alias(cfg: RetNetConfig, key: str) -> bool:
+    return cfg.tie_embeddings and key == "lm_head.weight"
+
+
+def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys against the config."""
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(shapes))
+    extra = sorted(set(shapes) - set(want))
+    wrong = sorted(f"{k} {tuple(shapes[k])} (expected {want[k]})" for k in set(want) & set(shapes)
+                   if tuple(shapes[k]) != want[k])
+    problems = [f"missing keys: {', '.join(missing)}" if missing else "",
+                f"unexpected keys: {', '.join(extra)}" if extra else "",
+                f"wrong shapes: {', '.join(wrong)}" if wrong else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def check_native_weights(path: Path, cfg: RetNetConfig) -> dict:
+    """Validate model.safetensors against the config from its header alone; {file_bytes, dtypes}."""
+    weights = Path(path) / WEIGHTS_FILE
+    header = safetensors_header(weights)
+    bad_dtype = sorted(k for k, (dt, _) in header.items() if dt not in ("F32", "F16", "BF16"))
+    if bad_dtype:
+        raise CheckpointError(f"{weights}: non-float tensors {', '.join(bad_dtype)}")
+    check_state_dict(cfg, {k: s for k, (_, s) in header.items()}, str(weights))
+    return {"file_bytes": weights.stat().st_size, "dtypes": sorted({dt for dt, _ in header.values()})}
+
+
+def load_native(path: Path):
+    """Load a native directory into a RetNet (eval mode, fp32)."""
+    cfg = read_native_config(path)
+    check_native_weights(path, cfg)
+    return build_model(cfg, read_safetensors(Path(path) / WEIGHTS_FILE))
+
+
+def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]):
+    """Materialise a fp32 RetNet from canonical weights without a random init pass."""
+    from .model import RetNet
+
+    check_state_dict(cfg, {k: tuple(v.shape) for k, v in state_dict.items()}, "checkpoint")
+    model = RetNet.empty(cfg)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False, assign=True)
+    if cfg.tie_embeddings:  # assign=True replaced embed.weight: re-tie
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def save_pretrained(model, path: str | os.PathLike, dtype: str = "fp32", force: bool = False,
+                    extra_files: dict[str, Path] | None = None) -> Path:
+    """Write model to `path` atomically in the native format; extra_files are copied in (tokenizer, card)."""
+    import json
+    import shutil
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    cfg = model.cfg
+    tensors = {k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items() if not _is_tied_alias(cfg, k)}
+    with atomic_output_dir(path, force=force) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(
+            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **cfg.to_dict()}, indent=2, sort_keys=True))
+        write_safetensors(tensors, tmp / WEIGHTS_FILE, metadata={"format": FORMAT_NAME, "dtype": dtype})
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+    return Path(path)

@@ -1,0 +1,73 @@
+"""`summarize(path)`: what `retnet-edge inspect` reports, computed from the config alone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import RetNetConfig
+from .loader import check_weights, resolve_path
+from .presets import PRESETS, preset_config
+
+KV_CONTEXTS = (1024, 8192)
+
+
+def parameter_count(cfg: RetNetConfig) -> int:
+    """Parameters of the canonical model (a tied head counted once)."""
+    D, Dv, F, V, L = cfg.d_model, cfg.value_dim, cfg.ffn_dim, cfg.vocab_size, cfg.n_layers
+    per_layer = 2 * D * D + 3 * D * Dv + 3 * D * F + 2 * D + (cfg.head_dim_v if cfg.group_norm_affine == "shared" else 0)
+    head = 0 if cfg.tie_embeddings else V * D
+    return V * D + L * per_layer + D + (D if cfg.embed_norm else 0) + head
+
+
+def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 2) -> int:
+    """KV cache of a same-shape Transformer: 2 (K,V) * L * T * d_model values (fp16 by default)."""
+    return 2 * cfg.n_layers * context * cfg.d_model * bytes_per_value
+
+
+def summarize(path: str) -> dict[str, Any]:
+    """Format, config, sizes and state-vs-KV-cache memory for a model path, `demo` or a preset name."""
+    if path in PRESETS and not Path(path).exists():
+        fmt, cfg, source, files = "preset", preset_config(path), f"preset {path}", None
+    else:
+        fmt, cfg, files = check_weights(path)
+        source = str(resolve_path(path))
+    n = parameter_count(cfg)
+    state = cfg.state_bytes(1)
+    return {
+        "source": source,
+        "format": fmt,
+        "config": cfg.to_dict(),
+        "parameters": n,
+        "stored": files,
+        "weight_bytes": {"fp32": 4 * n, "fp16": 2 * n, "int8": n, "int4": n // 2},
+        "state_shape_per_layer": [1, *cfg.state_shape],
+        "state_bytes_per_sequence": state,
+        "kv_cache_bytes_fp16": {str(t): kv_cache_bytes(cfg, t) for t in KV_CONTEXTS},
+        "kv_cache_over_state": {str(t): round(kv_cache_bytes(cfg, t) / state, 2) for t in KV_CONTEXTS},
+    }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def render(report: dict[str, Any]) -> str:
+    """Human-readable table of a summarize() report."""
+    c = report["config"]
+    lines = [
+        f"source        {report['source']}  (format: {report['format']})",
+        f"shape         L={c['n_layers']} d_model={c['d_model']} heads={c['n_heads']} value_dim={c['value_dim']} "
+        f"ffn={c['ffn_dim']} vocab={c['vocab_size']}",
+        f"math          rotary={c['rotary']} decay={c['decay']} activation={c['activation']} "
+        f"normalize={c['normalize']} tie_embeddings={c['tie_embeddings']}",
+        f"parameters    {report['parameters']:,}",
+        *([f"stored        {_mib(report['stored']['file_bytes'])} ({', '.join(report['stored']['dtypes'])})"]
+          if report.get("stored") else []),
+        "weights       " + "  ".join(f"{k} {_mib(v)}" for k, v in report["weight_bytes"].items()),
+        f"state         {_mib(report['state_bytes_per_sequence'])} per sequence (fp32, L x {report['state_shape_per_layer']}), "
+        "constant in context length",
+    ]
+    for t, b in report["kv_cache_bytes_fp16"].items():
+        lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "
+                     f"{report['kv_cache_over_state'][t]}x the RetNet state")
+    return "\n".join(lines)

@@ -109,6 +109,7 @@ class RetNet(nn.Module):
     def __init__(self, cfg: RetNetConfig):
         super().__init__()
         self.cfg = cfg
+        self.dropout_p = 0.0  # residual dropout, set by the trainer; not part of the config
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.embed_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.embed_norm else None
         self.layers = nn.ModuleList(RetNetLayer(cfg) for _ in range(cfg.n_layers))
@@ -147,11 +148,12 @@ class RetNet(nn.Module):
         return self.embed_norm(x) if self.embed_norm is not None else x
 
     def _run(self, input_ids: Tensor, retention) -> Tensor:
+        drop = lambda y: nn.functional.dropout(y, self.dropout_p, self.training)  # noqa: E731 (training only)
         x = self.embed_tokens(input_ids)  # [B, T, D]
         for i, layer in enumerate(self.layers):
             h = layer.retention_norm(x)
-            x = x + layer.retention.gate_out(h, retention(i, layer.retention, h))
-            x = x + layer.ffn(layer.ffn_norm(x))
+            x = x + drop(layer.retention.gate_out(h, retention(i, layer.retention, h)))
+            x = x + drop(layer.ffn(layer.ffn_norm(x)))
         return self.lm_head(self.norm(x))  # [B, T, V]
 
     def forward(self, input_ids: Tensor) -> Tensor:

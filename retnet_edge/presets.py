@@ -7,6 +7,8 @@ from .errors import ConfigError
 PRESETS: dict[str, dict] = {
     # a test-sized model: every code path, milliseconds per step
     "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=2, ffn_dim=128),
+    # the bundled demo model's shape (~17M parameters; vocab set by the trained tokenizer)
+    "mini": dict(vocab_size=4096, d_model=384, n_layers=6, n_heads=6, ffn_dim=1024),
     # the benchmark size: the same shape as the 220M Llama llama.cpp was measured with
     "small": dict(vocab_size=32000, d_model=1024, n_layers=12, n_heads=4, ffn_dim=2816),
     # fla-hub/retnet-1.3B-100B's shape (fla rotary, shared group-norm weight, no embedding scale)

@@ -123,3 +123,103 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
     write_model_card(output, summary, corpus)
     emit({k: v for k, v in summary.items() if k != "history"}, as_json,
          f"wrote {output}: {summary['parameters']:,} parameters, best val loss {summary['best_val_loss']}")
+
+
+def _runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None):
+    from .errors import CheckpointError
+    from .runtimes import load_runner
+    from .tokenizer import load_tokenizer
+
+    runner = load_runner(model, threads=threads)
+    source = tokenizer or runner.tokenizer_dir
+    if source is None:
+        raise CheckpointError(f"{model} has no tokenizer", hint="pass --tokenizer FILE")
+    return runner, load_tokenizer(source)
+
+
+@main.command("generate")
+@click.argument("model")
+@click.argument("prompt")
+@click.option("-n", "--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.8, show_default=True, help="0 for greedy decoding.")
+@click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: off).")
+@click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass (1: off).")
+@click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
+@click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
+@click.option("--tokenizer", type=click.Path(exists=True), help="Tokenizer file if MODEL has none.")
+@click.option("--json", "as_json", is_flag=True, help="Print text and speed as JSON (implies --no-stream).")
+def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, threads, tokenizer, as_json):
+    """Generate text: chunkwise prefill of PROMPT, then one recurrent step per token.
+
+    MODEL is `demo`, a model directory, or an exported artifact directory (ONNX or ExecuTorch).
+    Speed goes to stderr.
+
+    \b
+    Examples:
+      retnet-edge generate demo "And God said" -n 48 --seed 0
+      retnet-edge generate out/onnx-int4 "In the beginning" --temperature 0
+    """
+    from .generate import GenerationStats, SamplingConfig, generate_ids, stream_text
+
+    runner, tok = _runner_and_tokenizer(model, tokenizer, threads)
+    sc = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    stats = GenerationStats()
+    ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sc, tok.eos_id, stats)
+    live = stream and not as_json
+    if live:
+        click.echo(prompt, nl=False)
+    new = stream_text(tok, ids, (lambda s: click.echo(s, nl=False)) if live else (lambda s: None))
+    text = tok.decode(new)
+    speed = (f"{stats.prompt_tokens} prompt tokens in {stats.prefill_s * 1e3:.1f} ms, "
+             f"{stats.new_tokens} new tokens at {stats.decode_tok_s:.1f} tok/s")
+    if as_json:
+        emit({"prompt": prompt, "completion": text, "prompt_tokens": stats.prompt_tokens,
+              "new_tokens": stats.new_tokens, "prefill_ms": stats.prefill_s * 1e3,
+              "decode_tok_s": stats.decode_tok_s}, True)
+    elif live:
+        click.echo()
+    else:
+        click.echo(prompt + text)
+    info(speed)
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False),
+              help="Text to score (default: the demo's held-out text when MODEL is demo).")
+@click.option("--window", default=512, show_default=True, help="Tokens per independently scored window.")
+@click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens.")
+@click.option("--threads", type=int, default=None)
+@click.option("--tokenizer", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
+    """Perplexity (stated tokenizer) and bits per byte of MODEL on a text.
+
+    \b
+    Examples:
+      retnet-edge eval demo --json
+      retnet-edge eval my-model --text valid.txt --window 1024
+    """
+    from pathlib import Path
+
+    from .errors import RetNetEdgeError
+    from .evaluate import evaluate_text
+    from .loader import DEMO_DIR
+
+    if text_file is None:
+        if not (DEMO_DIR / "heldout.txt").is_file():
+            raise RetNetEdgeError("no --text given and no demo held-out text is installed")
+        text_file = DEMO_DIR / "heldout.txt"
+    runner, tok = _runner_and_tokenizer(model, tokenizer, threads)
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        if not as_json and done - last[0] >= 8192:
+            info(f"  {done:,}/{total:,} tokens")
+            last[0] = done
+
+    r = evaluate_text(runner, tok, Path(text_file).read_text(encoding="utf-8"), window, max_tokens, progress)
+    r.update(model=str(model), text=str(text_file), tokenizer=tok.file_name, vocab_size=tok.vocab_size)
+    emit(r, as_json, f"perplexity {r['perplexity']:.3f} ({r['tokens']:,} tokens, {tok.file_name}, vocab "
+         f"{tok.vocab_size})  bits/byte {r['bits_per_byte']:.4f}  [{r['seconds']:.1f} s]")

@@ -1,0 +1,84 @@
+"""Sampling and the generation loop over any Runner: prefill the prompt, then one step per token."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+
+
+def sample(logits: np.ndarray, sc: SamplingConfig, rng: np.random.Generator) -> int:
+    """Next token from logits [V] with temperature, top-k and nucleus (top-p) filtering."""
+    if sc.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / sc.temperature
+    if sc.top_k > 0 and sc.top_k < len(z):
+        kth = np.partition(z, -sc.top_k)[-sc.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sc.top_p < 1.0:
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < sc.top_p  # the smallest prefix whose mass reaches top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.new_tokens / self.decode_s if self.decode_s else 0.0
+
+
+def generate_ids(runner, prompt_ids: list[int], max_new_tokens: int, sc: SamplingConfig,
+                 eos_id: int | None = None, stats: GenerationStats | None = None) -> Iterator[int]:
+    """Yield new token ids; stops at max_new_tokens or eos. Fills `stats` as it goes."""
+    stats = stats if stats is not None else GenerationStats()
+    rng = np.random.default_rng(sc.seed)
+    runner.reset()
+    t0 = time.perf_counter()
+    logits = runner.prefill(prompt_ids)[-1]
+    stats.prompt_tokens, stats.prefill_s = len(prompt_ids), time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(max_new_tokens):
+        token = sample(logits, sc, rng)
+        if eos_id is not None and token == eos_id:
+            break
+        stats.new_tokens += 1
+        yield token
+        logits = runner.step(token)
+        stats.decode_s = time.perf_counter() - t0
+
+
+def stream_text(tokenizer, ids: Iterator[int], on_text: Callable[[str], None]) -> list[int]:
+    """Decode incrementally, emitting only completed text (byte-level BPE may split characters)."""
+    out: list[int] = []
+    shown = ""
+    for token in ids:
+        out.append(token)
+        text = tokenizer.decode(out)
+        if not text.endswith("\ufffd") and len(text) > len(shown):
+            on_text(text[len(shown):])
+            shown = text
+    final = tokenizer.decode(out)
+    if len(final) > len(shown):
+        on_text(final[len(shown):])
+    return out

@@ -223,3 +223,64 @@ def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
     r.update(model=str(model), text=str(text_file), tokenizer=tok.file_name, vocab_size=tok.vocab_size)
     emit(r, as_json, f"perplexity {r['perplexity']:.3f} ({r['tokens']:,} tokens, {tok.file_name}, vocab "
          f"{tok.vocab_size})  bits/byte {r['bits_per_byte']:.4f}  [{r['seconds']:.1f} s]")
+
+
+QUANT_HELP = "fp32, int8 (8-bit weights) or int4 (4-bit weights, group-wise)."
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("--target", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True)
+@click.option("--quant", default="fp32", show_default=True, help=QUANT_HELP)
+@click.option("--group-size", default=32, show_default=True, help="Block/group size of int4 weights.")
+@click.option("--lm-head", default="auto", show_default=True,
+              help="lm_head precision: auto (int8 under int4), fp32, int8, int4.")
+@click.option("--embedding", default="fp32", show_default=True, help="Embedding precision: fp32, int8, int4.")
+@click.option("--flavor", type=click.Choice(["runner", "io"]), default="runner", show_default=True,
+              help="ExecuTorch only: runner (state in the program, stock LLM runner) or io (state in/out).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory to write.")
+@click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, force, as_json):
+    """Export MODEL to a verified ONNX or ExecuTorch artifact (+ manifest.json).
+
+    The artifact is run against eager PyTorch for --steps teacher-forced steps (batch 1 and 3, step and
+    prefill paths) before it is kept; past the tolerance of the quant mode nothing is written (exit 3).
+
+    \b
+    Examples:
+      retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
+      retnet-edge export my-model --target executorch --quant int8 -o out/pte
+    """
+    from .exporters import export_model
+    from .quant import QuantConfig
+
+    qc = QuantConfig(scheme=quant, group_size=group_size, lm_head=lm_head, embedding=embedding)
+    options = {"flavor": flavor} if target == "executorch" else None
+    art = export_model(model, target, qc, output, force=force, steps=steps, options=options, log=info)
+    sizes = ", ".join(f"{k} {v['bytes'] / 2**20:.2f} MiB" for k, v in art.manifest["files"].items())
+    worst = max(art.manifest["validation"]["checks"], key=lambda c: c["kl"])
+    emit(art.manifest, as_json, f"wrote {art.path}: {sizes}\nvalidated: top-1 {worst['top1']:.3f}, "
+         f"KL {worst['kl']:.2e}, max rel {worst['max_rel']:.2e} (worst check)")
+
+
+@main.command("verify")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_path", help="Source model (default: the one recorded in the manifest).")
+@click.option("--steps", default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(artifact, model_path, steps, as_json):
+    """Rerun an artifact's validation gate against its source model (exit 3 on failure).
+
+    \b
+    Examples:
+      retnet-edge verify out/demo-onnx-int4
+      retnet-edge verify out/pte --model ./my-model --json
+    """
+    from .exporters import verify_artifact
+    from .exporters.validate import raise_if_failed
+
+    report = verify_artifact(artifact, model_path, steps, log=info)
+    emit(report.to_dict(), as_json, "passed" if report.passed else "FAILED")
+    raise_if_failed(report, str(artifact))

@@ -81,3 +81,52 @@ class RetNetStep(nn.Module):
 def to_recurrent(model: RetNet) -> RetNetStep:
     """Rewrite a RetNet into its single-step recurrent module (weights shared, eval mode)."""
     return RetNetStep(model).eval()
+
+
+class RetNetPrefill(nn.Module):
+    """One chunk of the chunkwise form over a RetNetStep's weights: the prompt graph of every exporter.
+
+    forward(input_ids[B,T], position_ids[B,T], *past) -> (logits[B,T,V], *present), positions consecutive.
+    T is dynamic; work is O(T²) inside the chunk, so runners feed long prompts chunk by chunk (paper eq. 7).
+    """
+
+    def __init__(self, step: RetNetStep):
+        super().__init__()
+        # the step's own modules and buffers (no copy), under the same names, so exported node names match
+        self.cfg = step.cfg
+        self.embed, self.embed_norm, self.layers, self.norm, self.lm_head = (
+            step.embed, step.embed_norm, step.layers, step.norm, step.lm_head)
+        for name in ("log_gamma", "freqs"):
+            self.register_buffer(name, getattr(step, name), persistent=False)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        from .model import chunk_retention
+
+        st, cfg = self, self.cfg
+        B, T = input_ids.shape
+        H, Dk, Dv = cfg.state_shape
+        x = st.embed(input_ids) * cfg.embed_scale  # [B, T, D]
+        if st.embed_norm is not None:
+            x = st.embed_norm(x)
+        cos, sin = rotary_cos_sin(position_ids, st.freqs)  # [B, T, Dk/2]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, Dk/2]
+        out_scale = torchscale_scale(position_ids, st.log_gamma).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
+        present = []
+        for layer, S in zip(st.layers, past):
+            msr = layer.retention
+            h = layer.retention_norm(x)
+            q = rotate_half_split(msr.q_proj(h).view(B, T, H, Dk).transpose(1, 2), cos, sin)
+            k = rotate_half_split(msr.k_proj(h).view(B, T, H, Dk).transpose(1, 2), cos, sin) * Dk**-0.5
+            v = msr.v_proj(h).view(B, T, H, Dv).transpose(1, 2)
+            o, S = chunk_retention(q, k, v, st.log_gamma, S)  # o [B, H, T, Dv]
+            if cfg.normalize == "torchscale":
+                o = o * out_scale
+            x = x + msr.gate_out(h, o)
+            x = x + layer.ffn(layer.ffn_norm(x))
+            present.append(S)
+        return (st.lm_head(st.norm(x)), *present)
+
+
+def to_prefill(step: RetNetStep) -> RetNetPrefill:
+    """The chunk (prompt) graph sharing a step module's weights."""
+    return RetNetPrefill(step).eval()

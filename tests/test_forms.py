@@ -74,3 +74,21 @@ def test_state_grows_like_one_over_one_minus_gamma(tiny_model):
     """The unnormalized state stays finite and bounded over long inputs (fp32)."""
     _, state = tiny_model.forward_chunkwise(torch.randint(0, 101, (1, 2000)), 256, return_state=True)
     assert all(torch.isfinite(s).all() for s in state)
+
+
+@pytest.mark.parametrize("rotary", ["torchscale", "fla"])
+def test_prefill_module_matches_parallel_and_hands_state_to_step(rotary):
+    from retnet_edge.step import to_prefill, to_recurrent
+
+    model = make_model(rotary=rotary, normalize="torchscale" if rotary == "fla" else "none")
+    step = to_recurrent(model)
+    prefill = to_prefill(step)
+    ids = torch.randint(0, 101, (2, 45))
+    pos = torch.arange(45).expand(2, 45)
+    with torch.no_grad():
+        state = step.init_state(2)
+        a, *state = prefill(ids[:, :20], pos[:, :20], *state)
+        b, *state = prefill(ids[:, 20:44], pos[:, 20:44], *state)
+        c, *_ = step(ids[:, 44:], pos[:, 44:], *state)
+        ref = model.forward_chunkwise(ids, 64)
+    assert rel(torch.cat([a, b, c], 1), ref) <= TOL

@@ -54,3 +54,31 @@ class EagerRunner:
     def load_state(self, path: str | Path) -> None:
         self.position, state = load_state_file(path, self.cfg.n_layers, (1, *self.cfg.state_shape))
         self.state = [torch.from_numpy(s) for s in state]
+
+
+class EagerSession:
+    """Batched, functional numpy access to the eager step and prefill modules (the validation reference)."""
+
+    def __init__(self, step, chunk_size: int = 64):
+        from ..step import to_prefill
+
+        self.step_module, self.prefill_module, self.chunk_size = step, to_prefill(step), chunk_size
+
+    def init_state(self, batch_size: int) -> list[np.ndarray]:
+        return [s.numpy() for s in self.step_module.init_state(batch_size)]
+
+    @torch.no_grad()
+    def run_step(self, ids, pos, state):
+        logits, *state = self.step_module(torch.from_numpy(ids), torch.from_numpy(pos),
+                                          *[torch.from_numpy(s) for s in state])
+        return logits.numpy(), [s.numpy() for s in state]
+
+    @torch.no_grad()
+    def run_prefill(self, ids, pos, state):
+        st = [torch.from_numpy(s) for s in state]
+        outs = []
+        for c in range(0, ids.shape[1], self.chunk_size):
+            sl = slice(c, c + self.chunk_size)
+            logits, *st = self.prefill_module(torch.from_numpy(ids[:, sl]), torch.from_numpy(pos[:, sl]), *st)
+            outs.append(logits.numpy())
+        return np.concatenate(outs, axis=1), [s.numpy() for s in st]

@@ -1,0 +1,152 @@
+"""ONNX export: a static step graph (model.onnx) and a dynamic-length chunk graph (prefill.onnx).
+
+I/O contract (README): inputs `input_ids`, `position_ids` int64 [batch, sequence], `past.{i}.recurrent`
+fp32 [batch, H, d_k, d_v]; outputs `logits` fp32 [batch, sequence, vocab], `present.{i}.recurrent`.
+Weights are quantized with onnxruntime.quantization's MatMulNBits (weight-only, blockwise, symmetric);
+activation x activation MatMuls (the state products) are never constant-weight, so they stay fp32.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .. import __version__
+from ..errors import ExportError
+from ..quant import QuantConfig, QuantScheme
+from ..step import RetNetStep, to_prefill
+
+STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
+OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
+STATE_LAYOUT = ("past.{i}.recurrent / present.{i}.recurrent: float32 [batch, H, d_k, d_v], the unnormalized "
+                "S_n = gamma*S_{n-1} + k_n^T v_n of layer i, zeros at the start; d_k in half-split rotary order")
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """The contract's input and output names."""
+    return (["input_ids", "position_ids"] + [f"past.{i}.recurrent" for i in range(n_layers)],
+            ["logits"] + [f"present.{i}.recurrent" for i in range(n_layers)])
+
+
+def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bool) -> onnx.ModelProto:
+    """torch.onnx dynamo export with the contract's names; batch (and sequence) dynamic."""
+    B = len(state[0])
+    T = 3 if seq_dynamic else 1
+    ids = torch.zeros(B, T, dtype=torch.long)
+    args = (ids, torch.arange(T).expand(B, T).contiguous(), *state)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tok = {0: batch, 1: torch.export.Dim("sequence", min=1, max=8192)} if seq_dynamic else {0: batch}
+    inputs, outputs = io_names(n_layers)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
+                                 output_names=outputs, dynamic_shapes=(tok, tok, tuple({0: batch} for _ in state)),
+                                 verbose=False)
+    return prog.model_proto
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Hierarchical node names from the exporter's module namespace: /model/layers.0.retention.q_proj/MatMul."""
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        ns = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        path = [seg.split(":")[0].strip() for seg in ns.split("/")[1:-1]]
+        base = "/model/" + "/".join(p for p in path if p) + ("/" if path else "") + node.op_type
+        seen[base] = seen.get(base, -1) + 1
+        node.name = base if seen[base] == 0 else f"{base}_{seen[base]}"
+
+
+def _quantize(model: onnx.ModelProto, bits: int, block: int, include: list[str] | None = None,
+              exclude: list[str] | None = None, op_types: tuple[str, ...] = ("MatMul",)) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=bits,
+                                       op_types_to_quantize=op_types,
+                                       quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
+    q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
+                             nodes_to_include=include, nodes_to_exclude=exclude or [], algo_config=cfg)
+    q.process()
+    return q.model.model
+
+
+BITS = {"int8": 8, "int4": 4}
+
+
+def quantize_onnx(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
+    """Apply a QuantConfig: body MatMuls, then the lm_head and the embedding at their own precision."""
+    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/model/lm_head/")]
+    embed = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed/")]
+    if qc.scheme != QuantScheme.FP32:
+        model = _quantize(model, BITS[qc.scheme.value], qc.group_size, exclude=head)
+    if qc.head_precision in BITS and head:
+        model = _quantize(model, BITS[qc.head_precision], qc.group_size, include=head)
+    if qc.embedding in BITS and embed:
+        model = _quantize(model, BITS[qc.embedding], qc.group_size, include=embed, op_types=("Gather",))
+    return model
+
+
+def _batch_only(dim: str) -> bool:
+    """True for a symbolic dim built from `batch` alone (e.g. `6*batch`), never from the sequence."""
+    return set(dim.replace("batch", "")) <= set("0123456789*+-() ")
+
+
+def position_dependent_nodes(model: onnx.ModelProto) -> list[str]:
+    """Step-graph guard: control flow / range ops, or any tensor dim other than a number or `batch`."""
+    bad = [f"{n.name} ({n.op_type})" for n in model.graph.node if n.op_type in FORBIDDEN_STEP_OPS]
+    for vi in [*model.graph.value_info, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if any(d.dim_param and not _batch_only(d.dim_param) for d in dims):
+            bad.append(f"{vi.name} (shape {[d.dim_param or d.dim_value for d in dims]})")
+    return bad
+
+
+def _metadata(model: onnx.ModelProto, step: RetNetStep, qc: QuantConfig, graph: str, tokenizer: str | None) -> None:
+    cfg = step.cfg
+    props = {"retnet_edge.version": __version__, "retnet_edge.graph": graph, "retnet_edge.config": cfg.to_json(),
+             "retnet_edge.quant": json.dumps(qc.to_dict()), "retnet_edge.state_layout": STATE_LAYOUT,
+             "bos_id": str(cfg.bos_id), "eos_id": str(cfg.eos_id), "tokenizer": tokenizer or ""}
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    model.producer_name, model.producer_version = "retnet-edge", __version__
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    big = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=path.name + ".data")
+
+
+def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | None = None,
+                log=lambda s: None) -> list[str]:
+    """Write model.onnx (step) and prefill.onnx (chunk) into `out`; returns the file names."""
+    cfg = step.cfg
+    state = step.init_state(2)
+    graphs = {STEP_FILE: ("step", step, False), PREFILL_FILE: ("prefill", to_prefill(step), True)}
+    for fname, (graph, module, dynamic) in graphs.items():
+        log(f"  tracing {graph} graph ...")
+        try:
+            model = _trace(module, cfg.n_layers, state, dynamic)
+        except Exception as exc:  # the exporter raises many types; one clear message
+            raise ExportError(f"torch.onnx export of the {graph} graph failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        name_nodes(model)
+        if graph == "step":
+            bad = position_dependent_nodes(model)
+            if bad:
+                raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")
+        if qc.scheme != QuantScheme.FP32 or qc.embedding != "fp32" or qc.head_precision != "fp32":
+            log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, "
+                f"embedding {qc.embedding}) ...")
+            model = quantize_onnx(model, qc)
+        _metadata(model, step, qc, graph, tokenizer)
+        _save(model, out / fname)
+    return list(graphs)

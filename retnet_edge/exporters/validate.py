@@ -1,0 +1,131 @@
+"""The generic validation gate: run an artifact and eager PyTorch on the same tokens, carrying state.
+
+Two checks per batch size: (1) N teacher-forced steps through the step graph from a zero state;
+(2) a chunked prefill of most of the sequence, then steps — the prompt-to-decode hand-off. Logits are
+compared with eager fp32 (max relative error, top-1 agreement, mean KL). Every failing check is
+collected and reported at once, naming the check and its numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import ParityError
+from ..quant import QuantConfig
+
+VALIDATION_TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness. And God said, Let there be light: and there was light. Call me Ishmael. Some years ago, "
+    "never mind how long precisely, having little or no money in my purse, I thought I would sail about a "
+    "little and see the watery part of the world. The quick brown fox jumps over the lazy dog; 1, 2, 3.")
+
+
+class StepSession(Protocol):
+    """Batched, functional access to an artifact (numpy in, numpy out)."""
+
+    def init_state(self, batch_size: int) -> list[np.ndarray]: ...
+
+    def run_step(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
+
+    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
+
+
+@dataclass
+class CheckResult:
+    name: str
+    tokens: int
+    max_rel: float
+    max_abs: float
+    top1: float
+    kl: float
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ValidationReport:
+    quant: dict
+    checks: list[CheckResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "quant": self.quant, "failures": self.failures,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, seed: int = 0) -> np.ndarray:
+    """[batch, length] int64: real text through the model's tokenizer when there is one, else seeded ids."""
+    rng = np.random.default_rng(seed)
+    if tokenizer is not None:
+        ids = tokenizer.encode(VALIDATION_TEXT * 4)
+        if len(ids) >= length + batch * 7:
+            return np.stack([np.array(ids[7 * b : 7 * b + length]) for b in range(batch)]).astype(np.int64)
+    return rng.integers(0, vocab_size, (batch, length), dtype=np.int64)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray) -> CheckResult:
+    """Metrics of logits got vs ref, both [..., V]."""
+    diff = np.abs(got.astype(np.float64) - ref)
+    lp, lq = _log_softmax(ref), _log_softmax(got)
+    kl = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    return CheckResult(name, int(np.prod(ref.shape[:-1])), float(diff.max() / np.abs(ref).max()), float(diff.max()),
+                       top1, max(kl, 0.0))
+
+
+def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> tuple[np.ndarray, list]:
+    B, T = ids.shape
+    outs = []
+    for t in range(T):
+        pos = np.full((B, 1), start + t, dtype=np.int64)
+        logits, state = session.run_step(ids[:, t : t + 1], pos, state)
+        outs.append(logits)
+    return np.concatenate(outs, axis=1), state
+
+
+def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vocab_size: int,
+             steps: int = 64, batches: tuple[int, ...] = (1, 3), tokenizer=None) -> ValidationReport:
+    """Run both sessions on the same tokens; check each result against the scheme's tolerance."""
+    report = ValidationReport(quant=qc.to_dict())
+    tol = qc.tolerance
+    for B in batches:
+        ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)
+        ref, _ = _run_steps(reference, ids, reference.init_state(B))
+        got, _ = _run_steps(candidate, ids, candidate.init_state(B))
+        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got))
+        split = (3 * steps) // 4
+        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
+        pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))
+        rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
+        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
+                                     np.concatenate([pre, rest], axis=1)))
+    for c in report.checks:
+        problems = []
+        if tol.max_rel is not None and c.max_rel > tol.max_rel:
+            problems.append(f"logits max rel diff {c.max_rel:.2e} > {tol.max_rel:.0e} (max abs {c.max_abs:.2e})")
+        if c.top1 < tol.min_top1:
+            problems.append(f"top-1 agreement {c.top1:.3f} < {tol.min_top1}")
+        if c.kl > tol.max_kl:
+            problems.append(f"KL {c.kl:.2e} > {tol.max_kl:.0e}")
+        if problems:
+            report.failures.append(f"{c.name}: " + ", ".join(problems))
+    return report
+
+
+def raise_if_failed(report: ValidationReport, artifact: str) -> None:
+    if not report.passed:
+        raise ParityError(f"{artifact} failed validation ({report.quant['scheme']}): " + "; ".join(report.failures),
+                          hint="nothing was written; see the numbers above or try a less aggressive --quant")

@@ -30,7 +30,7 @@ class ErrorHandlingGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             ctx.exit(130)
-        except (OSError, ValueError, RuntimeError) as exc:  # a bug or an unforeseen input: still one line
+        except Exception as exc:  # a bug or an unforeseen input: still one line (traceback with the env var)
             _debug_traceback()
             click.echo(f"Error: {type(exc).__name__}: {exc} (set RETNET_EDGE_DEBUG=1 for a traceback)", err=True)
             ctx.exit(1)

@@ -62,7 +62,8 @@ def rotary_cos_sin(positions: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
 
 def rotate_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[i], x[i + d/2]) by the angle of pair i (NeoX layout). x [..., d], cos/sin [..., d/2]."""
-    x1, x2 = x.chunk(2, dim=-1)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # static slices lower to XNNPACK; chunk/split does not
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 

@@ -28,14 +28,16 @@ class Tolerance:
     max_kl: float  # mean KL(eager || artifact) per token, nats
 
 
-# fp32 must be the same function (float rounding only: measured max rel 1.1e-6 on the demo). The quantized
-# limits leave margin over what the demo model measured through onnxruntime (int8: top-1 0.984, KL 3e-4;
-# int4 + int8 head: top-1 0.88-0.90, KL 2-3e-2) so a healthy export passes, while a broken kernel (int8 that
-# saturates on AVX2 without VNNI: top-1 0.69 in the reference notes) or a lost state fails.
+# fp32 must be the same function (float rounding only: measured max rel 1.2e-6 on the demo, both backends).
+# The quantized limits leave margin over what the demo model measured (64 teacher-forced steps):
+#   int8  onnxruntime weight-only: top-1 0.984, KL 3e-4;  ExecuTorch 8da8w (int8 activations too): 0.938, 1.1e-2
+#   int4  onnxruntime (int8 head): top-1 0.88-0.90, KL 2-3e-2;  ExecuTorch 8da4w (int8 head): 0.83, 2.6e-2
+# so a healthy export passes, while a broken kernel (int8 that saturates on AVX2 without VNNI: top-1 0.69
+# in the reference notes) or a lost state (top-1 near 0) fails.
 TOLERANCES: dict[QuantScheme, Tolerance] = {
     QuantScheme.FP32: Tolerance(max_rel=1e-5, min_top1=1.0, max_kl=1e-6),
-    QuantScheme.INT8: Tolerance(max_rel=None, min_top1=0.92, max_kl=0.01),
-    QuantScheme.INT4: Tolerance(max_rel=None, min_top1=0.80, max_kl=0.15),
+    QuantScheme.INT8: Tolerance(max_rel=None, min_top1=0.90, max_kl=0.03),
+    QuantScheme.INT4: Tolerance(max_rel=None, min_top1=0.75, max_kl=0.10),
 }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ExportError
 from ..io_utils import atomic_output_dir
 from ..quant import QuantConfig
 from .manifest import read_manifest, write_manifest
@@ -58,7 +58,11 @@ def _tokenizer_file(model_dir: Path) -> Path | None:
 def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise CheckpointError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
-    return TARGETS[name]()
+    try:
+        return TARGETS[name]()
+    except ImportError as exc:
+        raise ExportError(f"the {name} target needs a package that is not installed ({exc.name})",
+                          hint="pip install 'executorch==1.5.1' onnxruntime onnx onnxscript") from None
 
 
 def export_model(model_path: str, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
@@ -83,8 +87,9 @@ def export_model(model_path: str, target: str, qc: QuantConfig, output: str | Pa
             shutil.copyfile(tok_file, tmp / tok_file.name)
         log(f"  validating {steps} steps against eager fp32 (batch 1 and 3) ...")
         tokenizer = load_tokenizer(tok_file) if tok_file else None
-        report = validate(EagerSession(step), tgt.open_session(tmp), qc, model.cfg.vocab_size, steps,
-                          tokenizer=tokenizer)
+        session = tgt.open_session(tmp)
+        report = validate(EagerSession(step), session, qc, model.cfg.vocab_size, steps,
+                          batches=getattr(session, "batch_sizes", (1, 3)), tokenizer=tokenizer)
         for c in report.checks:
             log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f}, KL {c.kl:.2e}")
         raise_if_failed(report, f"{target} {qc.scheme.value} export")
@@ -113,8 +118,10 @@ def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: 
     model = load(source)
     qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")})
     tok = manifest.get("tokenizer")
-    report = validate(EagerSession(to_recurrent(model)), get_target(manifest["target"]).open_session(directory), qc,
-                      model.cfg.vocab_size, steps, tokenizer=load_tokenizer(directory / tok) if tok else None)
+    session = get_target(manifest["target"]).open_session(directory)
+    report = validate(EagerSession(to_recurrent(model)), session, qc, model.cfg.vocab_size, steps,
+                      batches=getattr(session, "batch_sizes", (1, 3)),
+                      tokenizer=load_tokenizer(directory / tok) if tok else None)
     for c in report.checks:
         log(f"  {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f}, KL {c.kl:.2e}")
     return report

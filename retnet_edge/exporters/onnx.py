@@ -45,7 +45,8 @@ def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bo
     inputs, outputs = io_names(n_layers)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        for name in ("torch.onnx", "onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                  output_names=outputs, dynamic_shapes=(tok, tok, tuple({0: batch} for _ in state)),
                                  verbose=False)

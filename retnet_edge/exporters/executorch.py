@@ -1,0 +1,150 @@
+"""ExecuTorch export: the step lowered to XNNPACK as one partition, in two program flavours.
+
+- `runner` (default): `forward(tokens[1,1], input_pos[1]) -> logits[1,1,V]` with the recurrent state in
+  mutable buffers (reset in-graph at input_pos == 0) and the constant methods ExecuTorch's LLM runner
+  reads (llama_main, Android LlmModule, iOS apps) — a stock runner drives it with no app code.
+- `io`: `forward(input_ids[1,1], position_ids[1,1], *past) -> (logits, *present)`, the ONNX contract.
+
+Stages (each inspectable): quantize (torchao) → torch.export → to_edge_transform_and_lower (XNNPACK)
+→ to_executorch → .pte. Quantization is 8-bit dynamic activations with int8 per-channel (8da8w) or int4
+group-wise (8da4w) weights; XNNPACK does not support weight-only int8 (measured: silently wrong).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..quant import QuantConfig, QuantScheme
+from ..step import RetNetStep
+
+PTE_FILE = "model.pte"
+DEFAULT_MAX_CONTEXT = 8192  # what the runner may fill; the state itself has no limit
+
+
+class RunnerProgram(nn.Module):
+    """The step with its state in mutable buffers: the stock LLM runner's forward(tokens, input_pos)."""
+
+    def __init__(self, step: RetNetStep):
+        super().__init__()
+        self.step = step
+        for i, s in enumerate(step.init_state(1)):
+            self.register_buffer(f"state_{i}", s)  # [1, H, Dk, Dv], zeros (kept by InitializedMutableBufferPass)
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """tokens [1,1] int64, input_pos [1] int64 -> logits [1,1,V]; position 0 starts a new sequence."""
+        # keep = 0 at position 0. A multiply (not torch.where, which XNNPACK does not lower) is safe here:
+        # the buffers start as zeros and only ever hold finite states written by this method.
+        keep = (input_pos != 0).to(torch.float32).view(1, 1, 1, 1)
+        past = [getattr(self, f"state_{i}") * keep for i in range(self.step.cfg.n_layers)]
+        logits, *present = self.step(tokens, input_pos.view(1, 1), *past)
+        with torch.no_grad():
+            for i, s in enumerate(present):
+                getattr(self, f"state_{i}").copy_(s)
+        return logits
+
+
+def constant_methods(step: RetNetStep, max_context: int = DEFAULT_MAX_CONTEXT) -> dict:
+    """Metadata methods the ExecuTorch LLM runner reads, plus RetNet's own."""
+    cfg = step.cfg
+    eos = [cfg.eos_id] if cfg.eos_id is not None else []
+    return {"get_vocab_size": cfg.vocab_size, "get_bos_id": cfg.bos_id if cfg.bos_id is not None else 0,
+            "get_eos_ids": eos, "get_max_seq_len": max_context, "get_max_context_len": max_context,
+            "use_kv_cache": True, "enable_dynamic_shape": False, "use_sdpa_with_kv_cache": False,
+            "get_n_layers": cfg.n_layers, "get_n_heads": cfg.n_heads, "get_head_dim_k": cfg.head_dim_k,
+            "get_head_dim_v": cfg.head_dim_v, "get_state_bytes": cfg.state_bytes(1)}
+
+
+def quantize_step(step: RetNetStep, qc: QuantConfig, log=lambda s: None) -> RetNetStep:
+    """A quantized copy (new modules, same fp32 tensors until torchao swaps them); the original is untouched."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+
+    q = copy.deepcopy(step, memo={id(t): t for t in [*step.parameters(), *step.buffers()]})
+    int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    int4 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(qc.group_size))
+    configs = {"int8": int8, "int4": int4}
+    body = qc.scheme.value
+    fallback = [n for n, m in q.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
+                and body == "int4" and m.in_features % qc.group_size]
+    if fallback:
+        log(f"  {len(fallback)} linears have in_features % {qc.group_size} != 0: 8da8w for those ({fallback[0]}, ...)")
+    if body in configs:
+        quantize_(q, configs[body], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n != "lm_head"
+                  and n not in fallback)
+        if fallback:
+            quantize_(q, int8, filter_fn=lambda m, n: n in fallback)
+    head = qc.head_precision
+    if head in configs and not (head == "int4" and q.lm_head.in_features % qc.group_size):
+        quantize_(q, configs[head], filter_fn=lambda m, n: n == "lm_head")
+    if qc.embedding != "fp32":
+        dtype, gran = (torch.int8, PerAxis(0)) if qc.embedding == "int8" else (torch.int4, PerGroup(qc.group_size))
+        quantize_(q, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran),
+                  filter_fn=lambda m, n: isinstance(m, nn.Embedding))
+    return q
+
+
+def _lower(module: nn.Module, args: tuple, methods: dict | None, mutable: bool, log) -> tuple[bytes, dict]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    with torch.no_grad():
+        ep = torch.export.export(module, args, strict=False)
+    edge = to_edge_transform_and_lower(
+        # The generic partitioner also takes the dynamically quantized linears; putting ExecuTorch's
+        # XnnpackDynamicallyQuantizedPartitioner first (as its llama flow does) cut the demo step into 50
+        # partitions (one per linear), the generic one alone gives a single partition.
+        ep, partitioner=[XnnpackPartitioner()],
+        compile_config=EdgeCompileConfig(_check_ir_validity=False), constant_methods=methods)
+    info = get_delegation_info(edge.exported_program().graph_module)
+    outside = {k: v.non_delegated for k, v in info.delegation_by_operator.items() if v.non_delegated}
+    summary = {"partitions": info.num_delegated_subgraphs, "delegated_nodes": info.num_delegated_nodes,
+               "non_delegated_nodes": info.num_non_delegated_nodes, "outside_ops": outside}
+    log(f"  XNNPACK: {summary['partitions']} partition(s), {summary['delegated_nodes']} nodes delegated, "
+        f"outside: {outside or 'nothing'}")
+    passes = [InitializedMutableBufferPass(["state_"])] if mutable else []
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True, do_quant_fusion_and_const_prop=True, passes=passes,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
+    return et.buffer, summary
+
+
+def export_executorch(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | None = None,
+                      log=lambda s: None, flavor: str = "runner", max_context: int = DEFAULT_MAX_CONTEXT) -> list[str]:
+    """Write model.pte (+ delegation.json) into `out`; returns the file names."""
+    import json
+
+    if flavor not in ("runner", "io"):
+        raise ExportError(f"unknown ExecuTorch flavor {flavor!r}; expected runner or io")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("torchao", "executorch", "torch._export"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        q = quantize_step(step, qc, log) if qc.scheme != QuantScheme.FP32 or qc.embedding != "fp32" \
+            or qc.head_precision != "fp32" else step
+        log(f"  lowering {flavor} program to XNNPACK ({qc.scheme.value}) ...")
+        try:
+            if flavor == "runner":
+                module, args = RunnerProgram(q), (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+            else:
+                module, args = q, (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
+                                   *q.init_state(1))
+            buffer, summary = _lower(module, args, constant_methods(step, max_context), flavor == "runner", log)
+        except ExportError:
+            raise
+        except Exception as exc:  # torch.export / lowering raise many types; one clear message
+            raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    (out / PTE_FILE).write_bytes(buffer)
+    (out / "delegation.json").write_text(json.dumps({"flavor": flavor, **summary, "config": step.cfg.to_dict(),
+                                                     "constant_methods": constant_methods(step, max_context)},
+                                                    indent=2))
+    return [PTE_FILE]

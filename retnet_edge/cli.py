@@ -284,3 +284,45 @@ def verify_cmd(artifact, model_path, steps, as_json):
     report = verify_artifact(artifact, model_path, steps, log=info)
     emit(report.to_dict(), as_json, "passed" if report.passed else "FAILED")
     raise_if_failed(report, str(artifact))
+
+
+FORMAT_CHOICE = click.Choice(["auto", "native", "torchscale", "fairseq", "syncdoth", "fla"])
+
+
+@main.command("convert")
+@click.argument("src")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Native-format directory to write.")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True, help="Source format.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="Weight dtype of the output (auto keeps the source's).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True)
+def convert_cmd(src, output, fmt, dtype, force, as_json):
+    """Convert a torchscale / fairseq / syncdoth / fla checkpoint to the native format.
+
+    Streams tensor by tensor (memory ~ one tensor). Pickles load with weights_only=True only, and a
+    checkpoint's modeling_*.py is never imported.
+
+    \b
+    Examples:
+      retnet-edge convert ./retnet-1.3B-100B -o retnet-1.3b --dtype fp16
+      retnet-edge convert checkpoint_best.pt --format fairseq -o my-retnet
+    """
+    from .convert import convert
+
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        import time
+
+        if not as_json and (time.time() - last[0] > 2 or done == total):
+            info(f"  {done}/{total} tensors")
+            last[0] = time.time()
+
+    s = convert(src, output, fmt, dtype, force, progress)
+    c = s["config"]
+    emit(s, as_json, f"converted {s['format']} -> {s['output']}: {s['tensors']} tensors, {s['parameters']:,} "
+         f"parameters ({', '.join(s['source_dtypes'])} -> {s['dtype']}), {s['bytes'] / 2**20:,.1f} MiB\n"
+         f"config: L={c['n_layers']} d_model={c['d_model']} heads={c['n_heads']} value_dim={c['value_dim']} "
+         f"ffn={c['ffn_dim']} rotary={c['rotary']} decay={c['decay']} normalize={c['normalize']} "
+         f"group_norm_affine={c['group_norm_affine']} tie={c['tie_embeddings']}")

@@ -93,3 +93,4 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+from . import checkpoints  # noqa: E402,F401  (registers the foreign formats)

@@ -98,10 +98,17 @@ def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]):
     return model.eval()
 
 
+def write_native_config(directory: Path, cfg: RetNetConfig) -> None:
+    """config.json of the native format: the RetNetConfig fields plus the format tag and version."""
+    import json
+
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(
+        {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **cfg.to_dict()}, indent=2, sort_keys=True))
+
+
 def save_pretrained(model, path: str | os.PathLike, dtype: str = "fp32", force: bool = False,
                     extra_files: dict[str, Path] | None = None) -> Path:
     """Write model to `path` atomically in the native format; extra_files are copied in (tokenizer, card)."""
-    import json
     import shutil
 
     if dtype not in DTYPES:
@@ -109,8 +116,7 @@ def save_pretrained(model, path: str | os.PathLike, dtype: str = "fp32", force: 
     cfg = model.cfg
     tensors = {k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items() if not _is_tied_alias(cfg, k)}
     with atomic_output_dir(path, force=force) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(
-            {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **cfg.to_dict()}, indent=2, sort_keys=True))
+        write_native_config(tmp, cfg)
         write_safetensors(tensors, tmp / WEIGHTS_FILE, metadata={"format": FORMAT_NAME, "dtype": dtype})
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)

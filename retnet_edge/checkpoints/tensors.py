@@ -1,0 +1,152 @@
+"""Lazy tensor sources over checkpoint files, and a streaming safetensors writer.
+
+Converting a multi-GB checkpoint must not hold two copies of it: names, dtypes and shapes come from
+headers, each tensor is read only when it is written, and the output is written tensor by tensor.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import CheckpointError
+
+ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+
+
+@dataclass
+class LazyTensor:
+    """A tensor known by dtype and shape, read on demand."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    read: Callable[[], torch.Tensor]
+
+
+def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
+    """Parse a safetensors header (validating offsets against the file size); data is read per tensor."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100 * 2**20:
+                raise ValueError("header length past the end of the file")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+    header.pop("__metadata__", None)
+    base = 8 + n
+    entries = {}
+    for name, meta in header.items():
+        try:
+            dtype, shape, (start, end) = ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: bad header entry for {name}") from None
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - start != numel * torch.empty(0, dtype=dtype).element_size() or base + end > size:
+            raise CheckpointError(f"{path} is truncated or corrupt (tensor {name} runs past the data)")
+        entries[name] = LazyTensor(dtype, shape, _range_reader(path, base + start, end - start, dtype, shape))
+    return entries
+
+
+def _range_reader(path: Path, offset: int, length: int, dtype: torch.dtype, shape) -> Callable[[], torch.Tensor]:
+    def read() -> torch.Tensor:
+        buf = bytearray(length)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(buf) != length:
+                raise CheckpointError(f"{path} is truncated")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape) if length else torch.empty(shape, dtype=dtype)
+
+    return read
+
+
+def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
+    """All tensors of a sharded checkpoint via its *.index.json weight_map."""
+    from ..io_utils import read_json
+
+    weight_map = read_json(index_file).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file} has no weight_map")
+    entries: dict[str, LazyTensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        part = safetensors_entries(index_file.parent / shard)
+        entries.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
+    missing = sorted(set(weight_map) - set(entries))
+    if missing:
+        raise CheckpointError(f"{index_file}: tensors listed but not found in their shards: {', '.join(missing[:8])}")
+    return entries
+
+
+def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
+    """torch.load(weights_only=True, mmap=True): never runs code from the file; `allow` lists extra safe types."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap can only be used" not in str(exc):
+                    raise
+                # legacy (pre-zipfile) torch.save format cannot be memory-mapped: read it, still weights_only
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} was refused by the safe loader (weights_only=True): {first}",
+                              hint="only plain tensors and containers are loaded; code in a pickle is never run") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    return obj
+
+
+def tensors_of(state_dict: dict) -> dict[str, LazyTensor]:
+    """LazyTensors over an already-loaded (mmap'ed) state dict; non-tensors raise."""
+    out = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint entry {k} is a {type(v).__name__}, not a tensor")
+        out[k] = LazyTensor(v.dtype, tuple(v.shape), (lambda t=v: t))
+    return out
+
+
+def write_safetensors_streaming(path: Path, items: list[tuple[str, LazyTensor]], dtype: torch.dtype | None,
+                                metadata: dict[str, str] | None = None,
+                                progress: Callable[[int, int], None] | None = None) -> None:
+    """Write a safetensors file one tensor at a time (header first): peak memory is one tensor."""
+    out_dtype = {name: (dtype if dtype is not None and t.dtype.is_floating_point else t.dtype) for name, t in items}
+    header: dict = {"__metadata__": metadata or {}}
+    offset = 0
+    for name, t in items:
+        numel = 1
+        for d in t.shape:
+            numel *= d
+        nbytes = numel * torch.empty(0, dtype=out_dtype[name]).element_size()
+        header[name] = {"dtype": ST_NAMES[out_dtype[name]], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for i, (name, t) in enumerate(items):
+            x = t.read().to(out_dtype[name]).contiguous()
+            if x.numel():
+                f.write(x.reshape(-1).view(torch.uint8).numpy().data)
+            if progress:
+                progress(i + 1, len(items))

@@ -1,0 +1,55 @@
+"""`convert(src, output)`: any supported checkpoint -> the native format, streamed tensor by tensor.
+
+No model is built and no tensor is upcast: peak memory is about one tensor plus the interpreter, so a
+2.7B checkpoint converts on a laptop.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import CheckpointError
+from .io_utils import atomic_output_dir
+from .loader import get_format, resolve_path
+from .native import DTYPES, WEIGHTS_FILE, expected_shapes, read_native_config, write_native_config
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def convert(src: str, output: str | Path, format: str = "auto", dtype: str = "auto", force: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Convert a checkpoint to the native format; returns a summary of what was mapped."""
+    from .checkpoints.formats import canonical_tensors
+    from .checkpoints.tensors import safetensors_entries, write_safetensors_streaming
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
+    t0 = time.time()
+    path = resolve_path(src)
+    fmt = get_format(path, format)
+    if fmt.name == "native":
+        fmt.check_weights(path, read_native_config(path))
+        cfg, tensors = read_native_config(path), safetensors_entries(path / WEIGHTS_FILE)
+    else:
+        cfg, tensors = canonical_tensors(path, fmt.name)
+    order = [k for k in expected_shapes(cfg) if k in tensors]  # canonical order: embed, layers..., head
+    src_dtypes = sorted({str(tensors[k].dtype).replace("torch.", "") for k in order})
+    target = DTYPES[dtype] if dtype != "auto" else None
+    with atomic_output_dir(output, force=force) as tmp:
+        write_native_config(tmp, cfg)
+        write_safetensors_streaming(tmp / WEIGHTS_FILE, [(k, tensors[k]) for k in order], target,
+                                    metadata={"format": "retnet-edge", "source_format": fmt.name}, progress=progress)
+        copied = []
+        for name in TOKENIZER_FILES:
+            if path.is_dir() and (path / name).is_file():
+                shutil.copyfile(path / name, tmp / name)
+                copied.append(name)
+        size = (tmp / WEIGHTS_FILE).stat().st_size
+    return {"source": str(path), "format": fmt.name, "output": str(output), "tensors": len(order),
+            "parameters": sum(int(torch.Size(tensors[k].shape).numel()) for k in order),
+            "source_dtypes": src_dtypes, "dtype": dtype if dtype != "auto" else "as source",
+            "bytes": size, "tokenizer": copied, "config": cfg.to_dict(), "seconds": round(time.time() - t0, 2)}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""ExecuTorch decode latency of a preset at fp32 / int8 (8da8w) / int4 (8da4w): C++ harness and Python.
+
+Random weights (speed only): programs are lowered with the exporter's stages directly, without the
+quality gate. Each cell runs in a fresh process: `benchmarks/device/build/retnet_bench` (build it with
+benchmarks/device/build.sh) and the Python runtime through `retnet_edge.runtimes.executorch`.
+
+    python benchmarks/bench_executorch.py --preset small     # -> benchmarks/results/executorch_small.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, rss_mib, time_calls, write_result  # noqa: E402
+
+HARNESS = HERE / "device" / "build" / "retnet_bench"
+
+
+def build(preset: str, quant: str, out: Path) -> None:
+    import torch
+
+    from retnet_edge.exporters.executorch import export_executorch
+    from retnet_edge.model import RetNet
+    from retnet_edge.presets import preset_config
+    from retnet_edge.quant import QuantConfig
+    from retnet_edge.step import to_recurrent
+
+    model = RetNet.empty(preset_config(preset)).init_weights(0.02, torch.Generator().manual_seed(0))
+    out.mkdir(parents=True, exist_ok=True)
+    export_executorch(to_recurrent(model), QuantConfig(quant), out, log=lambda s: print(s, file=sys.stderr))
+
+
+def measure_python(artifact: Path, threads: int, steps: int) -> dict:
+    from retnet_edge.runtimes.executorch import ExecuTorchRunner
+
+    base = rss_mib()
+    r = ExecuTorchRunner(artifact, threads=threads)
+    r.prefill([1, 2, 3])
+    t = time_calls(lambda: r.step(5), steps)
+    return {"threads": threads, "decode": t, "rss_mib_over_import": round(rss_mib() - base, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--quants", default="fp32,int8,int4")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure_python(args.measure, int(args.threads), args.steps)))
+        return
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_et_"))
+    res = {"preset": args.preset, "machine": machine(), "steps": args.steps, "runs": []}
+    for quant in args.quants.split(","):
+        art = work / f"{args.preset}-{quant}"
+        if not (art / "model.pte").exists():
+            build(args.preset, quant, art)
+        if args.build_only:
+            continue
+        for threads in args.threads.split(","):
+            row = {"quant": quant, "pte_mib": round((art / "model.pte").stat().st_size / 2**20, 1),
+                   "delegation": json.loads((art / "delegation.json").read_text())["partitions"]}
+            if HARNESS.exists():
+                out = subprocess.run([str(HARNESS), str(art / "model.pte"), str(args.steps), threads],
+                                     check=True, capture_output=True, text=True).stdout
+                row["cpp"] = json.loads(out.strip().splitlines()[-1])
+            out = subprocess.run([sys.executable, __file__, "--measure", str(art), "--threads", threads,
+                                  "--steps", str(args.steps)], check=True, capture_output=True, text=True).stdout
+            row["python"] = json.loads(out.strip().splitlines()[-1])
+            res["runs"].append(row)
+            cpp = row.get("cpp", {})
+            print(f"{quant:5} {threads} thr: C++ {cpp.get('median_ms', float('nan')):7.2f} ms/tok "
+                  f"(RSS {cpp.get('peak_rss_mib', 0):.0f} MiB), Python {row['python']['decode']['median_ms']:7.2f} "
+                  f"ms/tok, .pte {row['pte_mib']} MiB, {row['delegation']} partition(s)", flush=True)
+    if not args.build_only:
+        print(f"wrote {write_result(f'executorch_{args.preset}', res)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,8 +24,13 @@ def main() -> None:
       retnet-edge init-random --preset tiny -o tiny-model
 
     Exit codes: 0 ok, 1 known error (one line), 2 usage, 3 parity failure.
-    Set RETNET_EDGE_DEBUG=1 for tracebacks.
+    Set RETNET_EDGE_DEBUG=1 for tracebacks (and library warnings).
     """
+    import os
+    import warnings
+
+    if not os.environ.get("RETNET_EDGE_DEBUG"):
+        warnings.simplefilter("ignore")  # exporter/library notices are not for end users
 
 
 @main.command("inspect")

@@ -93,9 +93,11 @@ def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
 def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
     """torch.load(weights_only=True, mmap=True): never runs code from the file; `allow` lists extra safe types."""
     import pickle
+    import warnings
 
     try:
-        with torch.serialization.safe_globals(list(allow)):
+        with torch.serialization.safe_globals(list(allow)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's protocol-version notices would break the one-line error
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:

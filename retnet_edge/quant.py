@@ -71,6 +71,9 @@ class QuantConfig:
 
     @property
     def tolerance(self) -> Tolerance:
+        """The scheme's limits; an fp32 body with a quantized head or embedding is judged as int8."""
+        if self.scheme == QuantScheme.FP32 and (self.head_precision != "fp32" or self.embedding != "fp32"):
+            return TOLERANCES[QuantScheme.INT8]
         return TOLERANCES[self.scheme]
 
     def to_dict(self) -> dict:

@@ -135,3 +135,11 @@ def test_parity_failure_exits_3_and_writes_nothing(tmp_path, monkeypatch):
 def test_bad_export_options(tmp_path, args, message):
     res = CliRunner().invoke(main, ["export", "demo", "-o", str(tmp_path / "x"), *args])
     assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
+    art = export_model("demo", "onnx", QuantConfig("int4", embedding="int4"), tmp_path / "e", steps=64)
+    m = onnx.load(str(art.path / "model.onnx"))
+    assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.node)
+    assert not any(n.op_type == "Gather" and n.name.startswith("/model/embed/") for n in m.graph.node)
+    assert art.manifest["files"]["model.onnx"]["bytes"] < 12.5 * 2**20  # vs 16.4 MiB with an fp32 embedding

@@ -17,7 +17,7 @@ STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 class OnnxSession:
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate."""
 
-    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 128):
+    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 256):
         import onnxruntime as ort
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk

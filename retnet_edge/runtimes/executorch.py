@@ -1,7 +1,6 @@
 """ExecuTorch runner over a .pte from `retnet-edge export --target executorch` (both flavours)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from ..config import RetNetConfig
 from ..errors import CheckpointError
 from . import register_runtime
-from .state_file import load_state_file, save_state_file
+from .session_runner import SessionRunner
 
 
 class ExecuTorchSession:
@@ -68,35 +67,18 @@ class ExecuTorchSession:
 
 
 @register_runtime("executorch")
-class ExecuTorchRunner:
+class ExecuTorchRunner(SessionRunner):
     """Batch-1 runner with the same interface as the ONNX runner."""
 
     def __init__(self, directory: Path, threads: int | None = None):
-        self.session = ExecuTorchSession(directory, threads)
-        self.cfg, self.tokenizer_dir = self.session.cfg, Path(directory)
-        self.reset()
-
-    def reset(self) -> None:
-        self.position, self.state = 0, self.session.init_state(1)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        pos = np.arange(self.position, self.position + len(ids), dtype=np.int64)[None]
-        logits, self.state = self.session.run_prefill(np.array([ids], dtype=np.int64), pos, self.state)
-        self.position += len(ids)
-        return logits[0]
-
-    def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.session.run_step(np.array([[token]], dtype=np.int64),
-                                                   np.array([[self.position]], dtype=np.int64), self.state)
-        self.position += 1
-        return logits[0, -1]
+        super().__init__(ExecuTorchSession(directory, threads), directory)
 
     def save_state(self, path) -> None:
         if self.session.flavor == "runner":
             self.session.read_state()
-        save_state_file(path, self.position, self.state, self.cfg.to_json())
+        super().save_state(path)
 
     def load_state(self, path) -> None:
         if self.session.flavor == "runner":
             self.session.read_state()
-        self.position, self.state = load_state_file(path, self.cfg.n_layers, (1, *self.cfg.state_shape))
+        super().load_state(path)

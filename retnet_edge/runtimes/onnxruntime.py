@@ -9,7 +9,7 @@ import numpy as np
 from ..config import RetNetConfig
 from ..errors import CheckpointError
 from . import register_runtime
-from .state_file import load_state_file, save_state_file
+from .session_runner import SessionRunner
 
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 
@@ -73,32 +73,8 @@ class OnnxSession:
 
 
 @register_runtime("onnx")
-class OnnxRunner:
+class OnnxRunner(SessionRunner):
     """Batch-1 runner over an ONNX artifact; owns the recurrent state."""
 
     def __init__(self, directory: Path, threads: int | None = None):
-        self.session = OnnxSession(directory, threads)
-        self.cfg, self.tokenizer_dir = self.session.cfg, Path(directory)
-        self.reset()
-
-    def reset(self) -> None:
-        self.position, self.state = 0, self.session.init_state(1)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        T = len(ids)
-        pos = np.arange(self.position, self.position + T, dtype=np.int64)[None]
-        logits, self.state = self.session.run_prefill(np.array([ids], dtype=np.int64), pos, self.state)
-        self.position += T
-        return logits[0]
-
-    def step(self, token: int) -> np.ndarray:
-        logits, self.state = self.session.run_step(np.array([[token]], dtype=np.int64),
-                                                   np.array([[self.position]], dtype=np.int64), self.state)
-        self.position += 1
-        return logits[0, -1]
-
-    def save_state(self, path) -> None:
-        save_state_file(path, self.position, self.state, self.cfg.to_json())
-
-    def load_state(self, path) -> None:
-        self.position, self.state = load_state_file(path, self.cfg.n_layers, (1, *self.cfg.state_shape))
+        super().__init__(OnnxSession(directory, threads), directory)

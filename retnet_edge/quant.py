@@ -33,10 +33,12 @@ class Tolerance:
 #   int8  onnxruntime weight-only: top-1 0.984, KL 3e-4;  ExecuTorch 8da8w (int8 activations too): 0.938, 1.1e-2
 #   int4  onnxruntime (int8 head): top-1 0.88-0.90, KL 2-3e-2;  ExecuTorch 8da4w (int8 head): 0.83, 2.6e-2
 # so a healthy export passes, while a broken kernel (int8 that saturates on AVX2 without VNNI: top-1 0.69
-# in the reference notes) or a lost state (top-1 near 0) fails.
+# in the reference notes) or a lost state (top-1 near 0) fails. Top-1 over 64 tokens moves in steps of
+# 1/64 and flips on near-ties (ExecuTorch 8da8w gave 0.875 over 32 steps, 0.938 over 64), so KL is the
+# primary limit and top-1 a coarse one.
 TOLERANCES: dict[QuantScheme, Tolerance] = {
     QuantScheme.FP32: Tolerance(max_rel=1e-5, min_top1=1.0, max_kl=1e-6),
-    QuantScheme.INT8: Tolerance(max_rel=None, min_top1=0.90, max_kl=0.03),
+    QuantScheme.INT8: Tolerance(max_rel=None, min_top1=0.85, max_kl=0.03),
     QuantScheme.INT4: Tolerance(max_rel=None, min_top1=0.75, max_kl=0.10),
 }
 

@@ -26,8 +26,17 @@ def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 2) ->
 
 def summarize(path: str) -> dict[str, Any]:
     """Format, config, sizes and state-vs-KV-cache memory for a model path, `demo` or a preset name."""
+    artifact = None
     if path in PRESETS and not Path(path).exists():
         fmt, cfg, source, files = "preset", preset_config(path), f"preset {path}", None
+    elif (Path(path) / "manifest.json").is_file():  # an exported artifact: its manifest says everything
+        from .exporters.manifest import read_manifest
+
+        m = read_manifest(Path(path))
+        cfg, source, fmt = RetNetConfig.from_dict(m["config"]), str(path), f"artifact ({m['target']})"
+        files = {"file_bytes": sum(f["bytes"] for f in m["files"].values()), "dtypes": [m["quant"]["scheme"]]}
+        artifact = {"target": m["target"], "quant": m["quant"], "files": m["files"],
+                    "validation_passed": m["validation"]["passed"], "source_model": m.get("source")}
     else:
         fmt, cfg, files = check_weights(path)
         source = str(resolve_path(path))
@@ -44,6 +53,7 @@ def summarize(path: str) -> dict[str, Any]:
         "state_bytes_per_sequence": state,
         "kv_cache_bytes_fp16": {str(t): kv_cache_bytes(cfg, t) for t in KV_CONTEXTS},
         "kv_cache_over_state": {str(t): round(kv_cache_bytes(cfg, t) / state, 2) for t in KV_CONTEXTS},
+        **({"artifact": artifact} if artifact else {}),
     }
 
 
@@ -67,6 +77,11 @@ def render(report: dict[str, Any]) -> str:
         f"state         {_mib(report['state_bytes_per_sequence'])} per sequence (fp32, L x {report['state_shape_per_layer']}), "
         "constant in context length",
     ]
+    if "artifact" in report:
+        a = report["artifact"]
+        lines.append(f"artifact      {a['target']} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
+                     f"{a['quant']['embedding']}), validation {'passed' if a['validation_passed'] else 'FAILED'}: "
+                     + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))
     for t, b in report["kv_cache_bytes_fp16"].items():
         lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "
                      f"{report['kv_cache_over_state'][t]}x the RetNet state")

@@ -91,7 +91,7 @@ def test_runner_flavour_state_is_internal(demo_pte, tmp_path):
 
 @pytest.mark.parametrize("quant, max_size", [("int8", 0.35), ("int4", 0.25)])
 def test_quantized_demo_one_partition(tmp_path, demo_pte, quant, max_size):
-    art = export_model("demo", "executorch", QuantConfig(quant), tmp_path / quant, steps=32)
+    art = export_model("demo", "executorch", QuantConfig(quant), tmp_path / quant, steps=64)
     d = _delegation(art.path)
     assert d["partitions"] == 1 and set(d["outside_ops"]) <= ALLOWED_OUTSIDE
     v = art.manifest["validation"]

@@ -80,6 +80,15 @@ def test_runner_matches_eager_and_state_files(tiny_artifact, tmp_path):
     np.testing.assert_array_equal(runner.step(5), nxt)
 
 
+def test_inspect_artifact(tiny_artifact):
+    _, art = tiny_artifact
+    res = CliRunner().invoke(main, ["inspect", str(art.path), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["format"] == "artifact (onnx)" and r["artifact"]["validation_passed"]
+    assert set(r["artifact"]["files"]) == {"model.onnx", "prefill.onnx"}
+
+
 def test_verify_and_corruption(tiny_artifact, tmp_path):
     _, art = tiny_artifact
     res = CliRunner().invoke(main, ["verify", str(art.path), "--steps", "16", "--json"])

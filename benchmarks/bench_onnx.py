@@ -81,18 +81,17 @@ def main() -> None:
             build(args.preset, quant, art)
         if args.build_only:
             continue
-        size = sum(f.stat().st_size for f in art.glob("*.onnx*"))
+        size = sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin", ".data"))
         for threads in args.threads.split(","):
             out = subprocess.run([sys.executable, __file__, "--measure", str(art), "--threads", threads,
                                   "--steps", str(args.steps), "--prompt", str(args.prompt)],
                                  check=True, capture_output=True, text=True).stdout
-            row = {"quant": quant, "model_onnx_mib": round((art / "model.onnx").stat().st_size / 2**20, 1),
-                   "artifact_mib": round(size / 2**20, 1), **json.loads(out.strip().splitlines()[-1])}
+            row = {"quant": quant, "artifact_mib": round(size / 2**20, 1), **json.loads(out.strip().splitlines()[-1])}
             results["runs"].append(row)
             print(f"{quant:5} {threads} thr: decode {row['decode']['median_ms']:7.2f} ms/tok "
                   f"(p90 {row['decode']['p90_ms']:.2f}), prefill {row['prefill_tok_s']:8.1f} tok/s vs step loop "
-                  f"{row['step_loop_tok_s']:6.1f} tok/s ({row['prefill_speedup']}x), model.onnx "
-                  f"{row['model_onnx_mib']} MiB, RSS +{row['rss_mib_over_import']} MiB", flush=True)
+                  f"{row['step_loop_tok_s']:6.1f} tok/s ({row['prefill_speedup']}x), artifact "
+                  f"{row['artifact_mib']} MiB, RSS +{row['rss_mib_over_import']} MiB", flush=True)
     if not args.build_only:
         print(f"wrote {write_result(f'onnx_{args.preset}', results)}")
 

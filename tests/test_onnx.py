@@ -55,10 +55,19 @@ def test_io_contract_and_metadata(tiny_artifact):
     assert position_dependent_nodes(prefill)  # the guard does see a sequence-dependent graph
 
 
+def test_graphs_share_one_weights_file(tiny_artifact):
+    """Each weight is stored once although both graphs use it."""
+    model, art = tiny_artifact
+    weights = (art.path / "weights.bin").stat().st_size
+    assert weights < 1.1 * 4 * model.num_parameters()
+    total = sum((art.path / f).stat().st_size for f in ("model.onnx", "prefill.onnx", "weights.bin"))
+    assert total < 1.3 * weights  # two self-contained graphs would be >= 2x
+
+
 def test_manifest_lists_files_and_validation(tiny_artifact):
     _, art = tiny_artifact
     m = json.loads((art.path / "manifest.json").read_text())
-    assert m["target"] == "onnx" and set(m["files"]) == {"model.onnx", "prefill.onnx"}
+    assert m["target"] == "onnx" and set(m["files"]) == {"model.onnx", "prefill.onnx", "weights.bin"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
     assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 4
     assert max(c["max_rel"] for c in m["validation"]["checks"]) <= 1e-5
@@ -86,7 +95,7 @@ def test_inspect_artifact(tiny_artifact):
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["format"] == "artifact (onnx)" and r["artifact"]["validation_passed"]
-    assert set(r["artifact"]["files"]) == {"model.onnx", "prefill.onnx"}
+    assert set(r["artifact"]["files"]) == {"model.onnx", "prefill.onnx", "weights.bin"}
 
 
 def test_verify_and_corruption(tiny_artifact, tmp_path):
@@ -151,4 +160,4 @@ def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
     m = onnx.load(str(art.path / "model.onnx"))
     assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.node)
     assert not any(n.op_type == "Gather" and n.name.startswith("/model/embed/") for n in m.graph.node)
-    assert art.manifest["files"]["model.onnx"]["bytes"] < 12.5 * 2**20  # vs 16.4 MiB with an fp32 embedding
+    assert art.manifest["files"]["weights.bin"]["bytes"] < 12 * 2**20  # vs 16.1 MiB with an fp32 embedding

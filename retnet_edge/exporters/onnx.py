@@ -22,7 +22,8 @@ from ..step import RetNetStep, to_prefill
 
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+WEIGHTS_FILE = "weights.bin"  # external data shared by both graphs
+SHARE_MIN_BYTES = 1024  # smaller initializers stay inline
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
 STATE_LAYOUT = ("past.{i}.recurrent / present.{i}.recurrent: float32 [batch, H, d_k, d_v], the unnormalized "
                 "S_n = gamma*S_{n-1} + k_n^T v_n of layer i, zeros at the start; d_k in half-split rotary order")
@@ -62,6 +63,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
         base = "/model/" + "/".join(p for p in path if p) + ("/" if path else "") + node.op_type
         seen[base] = seen.get(base, -1) + 1
         node.name = base if seen[base] == 0 else f"{base}_{seen[base]}"
+        del node.metadata_props[:]  # the exporter's FX provenance: now in the name, and most of the file
 
 
 def _quantize(model: onnx.ModelProto, bits: int, block: int, include: list[str] | None = None,
@@ -120,10 +122,33 @@ def _metadata(model: onnx.ModelProto, step: RetNetStep, qc: QuantConfig, graph: 
     model.producer_name, model.producer_version = "retnet-edge", __version__
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    big = model.ByteSize() > EXTERNAL_DATA_BYTES
-    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                    location=path.name + ".data")
+def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
+    """Save the graphs with one shared external weights file: each distinct initializer is stored once.
+
+    The step and prefill graphs hold the same (quantized) weights; without sharing an artifact would
+    carry them twice. Initializers are matched by content, so graph-specific names do not matter.
+    onnxruntime memory-maps the external file.
+    """
+    import hashlib
+
+    from onnx.external_data_helper import set_external_data
+
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(out / WEIGHTS_FILE, "wb") as f:
+        for model in models.values():
+            for t in model.graph.initializer:
+                if not t.HasField("raw_data") or len(t.raw_data) < SHARE_MIN_BYTES:
+                    continue
+                key = hashlib.sha256(t.raw_data).hexdigest()
+                if key not in offsets:
+                    f.write(b"\0" * (-f.tell() % 64))  # 64-byte alignment for mmap'ed reads
+                    offsets[key] = (f.tell(), len(t.raw_data))
+                    f.write(t.raw_data)
+                offset, length = offsets[key]
+                set_external_data(t, location=WEIGHTS_FILE, offset=offset, length=length)
+                t.ClearField("raw_data")
+    for fname, model in models.items():
+        onnx.save_model(model, str(out / fname))
 
 
 def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | None = None,
@@ -132,6 +157,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | N
     cfg = step.cfg
     state = step.init_state(2)
     graphs = {STEP_FILE: ("step", step, False), PREFILL_FILE: ("prefill", to_prefill(step), True)}
+    protos: dict[str, onnx.ModelProto] = {}
     for fname, (graph, module, dynamic) in graphs.items():
         log(f"  tracing {graph} graph ...")
         try:
@@ -149,5 +175,6 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | N
                 f"embedding {qc.embedding}) ...")
             model = quantize_onnx(model, qc)
         _metadata(model, step, qc, graph, tokenizer)
-        _save(model, out / fname)
-    return list(graphs)
+        protos[fname] = model
+    _save_shared(protos, out)
+    return [*graphs, WEIGHTS_FILE]

@@ -92,6 +92,7 @@ def export_model(model_path: str, target: str, qc: QuantConfig, output: str | Pa
                           batches=getattr(session, "batch_sizes", (1, 3)), tokenizer=tokenizer)
         for c in report.checks:
             log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f}, KL {c.kl:.2e}")
+        log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
         raise_if_failed(report, f"{target} {qc.scheme.value} export")
         manifest = write_manifest(tmp, {
             "target": target, "graphs": files, "quant": qc.to_dict(), "config": model.cfg.to_dict(),

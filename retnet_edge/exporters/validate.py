@@ -45,11 +45,20 @@ class CheckResult:
         return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
+# An fp32 artifact is judged against max(1e-5, NOISE_FACTOR x the reference's own noise floor): the max rel
+# difference between two exact-arithmetic-equal eager paths (step loop vs chunk graph) on the same tokens.
+# Trained models sit near 1e-6, far below 1e-5; deep random models do not: on the 270M `small` preset with
+# std-0.02 weights, eager PyTorch at batch 3 vs batch 1 already differs by 1.9e-4 (the per-head norm
+# amplifies cancellation in q·k at early positions), so no artifact could meet a flat 1e-5.
+NOISE_FACTOR = 10.0
+
+
 @dataclass
 class ValidationReport:
     quant: dict
     checks: list[CheckResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    noise_floor: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -57,7 +66,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "quant": self.quant, "failures": self.failures,
-                "checks": [c.to_dict() for c in self.checks]}
+                "reference_noise_floor": float(f"{self.noise_floor:.3e}"), "checks": [c.to_dict() for c in self.checks]}
 
 
 def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, seed: int = 0) -> np.ndarray:
@@ -108,14 +117,18 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
         report.checks.append(compare(f"step x{steps} (batch {B})", ref, got))
         split = (3 * steps) // 4
         pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
+        ref_pre, _ = reference.run_prefill(ids[:, :split], pos, reference.init_state(B))
+        report.noise_floor = max(report.noise_floor, compare("noise", ref[:, :split], ref_pre).max_rel)
         pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))
         rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
         report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
                                      np.concatenate([pre, rest], axis=1)))
+    max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:
         problems = []
-        if tol.max_rel is not None and c.max_rel > tol.max_rel:
-            problems.append(f"logits max rel diff {c.max_rel:.2e} > {tol.max_rel:.0e} (max abs {c.max_abs:.2e})")
+        if max_rel is not None and c.max_rel > max_rel:
+            problems.append(f"logits max rel diff {c.max_rel:.2e} > {max_rel:.1e} (max abs {c.max_abs:.2e}; "
+                            f"eager's own noise floor {report.noise_floor:.1e})")
         if c.top1 < tol.min_top1:
             problems.append(f"top-1 agreement {c.top1:.3f} < {tol.min_top1}")
         if c.kl > tol.max_kl:

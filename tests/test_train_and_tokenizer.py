@@ -60,3 +60,19 @@ def test_train_cli_learns_and_resumes(tmp_path):
     res = CliRunner().invoke(main, args + ["--steps", "50", "--force"])
     assert res.exit_code == 0 and "resumed at step 40" in res.stderr
     assert json.loads((out / "train_log.json").read_text())["history"][-1]["step"] == 50
+
+
+def test_sentencepiece_model(tmp_path):
+    """tokenizer.model (fla-hub's Llama-2 format) through the same interface."""
+    import pytest
+
+    spm = pytest.importorskip("sentencepiece")
+    (tmp_path / "corpus.txt").write_text(TEXT.replace("\n\n", "\n"))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "tokenizer"),
+                                   vocab_size=120, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   minloglevel=2, hard_vocab_limit=False)
+    tok = load_tokenizer(tmp_path / "tokenizer.model")
+    assert tok.file_name == "tokenizer.model" and (tok.bos_id, tok.eos_id) == (1, 2)
+    ids = tok.encode("And the king said unto the people", add_bos=True, add_eos=True)
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids) == "And the king said unto the people"

@@ -77,12 +77,12 @@ def init_random_cmd(preset: str, output: str, seed: int, std: float, dtype: str,
 
 
 @main.command("train")
-@click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+@click.argument("corpus", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the trained model.")
 @click.option("--preset", default="mini", show_default=True, help="Model shape (tiny, mini, small, 1.3b).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON file of RetNetConfig fields overriding the preset (vocab_size comes from the tokenizer).")
-@click.option("--tokenizer", type=click.Path(exists=True), help="Existing tokenizer.json/.model; else BPE is trained.")
+@click.option("--tokenizer", type=click.Path(), help="Existing tokenizer.json/.model; else BPE is trained.")
 @click.option("--vocab-size", default=4096, show_default=True, help="Vocabulary of the BPE tokenizer trained here.")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
@@ -115,6 +115,7 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
     from .presets import PRESETS, preset_config
     from .train import TrainConfig, train
 
+    _require_file(corpus, "corpus")
     preset_config(preset)  # validates the name
     model_cfg = dict(PRESETS[preset])
     if config_file:
@@ -128,6 +129,16 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
     write_model_card(output, summary, corpus)
     emit({k: v for k, v in summary.items() if k != "history"}, as_json,
          f"wrote {output}: {summary['parameters']:,} parameters, best val loss {summary['best_val_loss']}")
+
+
+def _require_file(path, what: str) -> None:
+    """Missing inputs are a one-line error (exit 1), not a usage error."""
+    from pathlib import Path
+
+    from .errors import RetNetEdgeError
+
+    if not Path(path).is_file():
+        raise RetNetEdgeError(f"{what} file {path} not found")
 
 
 def _runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None):
@@ -152,7 +163,7 @@ def _runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None
 @click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
-@click.option("--tokenizer", type=click.Path(exists=True), help="Tokenizer file if MODEL has none.")
+@click.option("--tokenizer", type=click.Path(), help="Tokenizer file if MODEL has none.")
 @click.option("--json", "as_json", is_flag=True, help="Print text and speed as JSON (implies --no-stream).")
 def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, threads, tokenizer, as_json):
     """Generate text: chunkwise prefill of PROMPT, then one recurrent step per token.
@@ -191,12 +202,12 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
 
 @main.command("eval")
 @click.argument("model")
-@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--text", "text_file", type=click.Path(dir_okay=False),
               help="Text to score (default: the demo's held-out text when MODEL is demo).")
 @click.option("--window", default=512, show_default=True, help="Tokens per independently scored window.")
 @click.option("--max-tokens", type=int, default=None, help="Score only the first N tokens.")
 @click.option("--threads", type=int, default=None)
-@click.option("--tokenizer", type=click.Path(exists=True))
+@click.option("--tokenizer", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
     """Perplexity (stated tokenizer) and bits per byte of MODEL on a text.
@@ -216,6 +227,7 @@ def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
         if not (DEMO_DIR / "heldout.txt").is_file():
             raise RetNetEdgeError("no --text given and no demo held-out text is installed")
         text_file = DEMO_DIR / "heldout.txt"
+    _require_file(text_file, "text")
     runner, tok = _runner_and_tokenizer(model, tokenizer, threads)
     last = [0]
 
@@ -271,7 +283,7 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
 
 
 @main.command("verify")
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.argument("artifact", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", help="Source model (default: the one recorded in the manifest).")
 @click.option("--steps", default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)

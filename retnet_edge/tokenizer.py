@@ -68,6 +68,8 @@ class SentencePieceTokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer from a file, or from a model/artifact directory holding tokenizer.json or tokenizer.model."""
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"tokenizer {p} not found")
     if p.is_dir():
         found = [p / n for n in ("tokenizer.json", "tokenizer.model") if (p / n).is_file()]
         if not found:

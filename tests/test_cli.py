@@ -73,3 +73,17 @@ def test_cli_import_is_lazy():
             "print(any(m.split('.')[0] in ('onnxruntime', 'executorch', 'onnx') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "/nope/corpus.txt", "-o", "x"], "corpus file /nope/corpus.txt not found"),
+    (["eval", "demo", "--text", "/nope.txt"], "text file /nope.txt not found"),
+    (["generate", "demo", "hi", "--tokenizer", "/nope.json"], "tokenizer /nope.json not found"),
+    (["verify", "/nope-artifact"], "not an exported artifact"),
+    (["export", "/nope-model", "-o", "x"], "/nope-model does not exist"),
+    (["convert", "/nope-ckpt", "-o", "x"], "/nope-ckpt does not exist"),
+])
+def test_missing_inputs_exit_1_with_one_line(args, message):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1

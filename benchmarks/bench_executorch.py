@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
 
 HARNESS = HERE / "device" / "build" / "retnet_bench"
 
@@ -72,12 +71,9 @@ def main() -> None:
             row = {"quant": quant, "pte_mib": round((art / "model.pte").stat().st_size / 2**20, 1),
                    "delegation": json.loads((art / "delegation.json").read_text())["partitions"]}
             if HARNESS.exists():
-                out = subprocess.run([str(HARNESS), str(art / "model.pte"), str(args.steps), threads],
-                                     check=True, capture_output=True, text=True).stdout
-                row["cpp"] = json.loads(out.strip().splitlines()[-1])
-            out = subprocess.run([sys.executable, __file__, "--measure", str(art), "--threads", threads,
-                                  "--steps", str(args.steps)], check=True, capture_output=True, text=True).stdout
-            row["python"] = json.loads(out.strip().splitlines()[-1])
+                row["cpp"] = json_from([HARNESS, art / "model.pte", args.steps, threads])
+            row["python"] = json_from([sys.executable, __file__, "--measure", art, "--threads", threads,
+                                       "--steps", args.steps])
             res["runs"].append(row)
             cpp = row.get("cpp", {})
             print(f"{quant:5} {threads} thr: C++ {cpp.get('median_ms', float('nan')):7.2f} ms/tok "

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
 
 
 def build(preset: str, quant: str, out: Path) -> None:
@@ -83,10 +82,9 @@ def main() -> None:
             continue
         size = sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin", ".data"))
         for threads in args.threads.split(","):
-            out = subprocess.run([sys.executable, __file__, "--measure", str(art), "--threads", threads,
-                                  "--steps", str(args.steps), "--prompt", str(args.prompt)],
-                                 check=True, capture_output=True, text=True).stdout
-            row = {"quant": quant, "artifact_mib": round(size / 2**20, 1), **json.loads(out.strip().splitlines()[-1])}
+            row = {"quant": quant, "artifact_mib": round(size / 2**20, 1),
+                   **json_from([sys.executable, __file__, "--measure", art, "--threads", threads,
+                                "--steps", args.steps, "--prompt", args.prompt])}
             results["runs"].append(row)
             print(f"{quant:5} {threads} thr: decode {row['decode']['median_ms']:7.2f} ms/tok "
                   f"(p90 {row['decode']['p90_ms']:.2f}), prefill {row['prefill_tok_s']:8.1f} tok/s vs step loop "

@@ -38,6 +38,14 @@ def time_calls(fn: Callable[[], object], n: int, warmup: int = 3) -> dict:
             "mean_ms": round(statistics.fmean(ts), 3), "n": n}
 
 
+def json_from(cmd: list[str]) -> dict:
+    """Run a command in a fresh process and parse the JSON object on its last stdout line."""
+    import subprocess
+
+    out = subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def rss_mib() -> float:
     import psutil
 

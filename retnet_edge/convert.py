@@ -32,8 +32,9 @@ def convert(src: str, output: str | Path, format: str = "auto", dtype: str = "au
     path = resolve_path(src)
     fmt = get_format(path, format)
     if fmt.name == "native":
-        fmt.check_weights(path, read_native_config(path))
-        cfg, tensors = read_native_config(path), safetensors_entries(path / WEIGHTS_FILE)
+        cfg = read_native_config(path)
+        fmt.check_weights(path, cfg)
+        tensors = safetensors_entries(path / WEIGHTS_FILE)
     else:
         cfg, tensors = canonical_tensors(path, fmt.name)
     order = [k for k in expected_shapes(cfg) if k in tensors]  # canonical order: embed, layers..., head

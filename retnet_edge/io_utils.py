@@ -1,4 +1,4 @@
-"""Safe file helpers: atomic directory writes and header-checked safetensors reads."""
+"""Safe file helpers: atomic directory writes, JSON reads, safetensors writes (reads: checkpoints/tensors.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError, RetNetEdgeError
@@ -50,32 +49,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
-
-
-def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{name: (dtype, shape)} from a safetensors header, validating that the file is complete."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
-            header = {}
-            for name in names:
-                sl = f.get_slice(name)
-                header[name] = (sl.get_dtype(), tuple(sl.get_shape()))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
-    except Exception as exc:  # safetensors raises SafetensorError/OSError for truncation and bad headers
-        raise CheckpointError(f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})") from None
-    return header
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load every tensor of a safetensors file (memory-mapped by safetensors until copied)."""
-    safetensors_header(path)  # one clear error for a corrupt file before reading data
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{path} could not be read ({type(exc).__name__}: {exc})") from None
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -183,7 +183,8 @@ class RetNet(nn.Module):
         states = list(state) if state is not None else self.init_state(B, input_ids.device)
         pos = torch.arange(start_pos, start_pos + T, device=input_ids.device)
         cos, sin = rotary_cos_sin(pos, self.freqs)
-        out_scale = torchscale_scale(pos, self.log_gamma).T[None, :, :, None]  # [1, H, T, 1]
+        if self.cfg.normalize == "torchscale":
+            out_scale = torchscale_scale(pos, self.log_gamma).T[None, :, :, None]  # [1, H, T, 1]
 
         def retention(i: int, msr: MultiScaleRetention, h: Tensor) -> Tensor:
             q, k, v = msr.qkv(h, cos, sin)

@@ -8,7 +8,7 @@ import torch
 
 from .config import RetNetConfig
 from .errors import CheckpointError
-from .io_utils import atomic_output_dir, read_json, read_safetensors, safetensors_header, write_safetensors
+from .io_utils import atomic_output_dir, read_json, write_safetensors
 
 FORMAT_NAME = "retnet-edge"
 FORMAT_VERSION = 1
@@ -70,20 +70,24 @@ def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], sour
 
 def check_native_weights(path: Path, cfg: RetNetConfig) -> dict:
     """Validate model.safetensors against the config from its header alone; {file_bytes, dtypes}."""
+    from .checkpoints.tensors import ST_NAMES, safetensors_entries  # lazy: checkpoints imports the loader
+
     weights = Path(path) / WEIGHTS_FILE
-    header = safetensors_header(weights)
-    bad_dtype = sorted(k for k, (dt, _) in header.items() if dt not in ("F32", "F16", "BF16"))
+    entries = safetensors_entries(weights)
+    bad_dtype = sorted(k for k, t in entries.items() if not t.dtype.is_floating_point)
     if bad_dtype:
         raise CheckpointError(f"{weights}: non-float tensors {', '.join(bad_dtype)}")
-    check_state_dict(cfg, {k: s for k, (_, s) in header.items()}, str(weights))
-    return {"file_bytes": weights.stat().st_size, "dtypes": sorted({dt for dt, _ in header.values()})}
+    check_state_dict(cfg, {k: t.shape for k, t in entries.items()}, str(weights))
+    return {"file_bytes": weights.stat().st_size, "dtypes": sorted({ST_NAMES[t.dtype] for t in entries.values()})}
 
 
 def load_native(path: Path):
     """Load a native directory into a RetNet (eval mode, fp32)."""
+    from .checkpoints.tensors import safetensors_entries
+
     cfg = read_native_config(path)
     check_native_weights(path, cfg)
-    return build_model(cfg, read_safetensors(Path(path) / WEIGHTS_FILE))
+    return build_model(cfg, {k: t.read() for k, t in safetensors_entries(Path(path) / WEIGHTS_FILE).items()})
 
 
 def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]):

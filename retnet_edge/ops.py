@@ -67,13 +67,6 @@ def rotate_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def rotate_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) by the angle of pair i (torchscale's theta_shift)."""
-    pairs = x.unflatten(-1, (-1, 2))  # [..., d/2, 2]
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-
-
 def interleaved_to_half_split(d_k: int) -> Tensor:
     """Index permutation p with x[p] in half-split order: rotary on W[p] rows == interleaved rotary on W."""
     return torch.cat((torch.arange(0, d_k, 2), torch.arange(1, d_k, 2)))

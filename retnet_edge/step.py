@@ -58,7 +58,8 @@ class RetNetStep(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         cos, sin = rotary_cos_sin(position_ids, self.freqs)  # [B, 1, Dk/2], broadcast over heads
-        out_scale = torchscale_scale(position_ids, self.log_gamma).view(B * H, 1, 1)
+        if cfg.normalize == "torchscale":
+            out_scale = torchscale_scale(position_ids, self.log_gamma).view(B * H, 1, 1)
         present = []
         for layer, S in zip(self.layers, past):
             msr = layer.retention
@@ -110,7 +111,8 @@ class RetNetPrefill(nn.Module):
             x = st.embed_norm(x)
         cos, sin = rotary_cos_sin(position_ids, st.freqs)  # [B, T, Dk/2]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, Dk/2]
-        out_scale = torchscale_scale(position_ids, st.log_gamma).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
+        if cfg.normalize == "torchscale":
+            out_scale = torchscale_scale(position_ids, st.log_gamma).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
         present = []
         for layer, S in zip(st.layers, past):
             msr = layer.retention

@@ -61,13 +61,18 @@ int main(int argc, char** argv) {
   }
   const double load_ms = ms_since(t0);
 
+  // tokens stay inside the model's vocabulary (the constant method the LLM runner reads)
+  int64_t vocab = 1000;
+  if (auto v = module.execute("get_vocab_size"); v.ok() && !v.get().empty() && v.get()[0].isInt()) {
+    vocab = v.get()[0].toInt();
+  }
   int64_t token = 1, pos = 0;
   auto tokens = from_blob(&token, {1, 1}, executorch::aten::ScalarType::Long);
   auto input_pos = from_blob(&pos, {1}, executorch::aten::ScalarType::Long);
   std::vector<double> times;
   for (int i = 0; i < warmup + steps; ++i) {
     pos = i;
-    token = 1 + (i * 7919) % 1000;  // deterministic token stream
+    token = 1 + (i * 7919) % (vocab - 1);  // deterministic token stream
     auto ts = Clock::now();
     auto out = module.forward({tokens, input_pos});
     const double dt = ms_since(ts);

@@ -56,7 +56,8 @@ def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
         for d in shape:
             numel *= d
         if end - start != numel * torch.empty(0, dtype=dtype).element_size() or base + end > size:
-            raise CheckpointError(f"{path} is truncated or corrupt (tensor {name} runs past the data)")
+            raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt: tensor {name} "
+                                  "runs past the data)")
         entries[name] = LazyTensor(dtype, shape, _range_reader(path, base + start, end - start, dtype, shape))
     return entries
 

@@ -61,7 +61,7 @@ class ExecuTorchSession:
             outs.append(logits)
         return np.concatenate(outs, axis=1), state
 
-    def read_state(self) -> list[np.ndarray]:
+    def refuse_state_io(self) -> None:
         raise CheckpointError("the runner-flavour .pte keeps its state inside the program; export --flavor io "
                               "to save and load states")
 
@@ -75,10 +75,10 @@ class ExecuTorchRunner(SessionRunner):
 
     def save_state(self, path) -> None:
         if self.session.flavor == "runner":
-            self.session.read_state()
+            self.session.refuse_state_io()
         super().save_state(path)
 
     def load_state(self, path) -> None:
         if self.session.flavor == "runner":
-            self.session.read_state()
+            self.session.refuse_state_io()
         super().load_state(path)

@@ -1,4 +1,4 @@
-"""`SessionRunner`: the batch-1 Runner over any functional StepSession (ONNX, ExecuTorch).
+"""`SessionRunner`: the batch-1 Runner over any functional StepSession (eager, ONNX, ExecuTorch).
 
 The session is stateless (state in, state out); the runner owns the state and the position.
 """
@@ -14,9 +14,9 @@ from .state_file import load_state_file, save_state_file
 class SessionRunner:
     """reset / prefill / step / save_state / load_state over a session's run_prefill and run_step."""
 
-    def __init__(self, session, directory: Path):
+    def __init__(self, session, directory: Path | None):
         self.session = session
-        self.cfg, self.tokenizer_dir = session.cfg, Path(directory)
+        self.cfg, self.tokenizer_dir = session.cfg, Path(directory) if directory is not None else None
         self.reset()
 
     def reset(self) -> None:

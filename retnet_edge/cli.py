@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from . import __version__
-from .cli_utils import ErrorHandlingGroup, emit, info
+from .cli_utils import ErrorHandlingGroup, emit, info, quiet_libraries
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
 
@@ -31,6 +31,7 @@ def main() -> None:
 
     if not os.environ.get("RETNET_EDGE_DEBUG"):
         warnings.simplefilter("ignore")  # exporter/library notices are not for end users
+        quiet_libraries()
 
 
 @main.command("inspect")

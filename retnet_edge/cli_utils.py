@@ -12,6 +12,14 @@ import click
 from .errors import RetNetEdgeError
 
 
+def quiet_libraries() -> None:
+    """Keep import-time chatter of torchao/torch (optional CUDA kernels, deprecations) off the user's stderr."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree", "torch.onnx", "onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 class ErrorHandlingGroup(click.Group):
     """Known errors -> `Error: …` on stderr and their exit code (1, parity 3); tracebacks only when debugging."""
 

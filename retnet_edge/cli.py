@@ -1,13 +1,32 @@
 """The `retnet-edge` command line. Commands parse, call one library function, and print.
 
-Heavy dependencies (onnxruntime, executorch) are imported inside commands, so `--help` stays fast.
+Choices (formats, targets, presets, flavours) come from the registries. The exporters and runtimes
+are imported inside commands (and target choices read lazily), so `--help` never loads onnx,
+onnxruntime or executorch.
 """
 from __future__ import annotations
 
 import click
 
 from . import __version__
-from .cli_utils import ErrorHandlingGroup, emit, info, quiet_libraries
+from .checkpoints import FORMATS
+from .cli_utils import ErrorHandlingGroup, RegistryChoice, emit, info, quiet_libraries
+from .presets import PRESETS
+from .quant import QuantScheme
+
+PRESET_NAMES = ", ".join(PRESETS)
+
+
+def _target_names() -> list[str]:
+    from .exporters import TARGETS  # lazily: the exporters import onnx
+
+    return TARGETS.names()
+
+
+def _flavor_names() -> list[str]:
+    from .exporters import TARGETS
+
+    return [f for _, t in TARGETS.items() for f in t.options.get("flavor", ())]
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
 
@@ -40,21 +59,21 @@ def main() -> None:
 def inspect_cmd(path: str, as_json: bool) -> None:
     """Show a model's config, size and recurrent-state memory vs a KV cache.
 
-    PATH is a model directory, `demo`, or a preset name (tiny, small, 1.3b).
+    PATH is a model directory, an exported artifact, `demo`, or a preset name.
 
     \b
     Examples:
       retnet-edge inspect small
       retnet-edge inspect ./my-model --json
     """
-    from .summary import render, summarize
+    from .inspection import inspect_model, render
 
-    report = summarize(path)
+    report = inspect_model(path)
     emit(report, as_json, render(report))
 
 
 @main.command("init-random")
-@click.option("--preset", required=True, help="Model size: tiny, small or 1.3b.")
+@click.option("--preset", required=True, help=f"Model size: {PRESET_NAMES}.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory to write (native format).")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--std", default=0.02, show_default=True, help="Init std of every matrix.")
@@ -80,7 +99,7 @@ def init_random_cmd(preset: str, output: str, seed: int, std: float, dtype: str,
 @main.command("train")
 @click.argument("corpus", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory for the trained model.")
-@click.option("--preset", default="mini", show_default=True, help="Model shape (tiny, mini, small, 1.3b).")
+@click.option("--preset", default="mini", show_default=True, help=f"Model shape: {PRESET_NAMES}.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON file of RetNetConfig fields overriding the preset (vocab_size comes from the tokenizer).")
 @click.option("--tokenizer", type=click.Path(), help="Existing tokenizer.json/.model; else BPE is trained.")
@@ -113,7 +132,7 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
 
     from .card import write_model_card
     from .io_utils import read_json
-    from .presets import PRESETS, preset_config
+    from .presets import preset_config
     from .train import TrainConfig, train
 
     _require_file(corpus, "corpus")
@@ -144,7 +163,7 @@ def _require_file(path, what: str) -> None:
 
 def _runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None):
     from .errors import CheckpointError
-    from .runtimes import load_runner
+    from .runtimes import load_runner  # here: the runtimes are not needed for --help
     from .tokenizer import load_tokenizer
 
     runner = load_runner(model, threads=threads)
@@ -243,24 +262,27 @@ def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
          f"{tok.vocab_size})  bits/byte {r['bits_per_byte']:.4f}  [{r['seconds']:.1f} s]")
 
 
-QUANT_HELP = "fp32, int8 (8-bit weights) or int4 (4-bit weights, group-wise)."
+QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bit group-wise weights (int4)."
 
 
 @main.command("export")
 @click.argument("model")
-@click.option("--target", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True)
+@click.option("--target", type=RegistryChoice(_target_names), default="onnx", show_default=True)
 @click.option("--quant", default="fp32", show_default=True, help=QUANT_HELP)
 @click.option("--group-size", default=32, show_default=True, help="Block/group size of int4 weights.")
 @click.option("--lm-head", default="auto", show_default=True,
               help="lm_head precision: auto (int8 under int4), fp32, int8, int4.")
 @click.option("--embedding", default="fp32", show_default=True, help="Embedding precision: fp32, int8, int4.")
-@click.option("--flavor", type=click.Choice(["runner", "io"]), default="runner", show_default=True,
+@click.option("--flavor", type=RegistryChoice(_flavor_names), default="runner", show_default=True,
               help="ExecuTorch only: runner (state in the program, stock LLM runner) or io (state in/out).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory to write.")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Run the parity gate before writing. --no-validate writes \"validation\": \"skipped\" into the "
+                   "manifest (benchmarks of random weights); `verify` runs the gate later.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, force, as_json):
+def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, force, as_json):
     """Export MODEL to a verified ONNX or ExecuTorch artifact (+ manifest.json).
 
     The artifact is run against eager PyTorch for --steps teacher-forced steps (batch 1 and 3, step and
@@ -271,16 +293,21 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
       retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
       retnet-edge export my-model --target executorch --quant int8 -o out/pte
     """
-    from .exporters import export_model
+    from .exporters import TARGETS, export_model
     from .quant import QuantConfig
 
     qc = QuantConfig(scheme=quant, group_size=group_size, lm_head=lm_head, embedding=embedding)
-    options = {"flavor": flavor} if target == "executorch" else None
-    art = export_model(model, target, qc, output, force=force, steps=steps, options=options, log=info)
+    options = {"flavor": flavor} if "flavor" in TARGETS.get(target).options else None
+    art = export_model(model, target, qc, output, force=force, steps=steps, options=options,
+                       validate_artifact=validate, log=info)
     sizes = ", ".join(f"{k} {v['bytes'] / 2**20:.2f} MiB" for k, v in art.manifest["files"].items())
-    worst = max(art.manifest["validation"]["checks"], key=lambda c: c["kl"])
-    emit(art.manifest, as_json, f"wrote {art.path}: {sizes}\nvalidated: top-1 {worst['top1']:.3f}, "
-         f"KL {worst['kl']:.2e}, max rel {worst['max_rel']:.2e} (worst check)")
+    if art.manifest["validation"] == "skipped":
+        verdict = "validation skipped (--no-validate): not checked against eager PyTorch"
+    else:
+        worst = max(art.manifest["validation"]["checks"], key=lambda c: c["kl"])
+        verdict = (f"validated: top-1 {worst['top1']:.3f}, KL {worst['kl']:.2e}, max rel {worst['max_rel']:.2e} "
+                   "(worst check)")
+    emit(art.manifest, as_json, f"wrote {art.path}: {sizes}\n{verdict}")
 
 
 @main.command("verify")
@@ -304,13 +331,11 @@ def verify_cmd(artifact, model_path, steps, as_json):
     raise_if_failed(report, str(artifact))
 
 
-FORMAT_CHOICE = click.Choice(["auto", "native", "torchscale", "fairseq", "syncdoth", "fla"])
-
-
 @main.command("convert")
 @click.argument("src")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Native-format directory to write.")
-@click.option("--format", "fmt", type=FORMAT_CHOICE, default="auto", show_default=True, help="Source format.")
+@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True,
+              help="Source format.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Weight dtype of the output (auto keeps the source's).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")

@@ -62,5 +62,24 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
+class RegistryChoice(click.Choice):
+    """A click.Choice whose choices come from a registry, read when first needed (not at import).
+
+    `names` is called lazily so that importing the CLI does not import the exporters (and their engines).
+    """
+
+    def __init__(self, names, extra: tuple[str, ...] = ()):
+        self._names, self._extra = names, extra
+        super().__init__([], case_sensitive=True)
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return (*self._extra, *self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
 def show_progress(as_json: bool = False) -> bool:
     return sys.stderr.isatty() and not as_json

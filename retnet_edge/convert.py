@@ -14,36 +14,29 @@ import torch
 
 from .errors import CheckpointError
 from .io_utils import atomic_output_dir
+from .checkpoints.native import DTYPES, FORMAT_NAME, WEIGHTS_FILE, expected_shapes, write_native_config
+from .checkpoints.tensors import write_safetensors_streaming
+from .contract import TOKENIZER_FILES
 from .loader import get_format, resolve_path
-from .native import DTYPES, WEIGHTS_FILE, expected_shapes, read_native_config, write_native_config
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def convert(src: str, output: str | Path, format: str = "auto", dtype: str = "auto", force: bool = False,
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Convert a checkpoint to the native format; returns a summary of what was mapped."""
-    from .checkpoints.formats import canonical_tensors
-    from .checkpoints.tensors import safetensors_entries, write_safetensors_streaming
-
     if dtype != "auto" and dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
     t0 = time.time()
     path = resolve_path(src)
     fmt = get_format(path, format)
-    if fmt.name == "native":
-        cfg = read_native_config(path)
-        fmt.check_weights(path, cfg)
-        tensors = safetensors_entries(path / WEIGHTS_FILE)
-    else:
-        cfg, tensors = canonical_tensors(path, fmt.name)
+    cfg = fmt.read_config(path)
+    tensors = fmt.tensors(path, cfg)
     order = [k for k in expected_shapes(cfg) if k in tensors]  # canonical order: embed, layers..., head
     src_dtypes = sorted({str(tensors[k].dtype).replace("torch.", "") for k in order})
     target = DTYPES[dtype] if dtype != "auto" else None
     with atomic_output_dir(output, force=force) as tmp:
         write_native_config(tmp, cfg)
         write_safetensors_streaming(tmp / WEIGHTS_FILE, [(k, tensors[k]) for k in order], target,
-                                    metadata={"format": "retnet-edge", "source_format": fmt.name}, progress=progress)
+                                    metadata={"format": FORMAT_NAME, "source_format": fmt.name}, progress=progress)
         copied = []
         for name in TOKENIZER_FILES:
             if path.is_dir() and (path / name).is_file():

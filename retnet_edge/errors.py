@@ -25,6 +25,10 @@ class CheckpointError(RetNetEdgeError):
     """A checkpoint that is missing, malformed, of unknown format or with wrong keys/shapes."""
 
 
+class ArtifactError(RetNetEdgeError):
+    """An exported artifact that is missing, modified, corrupt or unreadable by its runtime."""
+
+
 class ExportError(RetNetEdgeError):
     """An export that could not be produced (tracing, lowering, quantization, writing)."""
 

@@ -7,14 +7,12 @@ from typing import Callable
 
 import numpy as np
 
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+from .contract import log_softmax
+from .runtimes import Runner
+from .tokenizer import Tokenizer
 
 
-def evaluate_text(runner, tokenizer, text: str, window: int = 512, max_tokens: int | None = None,
+def evaluate_text(runner: Runner, tokenizer: Tokenizer, text: str, window: int = 512, max_tokens: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Token-level perplexity (stated tokenizer) and bits per byte over `text`.
 

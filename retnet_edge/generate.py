@@ -7,6 +7,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .runtimes import Runner
+from .tokenizer import Tokenizer
+
 
 @dataclass
 class SamplingConfig:
@@ -48,7 +51,7 @@ class GenerationStats:
         return self.new_tokens / self.decode_s if self.decode_s else 0.0
 
 
-def generate_ids(runner, prompt_ids: list[int], max_new_tokens: int, sc: SamplingConfig,
+def generate_ids(runner: Runner, prompt_ids: list[int], max_new_tokens: int, sc: SamplingConfig,
                  eos_id: int | None = None, stats: GenerationStats | None = None) -> Iterator[int]:
     """Yield new token ids; stops at max_new_tokens or eos. Fills `stats` as it goes."""
     stats = stats if stats is not None else GenerationStats()
@@ -68,7 +71,7 @@ def generate_ids(runner, prompt_ids: list[int], max_new_tokens: int, sc: Samplin
         stats.decode_s = time.perf_counter() - t0
 
 
-def stream_text(tokenizer, ids: Iterator[int], on_text: Callable[[str], None]) -> list[int]:
+def stream_text(tokenizer: Tokenizer, ids: Iterator[int], on_text: Callable[[str], None]) -> list[int]:
     """Decode incrementally, emitting only completed text (byte-level BPE may split characters)."""
     out: list[int] = []
     shown = ""

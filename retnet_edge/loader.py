@@ -1,36 +1,18 @@
-"""`load(path)`: the one entry point from a path (or the name `demo`) to a canonical RetNet.
+"""`load(path) -> RetNet`: the one entry point from a path (or the name `demo`) to a canonical RetNet.
 
-Formats register here as small entries (detect, read config, load); later converters add theirs.
+Formats are `checkpoints.FORMATS` entries; everything here is generic over `Format.tensors`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from .checkpoints import FORMATS, Format
+from .checkpoints.native import build_model
 from .config import RetNetConfig
 from .errors import CheckpointError
+from .model import RetNet
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
-
-
-@dataclass(frozen=True)
-class Format:
-    """A checkpoint format: how to recognise it, read its config alone, and load the model."""
-
-    name: str
-    detect: Callable[[Path], bool]
-    read_config: Callable[[Path], RetNetConfig]
-    load: Callable[[Path], "object"]
-    check_weights: Callable[[Path, RetNetConfig], dict]  # header-only validation: {file_bytes, dtypes}
-
-
-FORMATS: dict[str, Format] = {}
-
-
-def register_format(fmt: Format) -> Format:
-    FORMATS[fmt.name] = fmt
-    return fmt
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -47,7 +29,7 @@ def resolve_path(path: str | Path) -> Path:
 
 def detect_format(path: Path) -> Format:
     """The first registered format that recognises path, else a CheckpointError naming what was found."""
-    for fmt in FORMATS.values():
+    for _, fmt in FORMATS.items():
         if fmt.detect(path):
             return fmt
     found = sorted(x.name for x in path.iterdir())[:12] if path.is_dir() else [path.name]
@@ -57,17 +39,15 @@ def detect_format(path: Path) -> Format:
 
 
 def get_format(path: Path, format: str = "auto") -> Format:
-    if format == "auto":
-        return detect_format(path)
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}")
-    return FORMATS[format]
+    return detect_format(path) if format == "auto" else FORMATS.get(format)
 
 
-def load(path: str | Path, format: str = "auto"):
+def load(path: str | Path, format: str = "auto") -> RetNet:
     """Load any supported checkpoint into a canonical, eval-mode fp32 RetNet."""
     p = resolve_path(path)
-    return get_format(p, format).load(p)
+    fmt = get_format(p, format)
+    cfg = fmt.read_config(p)
+    return build_model(cfg, {k: t.read() for k, t in fmt.tensors(p, cfg).items()})
 
 
 def load_config(path: str | Path, format: str = "auto") -> tuple[str, RetNetConfig]:
@@ -78,19 +58,10 @@ def load_config(path: str | Path, format: str = "auto") -> tuple[str, RetNetConf
 
 
 def check_weights(path: str | Path, format: str = "auto") -> tuple[str, RetNetConfig, dict]:
-    """(format name, config, weight-file facts) after validating names/shapes/dtypes from headers only."""
+    """(format name, config, {file_bytes, dtypes}) after validating names/shapes/dtypes from headers only."""
     p = resolve_path(path)
     fmt = get_format(p, format)
     cfg = fmt.read_config(p)
-    return fmt.name, cfg, fmt.check_weights(p, cfg)
-
-
-def _register_builtin() -> None:
-    from . import native
-
-    register_format(Format("native", native.is_native, native.read_native_config, native.load_native,
-                           native.check_native_weights))
-
-
-_register_builtin()
-from . import checkpoints  # noqa: E402,F401  (registers the foreign formats)
+    tensors = fmt.tensors(p, cfg)
+    return fmt.name, cfg, {"file_bytes": sum(f.stat().st_size for f in fmt.weight_files(p)),
+                           "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})}

@@ -1,24 +1,29 @@
-"""The canonical RetNet decoder with its parallel and chunkwise forms (arXiv 2307.08621, §2).
+"""The canonical RetNet decoder: one layer stack, three forms (arXiv 2307.08621, §2).
 
-Parameter names here are the native format's keys. The recurrent form lives in `step.py`; both share
-the projections and norms defined here. Shape letters: B batch, T time, D d_model, H heads,
-Dk/Dv head dims, V vocab.
+`DecoderStack.run` is the only place the layer sequence lives: embedding, then per layer
+x += MSR(norm x) and x += FFN(norm x), then the head. The forms differ only in the retention core they
+pass it (`retention.py`): `RetNet.forward` (parallel), `forward_chunkwise`, `forward_recurrent`, and
+the exported step and prefill modules (`step.py`) are all this body. Parameter names here are the
+native format's keys. Shape letters: B batch, T time, D d_model, H heads, Dk/Dv head dims, V vocab.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .config import RetNetConfig
-from .ops import (RMSNorm, act_fn, interleaved_to_half_split, log_decay, rotary_cos_sin, rotary_freqs,
-                  rotate_half_split, torchscale_scale)
+from .ops import RMSNorm, act_fn, interleaved_to_half_split, log_decay, rotary_cos_sin, rotary_freqs, rotate_half_split
+from .retention import ChunkCore, ParallelCore, RetentionCore, StepCore
 
 
 class MultiScaleRetention(nn.Module):
     """MSR: projections, rotary, per-head norm and swish gate; the retention core is form-specific.
 
-    Key features are always rotated in half-split order: torchscale's interleaved pairs are gathered
-    into that order first, so every form (and the step module) holds S with the same Dk order.
+    Key features are always rotated in half-split order. A torchscale checkpoint's interleaved pairs are
+    gathered into that order here (`half_split`); the step rewrite permutes W_q/W_k rows instead and sets
+    `half_split` to None, so every form holds S with the same Dk order.
     """
 
     def __init__(self, cfg: RetNetConfig):
@@ -31,24 +36,24 @@ class MultiScaleRetention(nn.Module):
         self.out_proj = nn.Linear(Dv, D, bias=False)
         self.g_norm = RMSNorm(cfg.head_dim_v, cfg.norm_eps, affine=cfg.group_norm_affine == "shared")
         self.cfg = cfg
-        self.register_buffer("half_split", interleaved_to_half_split(cfg.head_dim_k), persistent=False)
+        self.register_buffer("half_split", interleaved_to_half_split(cfg.head_dim_k) if cfg.rotary == "torchscale"
+                             else None, persistent=False)
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B,T,D] -> q, k [B,H,T,Dk] (rotated; k scaled by Dk^-1/2), v [B,H,T,Dv]."""
+        """x [B,T,D], cos/sin [..., T, 1, Dk/2] -> q, k [B,T,H,Dk] (rotated; k scaled by Dk^-1/2), v [B,T,H,Dv]."""
         B, T, _ = x.shape
         H, Dk, Dv = self.cfg.state_shape
-        q = self.q_proj(x).view(B, T, H, Dk).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, H, Dk).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, H, Dv).transpose(1, 2)
-        if self.cfg.rotary == "torchscale":  # pairs (2i, 2i+1) -> (i, i+Dk/2), as the step's permuted W_q/W_k
+        q = self.q_proj(x).view(B, T, H, Dk)
+        k = self.k_proj(x).view(B, T, H, Dk)
+        if self.half_split is not None:  # torchscale pairs (2i, 2i+1) -> (i, i+Dk/2)
             q, k = q[..., self.half_split], k[..., self.half_split]
         q, k = rotate_half_split(q, cos, sin), rotate_half_split(k, cos, sin) * Dk**-0.5
-        return q, k, v
+        return q, k, self.v_proj(x).view(B, T, H, Dv)
 
     def gate_out(self, x: Tensor, o: Tensor) -> Tensor:
-        """y = W_o(silu(W_g x) ⊙ GroupNorm(o)); o [B,H,T,Dv] -> y [B,T,D]."""
-        B, H, T, Dv = o.shape
-        o = self.g_norm(o).transpose(1, 2).reshape(B, T, H * Dv)
+        """y = W_o(silu(W_g x) ⊙ GroupNorm(o)); x [B,T,D], o [B,T,H,Dv] -> y [B,T,D]."""
+        B, T, H, Dv = o.shape
+        o = self.g_norm(o).reshape(B, T, H * Dv)
         return self.out_proj(nn.functional.silu(self.g_proj(x)) * o)
 
 
@@ -77,34 +82,13 @@ class RetNetLayer(nn.Module):
         self.ffn = FeedForward(cfg)
 
 
-def parallel_retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, normalize: str) -> Tensor:
-    """O = (Q Kᵀ ⊙ D) V with D_nm = γ^(n−m) for n ≥ m (paper eq. 5). q,k [B,H,T,Dk] -> [B,H,T,Dv]."""
-    T = q.shape[2]
-    idx = torch.arange(T, device=q.device)
-    diff = (idx[:, None] - idx[None, :]).float()  # [T, T]
-    decay = torch.exp(diff * log_gamma[:, None, None]).masked_fill(diff < 0, 0.0)  # [H, T, T]
-    if normalize == "torchscale":  # decay rows / √Z_n
-        decay = decay / decay.sum(dim=-1, keepdim=True).sqrt()
-    scores = (q @ k.transpose(-1, -2)) * decay  # [B, H, T, T]
-    if normalize == "torchscale":  # score rows / clamp(Σ|row|, 1, 5e4)
-        scores = scores / scores.detach().abs().sum(dim=-1, keepdim=True).clamp(min=1, max=5e4)
-    return scores @ v
+class DecoderStack(nn.Module):
+    """Embedding, layers and head, and `run`: the one decoder body every form and exported graph calls.
 
-
-def chunk_retention(q: Tensor, k: Tensor, v: Tensor, log_gamma: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-    """One chunk of the chunkwise form (paper eq. 7). q,k [B,H,C,Dk], state R [B,H,Dk,Dv] -> (o, R')."""
-    C = q.shape[2]
-    j = torch.arange(C, device=q.device).float()
-    lg = log_gamma[:, None]  # [H, 1]
-    inner = parallel_retention(q, k, v, log_gamma, "none")
-    cross = (q @ state) * torch.exp((j + 1) * lg)[..., None]  # rows scaled by γ^(j+1)
-    k_decayed = k * torch.exp((C - 1 - j) * lg)[..., None]  # [B, H, C, Dk]
-    new_state = k_decayed.transpose(-1, -2) @ v + torch.exp(C * lg)[..., None] * state
-    return inner + cross, new_state
-
-
-class RetNet(nn.Module):
-    """RetNet decoder with parallel (`forward`), chunkwise and recurrent (`forward_recurrent`) forms."""
+    Subclasses add a `forward` that picks a retention core; `adopt` lets a subclass be built over another
+    stack's modules (the step and prefill modules share the model's tensors, and their exported node
+    names follow these attribute names: `/model/layers.3.retention.q_proj/MatMul`).
+    """
 
     def __init__(self, cfg: RetNetConfig):
         super().__init__()
@@ -120,6 +104,45 @@ class RetNet(nn.Module):
         self.register_buffer("log_gamma", log_decay(cfg), persistent=False)  # [H]
         self.register_buffer("freqs", rotary_freqs(cfg), persistent=False)  # [Dk/2]
 
+    def adopt(self, other: "DecoderStack") -> None:
+        """Take other's modules and buffers (no copy): called from a subclass __init__ instead of super's."""
+        nn.Module.__init__(self)
+        self.cfg, self.dropout_p = other.cfg, 0.0
+        self.embed, self.embed_norm, self.layers, self.norm, self.lm_head = (
+            other.embed, other.embed_norm, other.layers, other.norm, other.lm_head)
+        for name in ("log_gamma", "freqs"):
+            self.register_buffer(name, getattr(other, name), persistent=False)
+
+    def init_state(self, batch_size: int = 1, device: torch.device | None = None) -> list[Tensor]:
+        """Zero recurrent state: n_layers fp32 tensors [B, H, Dk, Dv]."""
+        return [torch.zeros(batch_size, *self.cfg.state_shape, device=device) for _ in range(self.cfg.n_layers)]
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        x = self.embed(input_ids) * self.cfg.embed_scale
+        return self.embed_norm(x) if self.embed_norm is not None else x
+
+    def _drop(self, y: Tensor) -> Tensor:
+        # a Python branch, not an op: eval-mode graphs (every export) carry no dropout node
+        return nn.functional.dropout(y, self.dropout_p, True) if self.training and self.dropout_p else y
+
+    def run(self, input_ids: Tensor, positions: Tensor, core: RetentionCore,
+            past: Sequence[Tensor | None]) -> tuple[Tensor, list[Tensor | None]]:
+        """input_ids [B,T], positions [T] or [B,T], past L x [B,H,Dk,Dv] (or None) -> (logits [B,T,V], present)."""
+        x = self.embed_tokens(input_ids)  # [B, T, D]
+        cos, sin = rotary_cos_sin(positions, self.freqs)  # [..., T, 1, Dk/2], broadcast over heads
+        present = []
+        for layer, S in zip(self.layers, past):
+            h = layer.retention_norm(x)
+            o, S = core(*layer.retention.qkv(h, cos, sin), S)  # o [B, T, H, Dv]
+            x = x + self._drop(layer.retention.gate_out(h, o))
+            x = x + self._drop(layer.ffn(layer.ffn_norm(x)))
+            present.append(S)
+        return self.lm_head(self.norm(x)), present  # [B, T, V]
+
+
+class RetNet(DecoderStack):
+    """RetNet decoder with parallel (`forward`), chunkwise and recurrent (`forward_recurrent`) forms."""
+
     @classmethod
     def empty(cls, cfg: RetNetConfig) -> "RetNet":
         """A model with uninitialised weights (no random-init pass: fast for 1B+ models), buffers set."""
@@ -130,7 +153,8 @@ class RetNet(nn.Module):
             model.lm_head.weight = model.embed.weight
         model.log_gamma, model.freqs = log_decay(cfg), rotary_freqs(cfg)
         for layer in model.layers:
-            layer.retention.half_split = interleaved_to_half_split(cfg.head_dim_k)
+            if cfg.rotary == "torchscale":
+                layer.retention.half_split = interleaved_to_half_split(cfg.head_dim_k)
         return model
 
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> "RetNet":
@@ -143,33 +167,11 @@ class RetNet(nn.Module):
                     p.fill_(1.0)
         return self
 
-    def embed_tokens(self, input_ids: Tensor) -> Tensor:
-        x = self.embed(input_ids) * self.cfg.embed_scale
-        return self.embed_norm(x) if self.embed_norm is not None else x
-
-    def _run(self, input_ids: Tensor, retention) -> Tensor:
-        drop = lambda y: nn.functional.dropout(y, self.dropout_p, self.training)  # noqa: E731 (training only)
-        x = self.embed_tokens(input_ids)  # [B, T, D]
-        for i, layer in enumerate(self.layers):
-            h = layer.retention_norm(x)
-            x = x + drop(layer.retention.gate_out(h, retention(i, layer.retention, h)))
-            x = x + drop(layer.ffn(layer.ffn_norm(x)))
-        return self.lm_head(self.norm(x))  # [B, T, V]
-
     def forward(self, input_ids: Tensor) -> Tensor:
         """Parallel form: input_ids [B,T] -> logits [B,T,V]. O(T²) memory; for training and evaluation."""
-        T = input_ids.shape[1]
-        cos, sin = rotary_cos_sin(torch.arange(T, device=input_ids.device), self.freqs)
-
-        def retention(i: int, msr: MultiScaleRetention, h: Tensor) -> Tensor:
-            q, k, v = msr.qkv(h, cos, sin)
-            return parallel_retention(q, k, v, self.log_gamma, self.cfg.normalize)
-
-        return self._run(input_ids, retention)
-
-    def init_state(self, batch_size: int = 1, device: torch.device | None = None) -> list[Tensor]:
-        """Zero recurrent state: n_layers tensors [B, H, Dk, Dv] fp32."""
-        return [torch.zeros(batch_size, *self.cfg.state_shape, device=device) for _ in range(self.cfg.n_layers)]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        core = ParallelCore(self.log_gamma, self.cfg.normalize)
+        return self.run(input_ids, positions, core, [None] * self.cfg.n_layers)[0]
 
     def forward_chunkwise(self, input_ids: Tensor, chunk_size: int = 64, state: list[Tensor] | None = None,
                           start_pos: int = 0, return_state: bool = False):
@@ -180,44 +182,24 @@ class RetNet(nn.Module):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         B, T = input_ids.shape
-        states = list(state) if state is not None else self.init_state(B, input_ids.device)
-        pos = torch.arange(start_pos, start_pos + T, device=input_ids.device)
-        cos, sin = rotary_cos_sin(pos, self.freqs)
-        if self.cfg.normalize == "torchscale":
-            out_scale = torchscale_scale(pos, self.log_gamma).T[None, :, :, None]  # [1, H, T, 1]
-
-        def retention(i: int, msr: MultiScaleRetention, h: Tensor) -> Tensor:
-            q, k, v = msr.qkv(h, cos, sin)
-            outs = []
-            for s in range(0, T, chunk_size):
-                sl = slice(s, s + chunk_size)
-                o, states[i] = chunk_retention(q[:, :, sl], k[:, :, sl], v[:, :, sl], self.log_gamma, states[i])
-                outs.append(o)
-            o = torch.cat(outs, dim=2)  # [B, H, T, Dv]
-            return o * out_scale if self.cfg.normalize == "torchscale" else o
-
-        logits = self._run(input_ids, retention)
-        return (logits, states) if return_state else logits
+        past = list(state) if state is not None else self.init_state(B, input_ids.device)
+        positions = torch.arange(start_pos, start_pos + T, device=input_ids.device)
+        core = ChunkCore(self.log_gamma, positions, self.cfg.normalize, chunk_size)
+        logits, present = self.run(input_ids, positions, core, past)
+        return (logits, present) if return_state else logits
 
     def forward_recurrent(self, input_ids: Tensor) -> Tensor:
-        """Recurrent form, token by token through the single-step module: logits [B,T,V]."""
-        from .step import to_recurrent  # step.py builds on this module
-
-        step = to_recurrent(self)
+        """Recurrent form, token by token (paper eq. 6): logits [B,T,V]."""
         B, T = input_ids.shape
-        state = step.init_state(B)
+        gamma = self.log_gamma.exp().view(1, -1, 1, 1)
+        state: list = self.init_state(B, input_ids.device)
         outs = []
         for t in range(T):
             pos = torch.full((B, 1), t, dtype=torch.long, device=input_ids.device)
-            logits, *state = step(input_ids[:, t : t + 1], pos, *state)
+            logits, state = self.run(input_ids[:, t : t + 1], pos,
+                                     StepCore(gamma, self.log_gamma, pos, self.cfg.normalize), state)
             outs.append(logits)
         return torch.cat(outs, dim=1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, path, dtype: str = "fp32", force: bool = False, extra_files=None):
-        """Write the native format (config.json + model.safetensors) atomically; see native.save_pretrained."""
-        from .native import save_pretrained
-
-        return save_pretrained(self, path, dtype=dtype, force=force, extra_files=extra_files)

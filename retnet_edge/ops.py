@@ -55,8 +55,11 @@ def rotary_freqs(cfg: RetNetConfig) -> Tensor:
 
 
 def rotary_cos_sin(positions: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor]:
-    """cos/sin [..., d_k/2] for integer positions [...]; constant work per position."""
-    angle = positions.float().unsqueeze(-1) * freqs  # [..., d_k/2]
+    """cos/sin [..., 1, d_k/2] for integer positions [...] (the 1 broadcasts over heads); constant work per position.
+
+    A reshape, not unsqueeze: XNNPACK lowers the view, while an unsqueeze here split the step into two partitions.
+    """
+    angle = positions.float().reshape(*positions.shape, 1, 1) * freqs  # [..., 1, d_k/2]
     return torch.cos(angle), torch.sin(angle)
 
 

@@ -1,8 +1,9 @@
 """Quantization recipes as data: one config per export, tolerances beside each scheme.
 
 Every scheme keeps the recurrent state, the decay, the norms and the state products (activation x
-activation) in fp32; only weight matrices (and optionally the embedding) are quantized. Each backend
-turns a QuantConfig into its own library calls (onnxruntime.quantization, torchao).
+activation) in fp32; only weight matrices (and optionally the embedding) are quantized. A QuantConfig
+resolves once into a `QuantPlan` — a precision per module name (torchao's FqnToConfig idea) — and each
+backend turns the plan into its own library calls (onnxruntime.quantization, torchao).
 """
 from __future__ import annotations
 
@@ -83,3 +84,42 @@ class QuantConfig:
         d["scheme"] = self.scheme.value
         d["lm_head"] = self.head_precision
         return d
+
+
+PRECISIONS = ("fp32", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The precision of every quantizable module (fqn -> fp32 | int8 | int4), resolved once per export."""
+
+    precision: dict[str, str]
+    group_size: int
+    fallbacks: tuple[str, ...] = ()  # int4 modules planned at int8: in_features % group_size != 0
+    embedding: str = "embed"  # the fqn of the embedding (a Gather, not a MatMul)
+
+    def modules(self, precision: str, kind: str = "linear") -> list[str]:
+        """Module names planned at `precision`; kind "linear" or "embedding"."""
+        return [n for n, p in self.precision.items() if p == precision and (n == self.embedding) == (kind == "embedding")]
+
+    @property
+    def quantizes_anything(self) -> bool:
+        return any(p != "fp32" for p in self.precision.values())
+
+
+def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed") -> QuantPlan:
+    """Resolve qc over a model's linears ({fqn: in_features}, "lm_head" among them) and its embedding.
+
+    The body gets the scheme, the head `qc.head_precision`, the embedding `qc.embedding`. Group-wise int4
+    needs in_features divisible by the group; such a linear falls back to int8 (per channel), and the plan
+    says which, so both backends make the same choice.
+    """
+    precision, fallbacks = {}, []
+    for name, in_features in linears.items():
+        p = qc.head_precision if name == "lm_head" else qc.scheme.value
+        if p == "int4" and in_features % qc.group_size:
+            p = "int8"
+            fallbacks.append(name)
+        precision[name] = p
+    precision[embedding] = qc.embedding
+    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding)

@@ -3,19 +3,20 @@
 `RetNetStep` is the graph every exporter starts from. Its state is explicit and functional —
 `forward(input_ids, position_ids, *past) -> (logits, *present)` — zero-initialised, so there is no
 first-step branch, and nothing in it grows with the position: constants are precomputed buffers and
-every op has a static shape. The ops are chosen to lower to XNNPACK in one partition: norms as 4-D
-means, the state products as bmm, and torchscale's interleaved rotary turned into the half-split form
-by permuting W_q/W_k rows offline (exact: q·k is invariant under a shared permutation).
+every op has a static shape. It is the model's decoder body (`DecoderStack.run`) with the step core;
+what the rewrite adds is export-friendliness: torchscale's interleaved rotary becomes the half-split
+form by permuting W_q/W_k rows offline (exact: q·k is invariant under a shared permutation), so the
+graph has no gather, and γ is a precomputed buffer. `RetNetPrefill` is the same body with one chunk of
+the chunkwise form, over the step's own modules.
 """
 from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
 
-from .model import RetNet
-from .ops import interleaved_to_half_split, rotary_cos_sin, rotate_half_split, torchscale_scale
+from .model import DecoderStack, RetNet
+from .retention import ChunkCore, StepCore
 
 
 def _permute_rows(linear: nn.Linear, n_heads: int, perm: Tensor) -> None:
@@ -26,57 +27,30 @@ def _permute_rows(linear: nn.Linear, n_heads: int, perm: Tensor) -> None:
     linear.weight = nn.Parameter(W.clone())
 
 
-class RetNetStep(nn.Module):
+class RetNetStep(DecoderStack):
     """Recurrent-only step module over a RetNet's weights (shared, not copied, except permuted W_q/W_k)."""
 
     def __init__(self, model: RetNet):
-        super().__init__()
         shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-        m = copy.deepcopy(model, memo=shared)  # fresh modules, same tensors
-        cfg = self.cfg = m.cfg
-        self.embed, self.embed_norm, self.layers, self.norm, self.lm_head = (
-            m.embed, m.embed_norm, m.layers, m.norm, m.lm_head)
-        if cfg.rotary == "torchscale":
-            perm = interleaved_to_half_split(cfg.head_dim_k)
-            for layer in self.layers:
-                _permute_rows(layer.retention.q_proj, cfg.n_heads, perm)
-                _permute_rows(layer.retention.k_proj, cfg.n_heads, perm)
-        self.register_buffer("log_gamma", m.log_gamma.clone(), persistent=False)  # [H]
-        self.register_buffer("gamma", m.log_gamma.exp().view(1, cfg.n_heads, 1, 1), persistent=False)
-        self.register_buffer("freqs", m.freqs.clone(), persistent=False)  # [Dk/2]
+        self.adopt(copy.deepcopy(model, memo=shared))  # fresh modules, same tensors
+        cfg = self.cfg
+        for layer in self.layers:
+            msr = layer.retention
+            if msr.half_split is not None:  # interleaved rotary: permute the rows once, drop the gather
+                _permute_rows(msr.q_proj, cfg.n_heads, msr.half_split)
+                _permute_rows(msr.k_proj, cfg.n_heads, msr.half_split)
+                msr.half_split = None
+        self.register_buffer("gamma", self.log_gamma.exp().view(1, cfg.n_heads, 1, 1), persistent=False)
 
-    def init_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:
+    def init_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:  # type: ignore[override]
         """Zero state: n_layers fp32 tensors [B, H, Dk, Dv]."""
-        return tuple(torch.zeros(batch_size, *self.cfg.state_shape) for _ in range(self.cfg.n_layers))
+        return tuple(super().init_state(batch_size))
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         """input_ids, position_ids [B,1] int64; past L x [B,H,Dk,Dv] -> (logits [B,1,V], *present)."""
-        cfg = self.cfg
-        B = input_ids.shape[0]
-        H, Dk, Dv = cfg.state_shape
-        x = self.embed(input_ids) * cfg.embed_scale  # [B, 1, D]
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        cos, sin = rotary_cos_sin(position_ids, self.freqs)  # [B, 1, Dk/2], broadcast over heads
-        if cfg.normalize == "torchscale":
-            out_scale = torchscale_scale(position_ids, self.log_gamma).view(B * H, 1, 1)
-        present = []
-        for layer, S in zip(self.layers, past):
-            msr = layer.retention
-            h = layer.retention_norm(x)
-            q = rotate_half_split(msr.q_proj(h).view(B, H, Dk), cos, sin)
-            k = rotate_half_split(msr.k_proj(h).view(B, H, Dk), cos, sin) * Dk**-0.5
-            v = msr.v_proj(h).view(B * H, 1, Dv)
-            kv = torch.bmm(k.view(B * H, Dk, 1), v).view(B, H, Dk, Dv)  # k_nᵀ v_n
-            S = S * self.gamma + kv  # S_n = γ S_{n−1} + k_nᵀ v_n
-            o = torch.bmm(q.view(B * H, 1, Dk), S.view(B * H, Dk, Dv))  # [B*H, 1, Dv]
-            if cfg.normalize == "torchscale":
-                o = o * out_scale  # torchscale's S_n/√Z_n, a function of the position only
-            o = msr.g_norm(o.view(B, H, Dv)).view(B, 1, H * Dv)
-            x = x + msr.out_proj(nn.functional.silu(msr.g_proj(h)) * o)
-            x = x + layer.ffn(layer.ffn_norm(x))
-            present.append(S)
-        return (self.lm_head(self.norm(x)), *present)
+        core = StepCore(self.gamma, self.log_gamma, position_ids, self.cfg.normalize)
+        logits, present = self.run(input_ids, position_ids, core, past)
+        return (logits, *present)
 
 
 def to_recurrent(model: RetNet) -> RetNetStep:
@@ -84,7 +58,7 @@ def to_recurrent(model: RetNet) -> RetNetStep:
     return RetNetStep(model).eval()
 
 
-class RetNetPrefill(nn.Module):
+class RetNetPrefill(DecoderStack):
     """One chunk of the chunkwise form over a RetNetStep's weights: the prompt graph of every exporter.
 
     forward(input_ids[B,T], position_ids[B,T], *past) -> (logits[B,T,V], *present), positions consecutive.
@@ -92,43 +66,15 @@ class RetNetPrefill(nn.Module):
     """
 
     def __init__(self, step: RetNetStep):
-        super().__init__()
-        # the step's own modules and buffers (no copy), under the same names, so exported node names match
-        self.cfg = step.cfg
-        self.embed, self.embed_norm, self.layers, self.norm, self.lm_head = (
-            step.embed, step.embed_norm, step.layers, step.norm, step.lm_head)
-        for name in ("log_gamma", "freqs"):
-            self.register_buffer(name, getattr(step, name), persistent=False)
+        self.adopt(step)  # the step's own modules (no copy), under the same names: node names match
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        from .model import chunk_retention
-
-        st, cfg = self, self.cfg
-        B, T = input_ids.shape
-        H, Dk, Dv = cfg.state_shape
-        x = st.embed(input_ids) * cfg.embed_scale  # [B, T, D]
-        if st.embed_norm is not None:
-            x = st.embed_norm(x)
-        cos, sin = rotary_cos_sin(position_ids, st.freqs)  # [B, T, Dk/2]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, Dk/2]
-        if cfg.normalize == "torchscale":
-            out_scale = torchscale_scale(position_ids, st.log_gamma).transpose(1, 2).unsqueeze(-1)  # [B, H, T, 1]
-        present = []
-        for layer, S in zip(st.layers, past):
-            msr = layer.retention
-            h = layer.retention_norm(x)
-            q = rotate_half_split(msr.q_proj(h).view(B, T, H, Dk).transpose(1, 2), cos, sin)
-            k = rotate_half_split(msr.k_proj(h).view(B, T, H, Dk).transpose(1, 2), cos, sin) * Dk**-0.5
-            v = msr.v_proj(h).view(B, T, H, Dv).transpose(1, 2)
-            o, S = chunk_retention(q, k, v, st.log_gamma, S)  # o [B, H, T, Dv]
-            if cfg.normalize == "torchscale":
-                o = o * out_scale
-            x = x + msr.gate_out(h, o)
-            x = x + layer.ffn(layer.ffn_norm(x))
-            present.append(S)
-        return (st.lm_head(st.norm(x)), *present)
+        core = ChunkCore(self.log_gamma, position_ids, self.cfg.normalize, chunk_size=None)
+        logits, present = self.run(input_ids, position_ids, core, past)
+        return (logits, *present)
 
 
 def to_prefill(step: RetNetStep) -> RetNetPrefill:
     """The chunk (prompt) graph sharing a step module's weights."""
     return RetNetPrefill(step).eval()
+

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .config import RetNetConfig
 from .errors import RetNetEdgeError
+from .checkpoints.native import save_pretrained
 from .model import RetNet
 from .tokenizer import load_tokenizer, train_bpe
 
@@ -165,6 +166,6 @@ def train(corpus: Path, output: Path, model_cfg: dict, tc: TrainConfig, tokenize
                "device": tc.device, "torch": torch.__version__}
     (work / "train_log.json").write_text(json.dumps(summary, indent=2))
     extra = {tok.file_name: tok_path, "train_log.json": work / "train_log.json"}
-    final.save_pretrained(output, dtype="fp16" if tc.device.startswith("cuda") else "fp32", force=force,
+    save_pretrained(final, output, dtype="fp16" if tc.device.startswith("cuda") else "fp32", force=force,
                           extra_files=extra)
     return summary

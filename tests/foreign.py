@@ -151,3 +151,39 @@ def fla_reference_logits(sd: dict, cfg: dict, ids: torch.Tensor) -> torch.Tensor
         x = x + (F.silu(gate) * up) @ sd[p + "mlp.down_proj.weight"].T
     head = sd.get("lm_head.weight", sd["model.embeddings.weight"])
     return _rms(x, sd["model.norm.weight"]) @ head.T
+
+
+def write_torchscale(dec, fields: dict, d: Path) -> Path:
+    """A torchscale `RetNetDecoder.state_dict()` in model.safetensors + its config.json."""
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(fields))
+    return d
+
+
+def write_fairseq(dec, fields: dict, path: Path) -> Path:
+    """A raw fairseq checkpoint: {"args": Namespace, "model": {"decoder.…"}}."""
+    import argparse
+
+    ckpt = {"args": argparse.Namespace(**fields, arch="retnet_base"),
+            "model": {f"decoder.{k}": v for k, v in dec.state_dict().items()}, "optimizer_history": []}
+    torch.save(ckpt, path)
+    return path
+
+
+def write_syncdoth(dec, fields: dict, d: Path, **cfg_over) -> Path:
+    """A syncdoth/RetNet HF directory (model.* keys, lm_head, HF-style config)."""
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    sd = {("lm_head.weight" if k == "output_projection.weight" else f"model.{k}"): v.contiguous()
+          for k, v in dec.state_dict().items()}
+    save_file(sd, str(d / "model.safetensors"))
+    cfg = {k: v for k, v in fields.items() if k != "share_decoder_input_output_embed"}
+    cfg.update(model_type="retnet", use_glu=True, use_lm_decay=False, tie_word_embeddings=False, pad_token_id=0,
+               eos_token_id=2, bos_token_id=1, subln=True, deepnorm=False)
+    cfg.update(cfg_over)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d

@@ -1,7 +1,6 @@
 """Foreign checkpoints: each format loads, converts and matches its reference; bad files exit 1."""
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 
@@ -11,7 +10,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import retnet_edge
-from foreign import fla_reference_logits, torchscale_decoder, torchscale_logits, write_fla
+from foreign import (fla_reference_logits, torchscale_decoder, torchscale_logits, write_fairseq, write_fla,
+                     write_syncdoth, write_torchscale)
 from retnet_edge.cli import main
 
 TOL = 1e-4  # max |Δlogits| / max |logits| against the reference implementation
@@ -45,10 +45,7 @@ def ts():
 
 def test_torchscale_state_dict(ts, tmp_path):
     dec, fields = ts
-    d = tmp_path / "ts"
-    d.mkdir()
-    save_file({k: v.contiguous() for k, v in dec.state_dict().items()}, str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps(fields))
+    d = write_torchscale(dec, fields, tmp_path / "ts")
     s = convert(d, tmp_path / "out")
     assert s["format"] == "torchscale" and s["config"]["normalize"] == "torchscale"
     model = retnet_edge.load(tmp_path / "out")
@@ -59,30 +56,15 @@ def test_torchscale_state_dict(ts, tmp_path):
 
 def test_fairseq_checkpoint_with_namespace_args(ts, tmp_path):
     dec, fields = ts
-    ckpt = {"args": argparse.Namespace(**fields, arch="retnet_base"),
-            "model": {f"decoder.{k}": v for k, v in dec.state_dict().items()}, "optimizer_history": []}
-    torch.save(ckpt, tmp_path / "checkpoint_best.pt")
+    write_fairseq(dec, fields, tmp_path / "checkpoint_best.pt")
     s = convert(tmp_path / "checkpoint_best.pt", tmp_path / "out", "--dtype", "fp32")
     assert s["format"] == "fairseq"
     check_all_forms(retnet_edge.load(tmp_path / "out"), torchscale_logits(dec, IDS))
 
 
-def _syncdoth_dir(dec, fields, d, **cfg_over):
-    d.mkdir()
-    sd = {("lm_head.weight" if k == "output_projection.weight" else f"model.{k}"): v.contiguous()
-          for k, v in dec.state_dict().items()}
-    save_file(sd, str(d / "model.safetensors"))
-    cfg = {k: v for k, v in fields.items() if k != "share_decoder_input_output_embed"}
-    cfg.update(model_type="retnet", use_glu=True, use_lm_decay=False, tie_word_embeddings=False, pad_token_id=0,
-               eos_token_id=2, bos_token_id=1, subln=True, deepnorm=False)
-    cfg.update(cfg_over)
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
-
-
 def test_syncdoth_hf_dir(ts, tmp_path):
     dec, fields = ts
-    src = _syncdoth_dir(dec, fields, tmp_path / "sd")
+    src = write_syncdoth(dec, fields, tmp_path / "sd")
     (src / "modeling_retnet.py").write_text("raise SystemExit('never imported')\n")
     s = convert(src, tmp_path / "out", "--dtype", "fp16")
     assert s["format"] == "syncdoth" and s["dtype"] == "fp16"
@@ -93,7 +75,7 @@ def test_syncdoth_hf_dir(ts, tmp_path):
 
 def test_syncdoth_config_that_contradicts_its_buffers_is_refused(ts, tmp_path):
     dec, fields = ts
-    src = _syncdoth_dir(dec, fields, tmp_path / "sd", use_lm_decay=True)
+    src = write_syncdoth(dec, fields, tmp_path / "sd", use_lm_decay=True)
     res = CliRunner().invoke(main, ["convert", str(src), "-o", str(tmp_path / "x")])
     assert res.exit_code == 1 and "retnet_rel_pos.decay does not match" in res.stderr
 

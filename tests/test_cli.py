@@ -28,7 +28,7 @@ def test_inspect_presets(preset, params):
 
 
 def test_parameter_count_matches_the_module(tiny_model):
-    from retnet_edge.summary import parameter_count
+    from retnet_edge.inspection import parameter_count
 
     assert parameter_count(tiny_model.cfg) == tiny_model.num_parameters()
 

@@ -9,7 +9,9 @@ import torch
 from click.testing import CliRunner
 
 import retnet_edge
-from conftest import make_model
+from helpers import make_model
+
+from retnet_edge import save_pretrained
 from retnet_edge.cli import main
 from retnet_edge.exporters import export_model
 from retnet_edge.quant import QuantConfig
@@ -22,8 +24,8 @@ ALLOWED_OUTSIDE = {"aten_embedding_default", "aten_ne_scalar", "aten_view_copy_d
 
 
 @pytest.fixture(scope="module")
-def demo_pte(tmp_path_factory):
-    return export_model("demo", "executorch", QuantConfig("fp32"), tmp_path_factory.mktemp("et") / "fp32", steps=16)
+def demo_pte(demo_export):
+    return demo_export("executorch", "fp32")
 
 
 def _delegation(path):
@@ -85,13 +87,13 @@ def test_python_runner_generate_and_eval(demo_pte):
 
 def test_runner_flavour_state_is_internal(demo_pte, tmp_path):
     r = load_runner(demo_pte.path)
-    with pytest.raises(retnet_edge.CheckpointError, match="flavor io"):
+    with pytest.raises(retnet_edge.ArtifactError, match="flavor io"):
         r.save_state(tmp_path / "s")
 
 
 @pytest.mark.parametrize("quant, max_size", [("int8", 0.35), ("int4", 0.25)])
-def test_quantized_demo_one_partition(tmp_path, demo_pte, quant, max_size):
-    art = export_model("demo", "executorch", QuantConfig(quant), tmp_path / quant, steps=64)
+def test_quantized_demo_one_partition(demo_export, demo_pte, quant, max_size):
+    art = demo_export("executorch", quant)
     d = _delegation(art.path)
     assert d["partitions"] == 1 and set(d["outside_ops"]) <= ALLOWED_OUTSIDE
     v = art.manifest["validation"]
@@ -102,7 +104,7 @@ def test_quantized_demo_one_partition(tmp_path, demo_pte, quant, max_size):
 
 def test_io_flavour_tiny(tmp_path):
     model = make_model(n_layers=2, rotary="fla", group_norm_affine="shared")
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     qc = QuantConfig("fp32")
     art = export_model(str(tmp_path / "m"), "executorch", qc, tmp_path / "io", options={"flavor": "io"}, steps=32)
     d = _delegation(art.path)

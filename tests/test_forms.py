@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model
+from helpers import make_model
 
 TOL = 1e-5  # max |Δlogits| / max |logits|, fp32
 

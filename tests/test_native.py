@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import save_file
 
 import retnet_edge
-from conftest import make_model
-from retnet_edge import CheckpointError, ConfigError, RetNetConfig
+from helpers import make_model
+
+from retnet_edge import CheckpointError, ConfigError, RetNetConfig, save_pretrained
 
 
 def test_round_trip_is_exact(tmp_path):
     model = make_model(tie_embeddings=True, embed_norm=True, rotary="fla", group_norm_affine="shared")
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["format"] == "retnet-edge" and cfg["format_version"] == 1
     loaded = retnet_edge.load(tmp_path / "m")
@@ -26,17 +27,17 @@ def test_round_trip_is_exact(tmp_path):
 
 def test_fp16_save_loads_as_fp32(tmp_path):
     model = make_model()
-    model.save_pretrained(tmp_path / "m", dtype="fp16")
+    save_pretrained(model, tmp_path / "m", dtype="fp16")
     loaded = retnet_edge.load(tmp_path / "m")
     assert loaded.embed.weight.dtype == torch.float32
     assert torch.allclose(loaded.embed.weight, model.embed.weight, atol=1e-3)
 
 
 def test_refuses_to_overwrite_without_force(tmp_path, tiny_model):
-    tiny_model.save_pretrained(tmp_path / "m")
+    save_pretrained(tiny_model, tmp_path / "m")
     with pytest.raises(retnet_edge.RetNetEdgeError, match="already exists"):
-        tiny_model.save_pretrained(tmp_path / "m")
-    tiny_model.save_pretrained(tmp_path / "m", force=True)
+        save_pretrained(tiny_model, tmp_path / "m")
+    save_pretrained(tiny_model, tmp_path / "m", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp dirs left behind
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conftest import make_model
+from helpers import make_model
 from retnet_edge import to_recurrent
 from retnet_edge.graph_check import export_step, position_dependent_nodes
 

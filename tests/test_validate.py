@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import make_model
+from helpers import make_model
 from retnet_edge.exporters.validate import validate
 from retnet_edge.quant import QuantConfig
 from retnet_edge.runtimes.eager import EagerSession

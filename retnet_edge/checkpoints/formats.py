@@ -1,8 +1,8 @@
-"""The foreign checkpoint formats as loader registry entries: detect, read config, map tensors.
+"""The foreign checkpoint formats (torchscale, fairseq, syncdoth, fla) as `FORMATS` entries.
 
-Each format is data (a key map, ignore patterns, a config translator) plus a few lines to find its
-files. `canonical_tensors(path, fmt)` gives (RetNetConfig, {canonical name: LazyTensor}) after checking
-every name and shape; loading a model and streaming a conversion both start from it.
+Each format is data (a key map, ignore patterns, a config translator, a detector) plus a few lines to
+find its files; `map_tensors` turns its tensors into canonical names after checking every name and
+shape, and loading a model and streaming a conversion both start from that.
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import torch
 from ..config import RetNetConfig
 from ..errors import CheckpointError, ConfigError
 from ..io_utils import read_json
-from ..native import check_state_dict
 from ..ops import log_decay, rotary_freqs
 from . import keymaps
 from .configs import from_fla, from_torchscale
+from .native import check_state_dict
+from .registry import Format, register_format
 from .tensors import LazyTensor, load_pickle, safetensors_entries, sharded_entries, tensors_of
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin")
@@ -60,6 +61,7 @@ class ForeignFormat:
     ignore: tuple[str, ...]
     config: Callable[[Path], RetNetConfig]
     tensors: Callable[[Path], dict[str, LazyTensor]]
+    detect: Callable[[Path], bool]
     splits: dict | None = None
 
 
@@ -141,24 +143,6 @@ def _torchscale_config(path: Path) -> RetNetConfig:
     return from_torchscale(read_json(cfg_file), "torchscale")
 
 
-FOREIGN: dict[str, ForeignFormat] = {
-    "torchscale": ForeignFormat("torchscale", keymaps.TORCHSCALE, keymaps.TORCHSCALE_IGNORE, _torchscale_config,
-                                lambda p: find_weights(p) if p.is_dir() else file_tensors(p)),
-    "fairseq": ForeignFormat("fairseq", keymaps.FAIRSEQ, keymaps.FAIRSEQ_IGNORE, _fairseq_config,
-                             lambda p: tensors_of(_fairseq_obj(p)["model"])),
-    "syncdoth": ForeignFormat("syncdoth", keymaps.SYNCDOTH, keymaps.SYNCDOTH_IGNORE,
-                              lambda p: from_torchscale(_hf_config(p), "syncdoth"), find_weights),
-    "fla": ForeignFormat("fla", keymaps.FLA, keymaps.FLA_IGNORE, lambda p: from_fla(_hf_config(p)), find_weights,
-                         splits=keymaps.FLA_FUSED),
-}
-
-
-def canonical_tensors(path: Path, name: str) -> tuple[RetNetConfig, dict[str, LazyTensor]]:
-    fmt = FOREIGN[name]
-    cfg = fmt.config(path)
-    return cfg, map_tensors(fmt, cfg, fmt.tensors(path))
-
-
 def _config_json(path: Path) -> dict | None:
     f = path / "config.json"
     if not path.is_dir() or not f.is_file():
@@ -176,9 +160,28 @@ def _torchscale_keys(path: Path) -> bool:
         return False
 
 
-DETECT: dict[str, Callable[[Path], bool]] = {
-    "fla": lambda p: (c := _config_json(p)) is not None and "hidden_size" in c and c.get("model_type") == "retnet",
-    "syncdoth": lambda p: (c := _config_json(p)) is not None and "decoder_embed_dim" in c and _torchscale_keys(p),
-    "torchscale": lambda p: (c := _config_json(p)) is not None and "decoder_embed_dim" in c and not _torchscale_keys(p),
-    "fairseq": lambda p: p.is_file() and p.suffix == ".pt",
-}
+def _weight_files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
+
+
+FOREIGN: tuple[ForeignFormat, ...] = (
+    ForeignFormat("torchscale", keymaps.TORCHSCALE, keymaps.TORCHSCALE_IGNORE, _torchscale_config,
+                  lambda p: find_weights(p) if p.is_dir() else file_tensors(p),
+                  detect=lambda p: (c := _config_json(p)) is not None and "decoder_embed_dim" in c
+                  and not _torchscale_keys(p)),
+    ForeignFormat("fairseq", keymaps.FAIRSEQ, keymaps.FAIRSEQ_IGNORE, _fairseq_config,
+                  lambda p: tensors_of(_fairseq_obj(p)["model"]),
+                  detect=lambda p: p.is_file() and p.suffix == ".pt"),
+    ForeignFormat("syncdoth", keymaps.SYNCDOTH, keymaps.SYNCDOTH_IGNORE,
+                  lambda p: from_torchscale(_hf_config(p), "syncdoth"), find_weights,
+                  detect=lambda p: (c := _config_json(p)) is not None and "decoder_embed_dim" in c
+                  and _torchscale_keys(p)),
+    ForeignFormat("fla", keymaps.FLA, keymaps.FLA_IGNORE, lambda p: from_fla(_hf_config(p)), find_weights,
+                  detect=lambda p: (c := _config_json(p)) is not None and "hidden_size" in c
+                  and c.get("model_type") == "retnet",
+                  splits=keymaps.FLA_FUSED),
+)
+
+for _fmt in FOREIGN:
+    register_format(Format(_fmt.name, _fmt.detect, _fmt.config,
+                           lambda path, cfg, fmt=_fmt: map_tensors(fmt, cfg, fmt.tensors(path)), _weight_files))

@@ -12,6 +12,7 @@ group-wise (8da4w) weights; XNNPACK does not support weight-only int8 (measured:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -19,11 +20,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..contract import DELEGATION_FILE, PTE_FILE
 from ..errors import ExportError
-from ..quant import QuantConfig, QuantScheme
+from ..graph_check import position_dependent_nodes
+from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep
+from .target import register_target
 
-PTE_FILE = "model.pte"
+FLAVORS = ("runner", "io")
 DEFAULT_MAX_CONTEXT = 8192  # what the runner may fill; the state itself has no limit
 
 
@@ -60,37 +64,34 @@ def constant_methods(step: RetNetStep, max_context: int = DEFAULT_MAX_CONTEXT) -
             "get_head_dim_v": cfg.head_dim_v, "get_state_bytes": cfg.state_bytes(1)}
 
 
-def quantize_step(step: RetNetStep, qc: QuantConfig, log=lambda s: None) -> RetNetStep:
-    """A quantized copy (new modules, same fp32 tensors until torchao swaps them); the original is untouched."""
+def quantize_step(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
+    """A copy quantized per the plan (new modules, same fp32 tensors until torchao swaps them).
+
+    8-bit dynamic activations with int8 per-channel (8da8w) or int4 group-wise (8da4w) weights; the
+    embedding weight-only. The original step is untouched.
+    """
+    # torchao only when quantizing: it is slow to import and noisy
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 
     q = copy.deepcopy(step, memo={id(t): t for t in [*step.parameters(), *step.buffers()]})
-    int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-    int4 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(qc.group_size))
-    configs = {"int8": int8, "int4": int4}
-    body = qc.scheme.value
-    fallback = [n for n, m in q.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
-                and body == "int4" and m.in_features % qc.group_size]
-    if fallback:
-        log(f"  {len(fallback)} linears have in_features % {qc.group_size} != 0: 8da8w for those ({fallback[0]}, ...)")
-    if body in configs:
-        quantize_(q, configs[body], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n != "lm_head"
-                  and n not in fallback)
-        if fallback:
-            quantize_(q, int8, filter_fn=lambda m, n: n in fallback)
-    head = qc.head_precision
-    if head in configs and not (head == "int4" and q.lm_head.in_features % qc.group_size):
-        quantize_(q, configs[head], filter_fn=lambda m, n: n == "lm_head")
-    if qc.embedding != "fp32":
-        dtype, gran = (torch.int8, PerAxis(0)) if qc.embedding == "int8" else (torch.int4, PerGroup(qc.group_size))
-        quantize_(q, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=gran),
-                  filter_fn=lambda m, n: isinstance(m, nn.Embedding))
+    linear = {"int8": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
+              "int4": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                           weight_granularity=PerGroup(plan.group_size))}
+    embedding = {"int8": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+                 "int4": IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(plan.group_size))}
+    for precision in ("int8", "int4"):
+        names = set(plan.modules(precision))
+        if names:
+            quantize_(q, linear[precision], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n in names)
+        if plan.modules(precision, kind="embedding"):
+            quantize_(q, embedding[precision], filter_fn=lambda m, n: n == plan.embedding)
     return q
 
 
 def _lower(module: nn.Module, args: tuple, methods: dict | None, mutable: bool, log) -> tuple[bytes, dict]:
+    # executorch only when lowering: importing the exporters (CLI choices) must not load it
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -99,6 +100,9 @@ def _lower(module: nn.Module, args: tuple, methods: dict | None, mutable: bool, 
 
     with torch.no_grad():
         ep = torch.export.export(module, args, strict=False)
+    bad = position_dependent_nodes(ep)  # the same guard as the step module's own export
+    if bad:
+        raise ExportError(f"the step program has position-dependent nodes: {', '.join(bad[:8])}")
     edge = to_edge_transform_and_lower(
         # The generic partitioner also takes the dynamically quantized linears; putting ExecuTorch's
         # XnnpackDynamicallyQuantizedPartitioner first (as its llama flow does) cut the demo step into 50
@@ -118,19 +122,20 @@ def _lower(module: nn.Module, args: tuple, methods: dict | None, mutable: bool, 
     return et.buffer, summary
 
 
-def export_executorch(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | None = None,
+@register_target("executorch", flavor=FLAVORS)
+def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                       log=lambda s: None, flavor: str = "runner", max_context: int = DEFAULT_MAX_CONTEXT) -> list[str]:
     """Write model.pte (+ delegation.json) into `out`; returns the file names."""
-    import json
-
-    if flavor not in ("runner", "io"):
-        raise ExportError(f"unknown ExecuTorch flavor {flavor!r}; expected runner or io")
+    if flavor not in FLAVORS:
+        raise ExportError(f"unknown ExecuTorch flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+    if plan.fallbacks:
+        log(f"  {len(plan.fallbacks)} linears have in_features % {plan.group_size} != 0: 8da8w for those "
+            f"({plan.fallbacks[0]}, ...)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in ("torchao", "executorch", "torch._export"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        q = quantize_step(step, qc, log) if qc.scheme != QuantScheme.FP32 or qc.embedding != "fp32" \
-            or qc.head_precision != "fp32" else step
+        q = quantize_step(step, plan) if plan.quantizes_anything else step
         log(f"  lowering {flavor} program to XNNPACK ({qc.scheme.value}) ...")
         try:
             if flavor == "runner":
@@ -144,7 +149,6 @@ def export_executorch(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: s
         except Exception as exc:  # torch.export / lowering raise many types; one clear message
             raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     (out / PTE_FILE).write_bytes(buffer)
-    (out / "delegation.json").write_text(json.dumps({"flavor": flavor, **summary, "config": step.cfg.to_dict(),
-                                                     "constant_methods": constant_methods(step, max_context)},
-                                                    indent=2))
+    (out / DELEGATION_FILE).write_text(json.dumps({"flavor": flavor, **summary, "config": step.cfg.to_dict(),
+                                                   "constant_methods": constant_methods(step, max_context)}, indent=2))
     return [PTE_FILE]

@@ -1,12 +1,14 @@
 """ONNX export: a static step graph (model.onnx) and a dynamic-length chunk graph (prefill.onnx).
 
-I/O contract (README): inputs `input_ids`, `position_ids` int64 [batch, sequence], `past.{i}.recurrent`
-fp32 [batch, H, d_k, d_v]; outputs `logits` fp32 [batch, sequence, vocab], `present.{i}.recurrent`.
-Weights are quantized with onnxruntime.quantization's MatMulNBits (weight-only, blockwise, symmetric);
-activation x activation MatMuls (the state products) are never constant-weight, so they stay fp32.
+I/O contract (`contract.py`, README): inputs `input_ids`, `position_ids` int64 [batch, sequence],
+`past.{i}.recurrent` fp32 [batch, H, d_k, d_v]; outputs `logits` fp32 [batch, sequence, vocab],
+`present.{i}.recurrent`. Weights are quantized per the QuantPlan with onnxruntime.quantization's
+MatMulNBits (weight-only, blockwise, symmetric); activation x activation MatMuls (the state products)
+are not in the plan, so they stay fp32.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -14,25 +16,18 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx.external_data_helper import set_external_data
 
 from .. import __version__
+from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT, io_names
 from ..errors import ExportError
-from ..quant import QuantConfig, QuantScheme
+from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep, to_prefill
+from .target import register_target
 
-STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
-WEIGHTS_FILE = "weights.bin"  # external data shared by both graphs
 SHARE_MIN_BYTES = 1024  # smaller initializers stay inline
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
-STATE_LAYOUT = ("past.{i}.recurrent / present.{i}.recurrent: float32 [batch, H, d_k, d_v], the unnormalized "
-                "S_n = gamma*S_{n-1} + k_n^T v_n of layer i, zeros at the start; d_k in half-split rotary order")
-
-
-def io_names(n_layers: int) -> tuple[list[str], list[str]]:
-    """The contract's input and output names."""
-    return (["input_ids", "position_ids"] + [f"past.{i}.recurrent" for i in range(n_layers)],
-            ["logits"] + [f"present.{i}.recurrent" for i in range(n_layers)])
 
 
 def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bool) -> onnx.ModelProto:
@@ -66,8 +61,9 @@ def name_nodes(model: onnx.ModelProto) -> None:
         del node.metadata_props[:]  # the exporter's FX provenance: now in the name, and most of the file
 
 
-def _quantize(model: onnx.ModelProto, bits: int, block: int, include: list[str] | None = None,
-              exclude: list[str] | None = None, op_types: tuple[str, ...] = ("MatMul",)) -> onnx.ModelProto:
+def _quantize(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
+              op_types: tuple[str, ...] = ("MatMul",)) -> onnx.ModelProto:
+    # onnxruntime only when quantizing: importing the exporters (CLI choices) must not load the engine
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -75,7 +71,7 @@ def _quantize(model: onnx.ModelProto, bits: int, block: int, include: list[str] 
                                        op_types_to_quantize=op_types,
                                        quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
-                             nodes_to_include=include, nodes_to_exclude=exclude or [], algo_config=cfg)
+                             nodes_to_exclude=exclude, algo_config=cfg)
     q.process()
     return q.model.model
 
@@ -83,16 +79,29 @@ def _quantize(model: onnx.ModelProto, bits: int, block: int, include: list[str] 
 BITS = {"int8": 8, "int4": 4}
 
 
-def quantize_onnx(model: onnx.ModelProto, qc: QuantConfig) -> onnx.ModelProto:
-    """Apply a QuantConfig: body MatMuls, then the lm_head and the embedding at their own precision."""
-    head = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/model/lm_head/")]
-    embed = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed/")]
-    if qc.scheme != QuantScheme.FP32:
-        model = _quantize(model, BITS[qc.scheme.value], qc.group_size, exclude=head)
-    if qc.head_precision in BITS and head:
-        model = _quantize(model, BITS[qc.head_precision], qc.group_size, include=head)
-    if qc.embedding in BITS and embed:
-        model = _quantize(model, BITS[qc.embedding], qc.group_size, include=embed, op_types=("Gather",))
+def _module_of(node_name: str) -> str:
+    """The fqn of the module a node came from: its innermost scope (see name_nodes).
+
+    `/model/layers.0.ffn/layers.0.ffn.fc1/MatMul` -> `layers.0.ffn.fc1`; `/model/lm_head/MatMul_Q8` -> `lm_head`.
+    """
+    return node_name.rsplit("/", 2)[-2]
+
+
+def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Apply a QuantPlan: each planned linear's MatMul and the embedding's Gather at their precision.
+
+    MatMulNBitsQuantizer quantizes every eligible node of its op types that is not excluded
+    (`nodes_to_include` adds to that set, it does not restrict it), so each pass excludes the rest.
+    """
+    for precision, bits in BITS.items():
+        linears = set(plan.modules(precision))
+        matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+        if any(_module_of(n) in linears for n in matmuls):
+            model = _quantize(model, bits, plan.group_size, exclude=[n for n in matmuls if _module_of(n) not in linears])
+        gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
+        if plan.embedding in plan.modules(precision, kind="embedding"):
+            model = _quantize(model, bits, plan.group_size, op_types=("Gather",),
+                              exclude=[n for n in gathers if _module_of(n) != plan.embedding])
     return model
 
 
@@ -129,12 +138,8 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
     carry them twice. Initializers are matched by content, so graph-specific names do not matter.
     onnxruntime memory-maps the external file.
     """
-    import hashlib
-
-    from onnx.external_data_helper import set_external_data
-
     offsets: dict[str, tuple[int, int]] = {}
-    with open(out / WEIGHTS_FILE, "wb") as f:
+    with open(out / ONNX_WEIGHTS_FILE, "wb") as f:
         for model in models.values():
             for t in model.graph.initializer:
                 if not t.HasField("raw_data") or len(t.raw_data) < SHARE_MIN_BYTES:
@@ -145,18 +150,19 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
                     offsets[key] = (f.tell(), len(t.raw_data))
                     f.write(t.raw_data)
                 offset, length = offsets[key]
-                set_external_data(t, location=WEIGHTS_FILE, offset=offset, length=length)
+                set_external_data(t, location=ONNX_WEIGHTS_FILE, offset=offset, length=length)
                 t.ClearField("raw_data")
     for fname, model in models.items():
         onnx.save_model(model, str(out / fname))
 
 
-def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | None = None,
+@register_target("onnx")
+def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                 log=lambda s: None) -> list[str]:
     """Write model.onnx (step) and prefill.onnx (chunk) into `out`; returns the file names."""
     cfg = step.cfg
     state = step.init_state(2)
-    graphs = {STEP_FILE: ("step", step, False), PREFILL_FILE: ("prefill", to_prefill(step), True)}
+    graphs = {ONNX_STEP_FILE: ("step", step, False), ONNX_PREFILL_FILE: ("prefill", to_prefill(step), True)}
     protos: dict[str, onnx.ModelProto] = {}
     for fname, (graph, module, dynamic) in graphs.items():
         log(f"  tracing {graph} graph ...")
@@ -170,11 +176,11 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, out: Path, tokenizer: str | N
             bad = position_dependent_nodes(model)
             if bad:
                 raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")
-        if qc.scheme != QuantScheme.FP32 or qc.embedding != "fp32" or qc.head_precision != "fp32":
+        if plan.quantizes_anything:
             log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, "
                 f"embedding {qc.embedding}) ...")
-            model = quantize_onnx(model, qc)
+            model = quantize_onnx(model, plan)
         _metadata(model, step, qc, graph, tokenizer)
         protos[fname] = model
     _save_shared(protos, out)
-    return [*graphs, WEIGHTS_FILE]
+    return [*graphs, ONNX_WEIGHTS_FILE]

@@ -8,10 +8,10 @@ collected and reported at once, naming the check and its numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from ..contract import StepSession, log_softmax
 from ..errors import ParityError
 from ..quant import QuantConfig
 
@@ -20,16 +20,6 @@ VALIDATION_TEXT = (
     "foolishness. And God said, Let there be light: and there was light. Call me Ishmael. Some years ago, "
     "never mind how long precisely, having little or no money in my purse, I thought I would sail about a "
     "little and see the watery part of the world. The quick brown fox jumps over the lazy dog; 1, 2, 3.")
-
-
-class StepSession(Protocol):
-    """Batched, functional access to an artifact (numpy in, numpy out)."""
-
-    def init_state(self, batch_size: int) -> list[np.ndarray]: ...
-
-    def run_step(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
-
-    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]: ...
 
 
 @dataclass
@@ -79,16 +69,10 @@ def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, 
     return rng.integers(0, vocab_size, (batch, length), dtype=np.int64)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
 def compare(name: str, ref: np.ndarray, got: np.ndarray) -> CheckResult:
     """Metrics of logits got vs ref, both [..., V]."""
     diff = np.abs(got.astype(np.float64) - ref)
-    lp, lq = _log_softmax(ref), _log_softmax(got)
+    lp, lq = log_softmax(ref), log_softmax(got)
     kl = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
     top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
     return CheckResult(name, int(np.prod(ref.shape[:-1])), float(diff.max() / np.abs(ref).max()), float(diff.max()),
@@ -106,9 +90,11 @@ def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> 
 
 
 def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vocab_size: int,
-             steps: int = 64, batches: tuple[int, ...] = (1, 3), tokenizer=None) -> ValidationReport:
-    """Run both sessions on the same tokens; check each result against the scheme's tolerance."""
+             steps: int = 64, batches: tuple[int, ...] | None = None, tokenizer=None) -> ValidationReport:
+    """Run both sessions on the same tokens (at every batch size the candidate runs); check each result
+    against the scheme's tolerance."""
     report = ValidationReport(quant=qc.to_dict())
+    batches = batches or candidate.batch_sizes
     tol = qc.tolerance
     for B in batches:
         ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)

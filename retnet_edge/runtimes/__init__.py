@@ -1,67 +1,33 @@
 """Runners: one interface over eager PyTorch and every exported artifact.
 
-`load_runner(path)` picks the runtime from an artifact's manifest.json (`target`), or the eager runner
-for a model checkpoint. Every runner owns its recurrent state and offers `reset`, `prefill`, `step`,
-`save_state` and `load_state`.
+`load_runner(path)` opens the runtime an artifact's manifest names (`target`), or the eager runtime for
+a model checkpoint, and wraps its session in a `Runner` (reset, prefill, step, save_state, load_state).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
 
-import numpy as np
+from ..contract import MANIFEST_FILE
+from ..io_utils import read_json
+from ..loader import resolve_path
+from . import eager, executorch, onnxruntime  # noqa: F401  (each registers its runtime)
+from .registry import RUNTIMES
+from .session_runner import Runner
 
-from ..errors import CheckpointError
-
-
-class Runner(Protocol):
-    """Batch-1 decoding with an owned recurrent state."""
-
-    cfg: object  # RetNetConfig
-    position: int  # tokens consumed since reset
-    tokenizer_dir: Path | None
-
-    def reset(self) -> None: ...
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Consume ids from the current position; logits for every one of them [T, V]."""
-
-    def step(self, token: int) -> np.ndarray:
-        """Consume one token; logits [V] for the next."""
-
-    def save_state(self, path: str | Path) -> None: ...
-
-    def load_state(self, path: str | Path) -> None: ...
+__all__ = ["RUNTIMES", "Runner", "load_runner", "runtime_of"]
 
 
-RUNTIMES: dict[str, Callable[..., Runner]] = {}
-
-
-def register_runtime(target: str):
-    def wrap(factory):
-        RUNTIMES[target] = factory
-        return factory
-
-    return wrap
+def runtime_of(path: Path) -> str:
+    """The runtime for a path: the artifact's target from its manifest, else "eager" (a checkpoint)."""
+    manifest = path / MANIFEST_FILE if path.is_dir() else None
+    if manifest is not None and manifest.is_file():
+        return str(read_json(manifest).get("target"))
+    return "eager"
 
 
 def load_runner(path: str | Path, threads: int | None = None) -> Runner:
     """A runner for a model path (`demo`, checkpoint dir) or an exported artifact directory."""
-    from ..loader import resolve_path
-
     p = resolve_path(path)
-    manifest = p / "manifest.json" if p.is_dir() else None
-    if manifest is not None and manifest.is_file():
-        from ..io_utils import read_json
-
-        target = read_json(manifest).get("target")
-        if target == "onnx":
-            from . import onnxruntime  # noqa: F401  (registers itself)
-        elif target == "executorch":
-            from . import executorch  # noqa: F401
-        if target not in RUNTIMES:
-            raise CheckpointError(f"{manifest}: unknown artifact target {target!r}")
-        return RUNTIMES[target](p, threads=threads)
-    from .eager import EagerRunner
-
-    return EagerRunner.from_path(p, threads=threads)
+    name = runtime_of(p)
+    session = RUNTIMES.get(name)(p, threads)
+    return Runner(session, p if p.is_dir() else None)

@@ -1,4 +1,4 @@
-"""Eager PyTorch: the reference session every artifact is validated against, and its batch-1 runner.
+"""Eager PyTorch: the reference session every artifact is validated against, and the runtime of checkpoints.
 
 The session runs the same step and chunk (prefill) modules the exporters trace, so eager, ONNX and
 ExecuTorch runners differ only in the engine under `run_step` / `run_prefill`.
@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..loader import load
 from ..step import RetNetStep, to_prefill, to_recurrent
-from . import register_runtime
-from .session_runner import SessionRunner
+from .registry import RUNTIMES
 
 
 class EagerSession:
     """Batched, functional numpy access to the eager step and prefill modules."""
+
+    batch_sizes = (1, 3)
 
     def __init__(self, step: RetNetStep, chunk_size: int = 64):
         self.step_module, self.prefill_module, self.chunk_size = step, to_prefill(step), chunk_size
@@ -42,17 +44,9 @@ class EagerSession:
         return np.concatenate(outs, axis=1), [s.numpy() for s in st]
 
 
-@register_runtime("eager")
-class EagerRunner(SessionRunner):
-    """Batch-1 runner over a canonical model: chunked prefill, step-module decode."""
-
-    def __init__(self, model, tokenizer_dir: Path | None = None, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
-        super().__init__(EagerSession(to_recurrent(model.eval())), tokenizer_dir)
-
-    @classmethod
-    def from_path(cls, path: Path, threads: int | None = None) -> "EagerRunner":
-        from ..loader import load
-
-        return cls(load(path), tokenizer_dir=path if path.is_dir() else None, threads=threads)
+@RUNTIMES.register("eager")
+def open_eager(path: Path, threads: int | None = None) -> EagerSession:
+    """A checkpoint (any supported format) through its eager step and prefill modules."""
+    if threads:
+        torch.set_num_threads(threads)
+    return EagerSession(to_recurrent(load(path)))

@@ -1,4 +1,4 @@
-"""ExecuTorch runner over a .pte from `retnet-edge export --target executorch` (both flavours)."""
+"""ExecuTorch runtime over a .pte from `retnet-edge export --target executorch` (both flavours)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,38 +7,40 @@ import numpy as np
 import torch
 
 from ..config import RetNetConfig
-from ..errors import CheckpointError
-from . import register_runtime
-from .session_runner import SessionRunner
+from ..contract import DELEGATION_FILE, PTE_FILE
+from ..errors import ArtifactError
+from ..io_utils import read_json
+from .registry import RUNTIMES
 
 
 class ExecuTorchSession:
     """Functional numpy access for the validator. The runner flavour is stateful and batch 1: its state
     lives in the program, so the `state` it hands back is an opaque placeholder."""
 
+    batch_sizes = (1,)
+
     def __init__(self, directory: Path, threads: int | None = None):
+        # here, not at the top: registering the runtime must not load the engine
         import executorch.kernels.quantized  # noqa: F401  (out-variants of quantized embedding ops)
         from executorch.runtime import Runtime
 
         self.directory = Path(directory)
-        from ..io_utils import read_json
-
-        meta = read_json(self.directory / "delegation.json")
+        meta = read_json(self.directory / DELEGATION_FILE)
         self.flavor = meta["flavor"]
+        self.state_in_program = self.flavor == "runner"
         self.cfg = RetNetConfig.from_dict(meta["config"])
         if threads:
             from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
             _unsafe_reset_threadpool(threads)
-        path = self.directory / "model.pte"
+        path = self.directory / PTE_FILE
         if not path.is_file():
-            raise CheckpointError(f"{path} not found")
+            raise ArtifactError(f"{path} not found")
         try:
             self.program = Runtime.get().load_program(str(path))
             self.method = self.program.load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError with its own codes
-            raise CheckpointError(f"{path} could not be loaded by ExecuTorch ({exc})") from None
-        self.batch_sizes = (1,)
+            raise ArtifactError(f"{path} could not be loaded by ExecuTorch ({exc})") from exc
 
     def init_state(self, batch_size: int) -> list[np.ndarray]:
         if self.flavor == "runner":
@@ -61,24 +63,7 @@ class ExecuTorchSession:
             outs.append(logits)
         return np.concatenate(outs, axis=1), state
 
-    def refuse_state_io(self) -> None:
-        raise CheckpointError("the runner-flavour .pte keeps its state inside the program; export --flavor io "
-                              "to save and load states")
 
-
-@register_runtime("executorch")
-class ExecuTorchRunner(SessionRunner):
-    """Batch-1 runner with the same interface as the ONNX runner."""
-
-    def __init__(self, directory: Path, threads: int | None = None):
-        super().__init__(ExecuTorchSession(directory, threads), directory)
-
-    def save_state(self, path) -> None:
-        if self.session.flavor == "runner":
-            self.session.refuse_state_io()
-        super().save_state(path)
-
-    def load_state(self, path) -> None:
-        if self.session.flavor == "runner":
-            self.session.refuse_state_io()
-        super().load_state(path)
+@RUNTIMES.register("executorch")
+def open_executorch(directory: Path, threads: int | None = None) -> ExecuTorchSession:
+    return ExecuTorchSession(directory, threads)

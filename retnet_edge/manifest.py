@@ -5,10 +5,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__
-from ..errors import CheckpointError
-
-MANIFEST = "manifest.json"
+from . import __version__
+from .contract import MANIFEST_FILE as MANIFEST
+from .errors import ArtifactError
+from .io_utils import read_json
 
 
 def sha256(path: Path) -> str:
@@ -30,17 +30,15 @@ def write_manifest(directory: Path, info: dict) -> dict:
 
 def read_manifest(directory: Path, check_hashes: bool = True) -> dict:
     """Read manifest.json; with check_hashes, every listed file must exist with its recorded sha256."""
-    from ..io_utils import read_json
-
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not an exported artifact (no {MANIFEST})")
+        raise ArtifactError(f"{directory} is not an exported artifact (no {MANIFEST})")
     manifest = read_json(path)
     if check_hashes:
         for name, meta in manifest.get("files", {}).items():
             f = Path(directory) / name
             if not f.is_file():
-                raise CheckpointError(f"{directory}: {name} listed in the manifest is missing")
+                raise ArtifactError(f"{directory}: {name} listed in the manifest is missing")
             if sha256(f) != meta["sha256"]:
-                raise CheckpointError(f"{directory}: {name} does not match its manifest sha256 (modified or corrupt)")
+                raise ArtifactError(f"{directory}: {name} does not match its manifest sha256 (modified or corrupt)")
     return manifest

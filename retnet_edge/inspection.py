@@ -1,10 +1,12 @@
-"""`summarize(path)`: what `retnet-edge inspect` reports, computed from the config alone."""
+"""`inspect_model(path)`: what `retnet-edge inspect` reports, from the config, headers or manifest alone."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from .config import RetNetConfig
+from .contract import MANIFEST_FILE
+from .manifest import read_manifest
 from .loader import check_weights, resolve_path
 from .presets import PRESETS, preset_config
 
@@ -24,19 +26,18 @@ def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 2) ->
     return 2 * cfg.n_layers * context * cfg.d_model * bytes_per_value
 
 
-def summarize(path: str) -> dict[str, Any]:
+def inspect_model(path: str) -> dict[str, Any]:
     """Format, config, sizes and state-vs-KV-cache memory for a model path, `demo` or a preset name."""
     artifact = None
     if path in PRESETS and not Path(path).exists():
         fmt, cfg, source, files = "preset", preset_config(path), f"preset {path}", None
-    elif (Path(path) / "manifest.json").is_file():  # an exported artifact: its manifest says everything
-        from .exporters.manifest import read_manifest
-
+    elif (Path(path) / MANIFEST_FILE).is_file():  # an exported artifact: its manifest says everything
         m = read_manifest(Path(path))
         cfg, source, fmt = RetNetConfig.from_dict(m["config"]), str(path), f"artifact ({m['target']})"
         files = {"file_bytes": sum(f["bytes"] for f in m["files"].values()), "dtypes": [m["quant"]["scheme"]]}
         artifact = {"target": m["target"], "quant": m["quant"], "files": m["files"],
-                    "validation_passed": m["validation"]["passed"], "source_model": m.get("source")}
+                    "validation": _validation_status(m["validation"]),
+                    "validation_passed": _validation_status(m["validation"]) == "passed", "source_model": m.get("source")}
     else:
         fmt, cfg, files = check_weights(path)
         source = str(resolve_path(path))
@@ -57,12 +58,19 @@ def summarize(path: str) -> dict[str, Any]:
     }
 
 
+def _validation_status(validation: dict | str) -> str:
+    """passed | FAILED | skipped (exported with --no-validate)."""
+    if validation == "skipped":
+        return "skipped"
+    return "passed" if validation["passed"] else "FAILED"
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB"
 
 
 def render(report: dict[str, Any]) -> str:
-    """Human-readable table of a summarize() report."""
+    """Human-readable table of an inspect_model() report."""
     c = report["config"]
     lines = [
         f"source        {report['source']}  (format: {report['format']})",
@@ -80,7 +88,7 @@ def render(report: dict[str, Any]) -> str:
     if "artifact" in report:
         a = report["artifact"]
         lines.append(f"artifact      {a['target']} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
-                     f"{a['quant']['embedding']}), validation {'passed' if a['validation_passed'] else 'FAILED'}: "
+                     f"{a['quant']['embedding']}), validation {a['validation']}: "
                      + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))
     for t, b in report["kv_cache_bytes_fp16"].items():
         lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "

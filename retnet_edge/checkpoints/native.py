@@ -1,20 +1,27 @@
-"""The native format: a directory with config.json (RetNetConfig + format tag) and model.safetensors."""
+"""The native format: a directory with config.json (RetNetConfig + format tag) and model.safetensors.
+
+Also where canonical weights become a `RetNet` (`build_model`) and where a model is saved (`save_pretrained`).
+"""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
-from .config import RetNetConfig
-from .errors import CheckpointError
-from .io_utils import atomic_output_dir, read_json, write_safetensors
+from ..config import RetNetConfig
+from ..errors import CheckpointError
+from ..io_utils import atomic_output_dir, read_json, write_safetensors
+from ..model import RetNet
+from .registry import Format, register_format
+from .tensors import LazyTensor, safetensors_entries
 
 FORMAT_NAME = "retnet-edge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -42,8 +49,6 @@ def read_native_config(path: Path) -> RetNetConfig:
 
 def expected_shapes(cfg: RetNetConfig) -> dict[str, tuple[int, ...]]:
     """Every native key and its shape for a config (the tied head is not stored)."""
-    from .model import RetNet
-
     with torch.device("meta"):
         model = RetNet(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if not _is_tied_alias(cfg, k)}
@@ -68,32 +73,19 @@ def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], sour
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
 
-def check_native_weights(path: Path, cfg: RetNetConfig) -> dict:
-    """Validate model.safetensors against the config from its header alone; {file_bytes, dtypes}."""
-    from .checkpoints.tensors import ST_NAMES, safetensors_entries  # lazy: checkpoints imports the loader
-
+def native_tensors(path: Path, cfg: RetNetConfig) -> dict[str, LazyTensor]:
+    """model.safetensors as lazy tensors, validated against the config from its header alone."""
     weights = Path(path) / WEIGHTS_FILE
     entries = safetensors_entries(weights)
     bad_dtype = sorted(k for k, t in entries.items() if not t.dtype.is_floating_point)
     if bad_dtype:
         raise CheckpointError(f"{weights}: non-float tensors {', '.join(bad_dtype)}")
     check_state_dict(cfg, {k: t.shape for k, t in entries.items()}, str(weights))
-    return {"file_bytes": weights.stat().st_size, "dtypes": sorted({ST_NAMES[t.dtype] for t in entries.values()})}
+    return entries
 
 
-def load_native(path: Path):
-    """Load a native directory into a RetNet (eval mode, fp32)."""
-    from .checkpoints.tensors import safetensors_entries
-
-    cfg = read_native_config(path)
-    check_native_weights(path, cfg)
-    return build_model(cfg, {k: t.read() for k, t in safetensors_entries(Path(path) / WEIGHTS_FILE).items()})
-
-
-def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]):
+def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]) -> RetNet:
     """Materialise a fp32 RetNet from canonical weights without a random init pass."""
-    from .model import RetNet
-
     check_state_dict(cfg, {k: tuple(v.shape) for k, v in state_dict.items()}, "checkpoint")
     model = RetNet.empty(cfg)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False, assign=True)
@@ -104,17 +96,13 @@ def build_model(cfg: RetNetConfig, state_dict: dict[str, torch.Tensor]):
 
 def write_native_config(directory: Path, cfg: RetNetConfig) -> None:
     """config.json of the native format: the RetNetConfig fields plus the format tag and version."""
-    import json
-
     (Path(directory) / CONFIG_FILE).write_text(json.dumps(
         {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **cfg.to_dict()}, indent=2, sort_keys=True))
 
 
-def save_pretrained(model, path: str | os.PathLike, dtype: str = "fp32", force: bool = False,
+def save_pretrained(model: RetNet, path: str | os.PathLike, dtype: str = "fp32", force: bool = False,
                     extra_files: dict[str, Path] | None = None) -> Path:
     """Write model to `path` atomically in the native format; extra_files are copied in (tokenizer, card)."""
-    import shutil
-
     if dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     cfg = model.cfg
@@ -125,3 +113,7 @@ def save_pretrained(model, path: str | os.PathLike, dtype: str = "fp32", force: 
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
     return Path(path)
+
+
+register_format(Format("native", is_native, read_native_config, native_tensors,
+                       lambda p: [Path(p) / WEIGHTS_FILE]))

@@ -1,0 +1,69 @@
+"""The artifact contract: file names, graph I/O names, the state layout, and the session protocol.
+
+Exporters write it, runtimes read it, `inspect` and the tests check it; this is the only place it is
+spelled out (the README's I/O tables describe the same names). Light on purpose: numpy only, so a
+runtime can import it without torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .config import RetNetConfig
+
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# ONNX: a static step graph and a dynamic-length chunk graph sharing one external weights file
+ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.onnx", "weights.bin"
+# ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)
+PTE_FILE, DELEGATION_FILE = "model.pte", "delegation.json"
+
+INPUT_IDS, POSITION_IDS, LOGITS = "input_ids", "position_ids", "logits"
+STATE_LAYOUT = ("past.{i}.recurrent / present.{i}.recurrent: float32 [batch, H, d_k, d_v], the unnormalized "
+                "S_n = gamma*S_{n-1} + k_n^T v_n of layer i, zeros at the start; d_k in half-split rotary order")
+
+
+def past_name(i: int) -> str:
+    return f"past.{i}.recurrent"
+
+
+def present_name(i: int) -> str:
+    return f"present.{i}.recurrent"
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """The graphs' input and output names, in order."""
+    return ([INPUT_IDS, POSITION_IDS, *map(past_name, range(n_layers))],
+            [LOGITS, *map(present_name, range(n_layers))])
+
+
+def tokenizer_file(directory: Path) -> Path | None:
+    """The tokenizer a model or artifact directory carries, if any."""
+    return next((Path(directory) / n for n in TOKENIZER_FILES if (Path(directory) / n).is_file()), None)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis in float64 (perplexity, KL and top-1 all read logits this way)."""
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+class StepSession(Protocol):
+    """Batched, functional access to a step/prefill pair (numpy in, numpy out): eager or an artifact.
+
+    The validator compares two of these; `SessionRunner` drives one at batch 1.
+    """
+
+    cfg: RetNetConfig
+    batch_sizes: tuple[int, ...]  # the batch sizes it can run (ExecuTorch programs: 1)
+
+    def init_state(self, batch_size: int) -> list[np.ndarray]: ...
+
+    def run_step(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """ids, pos [B, 1] int64 -> (logits [B, 1, V], new state)."""
+
+    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """ids, pos [B, T] int64 -> (logits [B, T, V], new state)."""

@@ -1,0 +1,98 @@
+"""Export pipeline: load → step rewrite → quantization plan → target export → validate → manifest → rename.
+
+Targets are `TARGETS` entries; each is validated through the runtime of the same name against the eager
+reference. Nothing is written at `output` unless validation passes (or was explicitly skipped).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract import tokenizer_file
+from ..errors import ArtifactError
+from ..io_utils import atomic_output_dir
+from ..loader import load, resolve_path
+from ..quant import QuantConfig
+from ..runtimes import RUNTIMES
+from ..runtimes.eager import EagerSession
+from ..step import to_recurrent
+from ..tokenizer import load_tokenizer
+from ..manifest import read_manifest, write_manifest
+from .target import TARGETS, quant_plan
+from .validate import ValidationReport, raise_if_failed, validate
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict
+
+
+def _log_report(report: ValidationReport, log) -> None:
+    for c in report.checks:
+        log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f}, KL {c.kl:.2e}")
+    log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
+
+
+def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
+                 steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
+                 log=lambda s: None) -> Artifact:
+    """Export, validate against eager fp32, and write the artifact atomically (ParityError: nothing written).
+
+    With validate_artifact=False the gate is skipped, said on the log, and the manifest records
+    `"validation": "skipped"` (for benchmarks of random weights; `verify` reruns the gate later).
+    """
+    tgt = TARGETS.get(target)
+    src = resolve_path(model_path)
+    t0 = time.time()
+    model = load(src)
+    step = to_recurrent(model)
+    plan = quant_plan(step, qc)
+    tok_file = tokenizer_file(src) if src.is_dir() else None
+    log(f"loaded {src} ({model.num_parameters():,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
+        f"{qc.scheme.value}")
+    with atomic_output_dir(output, force=force) as tmp:
+        files = tgt.export(step, qc, plan, tmp, tok_file.name if tok_file else None, log, **(options or {}))
+        if tok_file:
+            shutil.copyfile(tok_file, tmp / tok_file.name)
+        if validate_artifact:
+            log(f"  validating {steps} steps against eager fp32 ...")
+            session = RUNTIMES.get(target)(tmp, None)
+            report = validate(EagerSession(step), session, qc, model.cfg.vocab_size, steps,
+                              tokenizer=load_tokenizer(tok_file) if tok_file else None)
+            _log_report(report, log)
+            raise_if_failed(report, f"{target} {qc.scheme.value} export")
+            validation: dict | str = report.to_dict()
+        else:
+            log("  validation SKIPPED (--no-validate): this artifact was not checked against eager PyTorch")
+            validation = "skipped"
+        manifest = write_manifest(tmp, {
+            "target": target, "graphs": files, "quant": qc.to_dict(), "config": model.cfg.to_dict(),
+            "quant_fallbacks": list(plan.fallbacks),
+            "source": str(Path(src).resolve()), "tokenizer": tok_file.name if tok_file else None,
+            "state_bytes_per_sequence": model.cfg.state_bytes(1), "validation": validation,
+            "export_seconds": round(time.time() - t0, 1), **({"options": options} if options else {})})
+    return Artifact(Path(output), manifest)
+
+
+def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: int = 64,
+                    log=lambda s: None) -> ValidationReport:
+    """Rerun the validation gate of an existing artifact against its source model."""
+    directory = Path(artifact)
+    manifest = read_manifest(directory)
+    source = model_path or manifest.get("source")
+    if not source or (source != "demo" and not Path(source).exists()):
+        raise ArtifactError(f"the source model {source!r} of {directory} is not available",
+                            hint="pass --model PATH to the model it was exported from")
+    if manifest.get("validation") == "skipped":
+        log(f"  {directory} was exported with --no-validate; running the gate now")
+    model = load(source)
+    qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")})
+    tok = manifest.get("tokenizer")
+    session = RUNTIMES.get(manifest["target"])(directory, None)
+    report = validate(EagerSession(to_recurrent(model)), session, qc, model.cfg.vocab_size, steps,
+                      tokenizer=load_tokenizer(directory / tok) if tok else None)
+    _log_report(report, log)
+    return report

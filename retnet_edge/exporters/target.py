@@ -1,0 +1,45 @@
+"""Export targets as registry entries, and the per-module quantization plan every target reads.
+
+A target is an export function `(step, qc, plan, out_dir, tokenizer_name, log, **options) -> [file names]`
+registered with `@register_target(name, option=choices)`; it is validated through the runtime of the
+same name (`runtimes.RUNTIMES`). Its options (ExecuTorch's `flavor`) are declared with it, so the CLI
+offers them from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant import QuantConfig, QuantPlan, plan_quantization
+from ..registry import Registry
+from ..step import RetNetStep
+
+ExportFn = Callable[..., list[str]]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    export: ExportFn
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option -> choices, first the default
+
+
+TARGETS: Registry[Target] = Registry("export target", ConfigError)
+
+
+def register_target(name: str, **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
+    """Decorator: register an export function as target `name` with its options."""
+    def add(fn: ExportFn) -> ExportFn:
+        TARGETS.register(name)(Target(name, fn, options))
+        return fn
+
+    return add
+
+
+def quant_plan(step: RetNetStep, qc: QuantConfig) -> QuantPlan:
+    """qc resolved over the step's linears (module name -> precision), the same for every target."""
+    linears = {n: m.in_features for n, m in step.named_modules() if isinstance(m, nn.Linear)}
+    return plan_quantization(qc, linears, embedding="embed")

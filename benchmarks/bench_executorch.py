@@ -17,30 +17,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import build_preset_artifact, json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
 
 HARNESS = HERE / "device" / "build" / "retnet_bench"
 
 
 def build(preset: str, quant: str, out: Path) -> None:
-    import torch
-
-    from retnet_edge.exporters.executorch import export_executorch
-    from retnet_edge.model import RetNet
-    from retnet_edge.presets import preset_config
-    from retnet_edge.quant import QuantConfig
-    from retnet_edge.step import to_recurrent
-
-    model = RetNet.empty(preset_config(preset)).init_weights(0.02, torch.Generator().manual_seed(0))
-    out.mkdir(parents=True, exist_ok=True)
-    export_executorch(to_recurrent(model), QuantConfig(quant), out, log=lambda s: print(s, file=sys.stderr))
+    build_preset_artifact(preset, "executorch", quant, out)
 
 
 def measure_python(artifact: Path, threads: int, steps: int) -> dict:
-    from retnet_edge.runtimes.executorch import ExecuTorchRunner
+    from retnet_edge.runtimes import load_runner
 
     base = rss_mib()
-    r = ExecuTorchRunner(artifact, threads=threads)
+    r = load_runner(artifact, threads=threads)
     r.prefill([1, 2, 3])
     t = time_calls(lambda: r.step(5), steps)
     return {"threads": threads, "decode": t, "rss_mib_over_import": round(rss_mib() - base, 1)}

@@ -16,32 +16,21 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import build_preset_artifact, json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
 
 
 def build(preset: str, quant: str, out: Path) -> None:
-    import torch
-
-    from retnet_edge.exporters.onnx import export_onnx
-    from retnet_edge.model import RetNet
-    from retnet_edge.presets import preset_config
-    from retnet_edge.quant import QuantConfig
-    from retnet_edge.step import to_recurrent
-
-    model = RetNet.empty(preset_config(preset)).init_weights(0.02, torch.Generator().manual_seed(0))
-    out.mkdir(parents=True, exist_ok=True)
-    export_onnx(to_recurrent(model), QuantConfig(quant), out, log=lambda s: print(s, file=sys.stderr))
-    (out / "manifest.json").write_text(json.dumps({"target": "onnx"}))
+    build_preset_artifact(preset, "onnx", quant, out)
 
 
 def measure(artifact: Path, threads: int, steps: int, prompt: int) -> dict:
     """Runs in a child process: one session, decode latency, prefill vs step-loop throughput, RSS."""
     import numpy as np
 
-    from retnet_edge.runtimes.onnxruntime import OnnxRunner
+    from retnet_edge.runtimes import load_runner
 
     base = rss_mib()
-    r = OnnxRunner(artifact, threads=threads)
+    r = load_runner(artifact, threads=threads)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, r.cfg.vocab_size, prompt).tolist()
     r.prefill(ids[:8])

@@ -57,3 +57,22 @@ def write_result(name: str, data: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def build_preset_artifact(preset: str, target: str, quant: str, out: Path, **options) -> Path:
+    """A random-weight preset exported through the real pipeline with the gate explicitly skipped.
+
+    Random weights are for speed and memory only; the manifest says `"validation": "skipped"`.
+    """
+    import tempfile
+
+    from retnet_edge.exporters import export_model
+    from retnet_edge.presets import init_random
+    from retnet_edge.quant import QuantConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / preset
+        init_random(preset, src)
+        export_model(src, target, QuantConfig(quant), out, force=True, validate_artifact=False,
+                     options=options or None, log=lambda s: print(s, file=__import__("sys").stderr))
+    return out

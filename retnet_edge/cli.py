@@ -142,9 +142,9 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
         model_cfg.update(read_json(config_file))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    tc = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=min(warmup, steps),
+    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=min(warmup, steps),
                      dropout=dropout, eval_every=eval_every, seed=seed, device=device)
-    summary = train(corpus, output, model_cfg, tc, tokenizer=tokenizer, vocab_size=vocab_size,
+    summary = train(corpus, output, model_cfg, train_cfg, tokenizer=tokenizer, vocab_size=vocab_size,
                     resume=not no_resume, force=force, log=info)
     write_model_card(output, summary, corpus)
     emit({k: v for k, v in summary.items() if k != "history"}, as_json,
@@ -199,9 +199,9 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
     from .generate import GenerationStats, SamplingConfig, generate_ids, stream_text
 
     runner, tok = _runner_and_tokenizer(model, tokenizer, threads)
-    sc = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stats = GenerationStats()
-    ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sc, tok.eos_id, stats)
+    ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sampling, tok.eos_id, stats)
     live = stream and not as_json
     if live:
         click.echo(prompt, nl=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -14,8 +15,6 @@ from .errors import RetNetEdgeError
 
 def quiet_libraries() -> None:
     """Keep import-time chatter of torchao/torch (optional CUDA kernels, deprecations) off the user's stderr."""
-    import logging
-
     for name in ("torchao", "torch.utils._pytree", "torch.onnx", "onnx_ir", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -113,7 +113,7 @@ class RetNetConfig:
         try:
             return cls(**data)
         except TypeError as exc:  # wrong value types surface here
-            raise ConfigError(f"invalid config: {exc}") from None
+            raise ConfigError(f"invalid config: {exc}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

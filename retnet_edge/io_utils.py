@@ -42,10 +42,10 @@ def read_json(path: Path) -> dict:
     """Parse a JSON object file or raise CheckpointError naming the file and the problem."""
     try:
         data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} not found") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data

@@ -56,9 +56,9 @@ class QuantConfig:
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "scheme", QuantScheme(self.scheme))
-        except ValueError:
+        except ValueError as exc:
             raise ConfigError(f"unknown quant mode {self.scheme!r}; expected one of "
-                              f"{', '.join(s.value for s in QuantScheme)}") from None
+                              f"{', '.join(s.value for s in QuantScheme)}") from exc
         if self.lm_head not in ("auto", "fp32", "int8", "int4"):
             raise ConfigError(f"unknown lm_head precision {self.lm_head!r}; expected auto, fp32, int8 or int4")
         if self.embedding not in ("fp32", "int8", "int4"):

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tokenizers import Tokenizer as _HF
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
 from .errors import CheckpointError
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 in tokenizers we train
@@ -77,32 +80,27 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                                   hint="pass token ids or give the model a tokenizer")
         p = found[0]
     if p.suffix == ".json":
-        from tokenizers import Tokenizer as _HF
-
         try:
             return HFTokenizer(_HF.from_file(str(p)))
         except Exception as exc:  # tokenizers raises a plain Exception for bad files
-            raise CheckpointError(f"{p} is not a valid tokenizer.json ({exc})") from None
+            raise CheckpointError(f"{p} is not a valid tokenizer.json ({exc})") from exc
     if p.suffix == ".model":
         try:
-            import sentencepiece as spm
-        except ImportError:
+            import sentencepiece as spm  # optional (test extra): only tokenizer.model files need it
+        except ImportError as exc:
             raise CheckpointError("reading tokenizer.model needs the sentencepiece package",
-                                  hint="pip install sentencepiece") from None
+                                  hint="pip install sentencepiece") from exc
         sp = spm.SentencePieceProcessor()
         try:
             sp.Load(str(p))
         except (OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{p} is not a valid SentencePiece model ({exc})") from None
+            raise CheckpointError(f"{p} is not a valid SentencePiece model ({exc})") from exc
         return SentencePieceTokenizer(sp)
     raise CheckpointError(f"{p}: unknown tokenizer file type (expected tokenizer.json or tokenizer.model)")
 
 
 def train_bpe(texts: list[str], vocab_size: int, path: Path) -> HFTokenizer:
     """Train a byte-level BPE tokenizer (no unknown tokens) with <pad>/<bos>/<eos> as ids 0/1/2; save it."""
-    from tokenizers import Tokenizer as _HF
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     tok = _HF(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

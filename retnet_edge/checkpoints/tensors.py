@@ -6,7 +6,9 @@ headers, each tensor is read only when it is written, and the output is written 
 from __future__ import annotations
 
 import json
+import pickle
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,6 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError
+from ..io_utils import read_json
 
 ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -40,18 +43,18 @@ def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
             if n > size - 8 or n > 100 * 2**20:
                 raise ValueError("header length past the end of the file")
             header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} not found") from exc
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from exc
     header.pop("__metadata__", None)
     base = 8 + n
     entries = {}
     for name, meta in header.items():
         try:
             dtype, shape, (start, end) = ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: bad header entry for {name}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad header entry for {name}") from exc
         numel = 1
         for d in shape:
             numel *= d
@@ -76,7 +79,6 @@ def _range_reader(path: Path, offset: int, length: int, dtype: torch.dtype, shap
 
 def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
     """All tensors of a sharded checkpoint via its *.index.json weight_map."""
-    from ..io_utils import read_json
 
     weight_map = read_json(index_file).get("weight_map")
     if not isinstance(weight_map, dict):
@@ -93,9 +95,6 @@ def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
 
 def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
     """torch.load(weights_only=True, mmap=True): never runs code from the file; `allow` lists extra safe types."""
-    import pickle
-    import warnings
-
     try:
         with torch.serialization.safe_globals(list(allow)), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's protocol-version notices would break the one-line error
@@ -106,14 +105,14 @@ def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
                     raise
                 # legacy (pre-zipfile) torch.save format cannot be memory-mapped: read it, still weights_only
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} not found") from exc
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} was refused by the safe loader (weights_only=True): {first}",
-                              hint="only plain tensors and containers are loaded; code in a pickle is never run") from None
+                              hint="only plain tensors and containers are loaded; code in a pickle is never run") from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     return obj
 
 

@@ -35,13 +35,13 @@ class EagerSession:
 
     @torch.no_grad()
     def run_prefill(self, ids, pos, state):
-        st = [torch.from_numpy(s) for s in state]
+        states = [torch.from_numpy(s) for s in state]
         outs = []
         for c in range(0, ids.shape[1], self.chunk_size):
             sl = slice(c, c + self.chunk_size)
-            logits, *st = self.prefill_module(torch.from_numpy(ids[:, sl]), torch.from_numpy(pos[:, sl]), *st)
+            logits, *states = self.prefill_module(torch.from_numpy(ids[:, sl]), torch.from_numpy(pos[:, sl]), *states)
             outs.append(logits.numpy())
-        return np.concatenate(outs, axis=1), [s.numpy() for s in st]
+        return np.concatenate(outs, axis=1), [s.numpy() for s in states]
 
 
 @RUNTIMES.register("eager")

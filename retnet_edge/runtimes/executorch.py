@@ -30,7 +30,7 @@ class ExecuTorchSession:
         self.state_in_program = self.flavor == "runner"
         self.cfg = RetNetConfig.from_dict(meta["config"])
         if threads:
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
 
             _unsafe_reset_threadpool(threads)
         path = self.directory / PTE_FILE

@@ -19,7 +19,7 @@ def load_state_file(path: str | Path, n_layers: int, shape: tuple[int, ...]) -> 
     try:
         data = load_file(str(path))
     except Exception as exc:  # SafetensorError / OSError
-        raise CheckpointError(f"{path} is not a valid state file ({exc})") from None
+        raise CheckpointError(f"{path} is not a valid state file ({exc})") from exc
     state = [data.get(f"state.{i}") for i in range(n_layers)]
     if any(s is None or tuple(s.shape) != tuple(shape) for s in state) or "position" not in data:
         raise CheckpointError(f"{path}: state does not match this model (expected {n_layers} x {list(shape)})")

@@ -38,6 +38,19 @@ def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temp file beside it and one rename: readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_json(path: Path) -> dict:
     """Parse a JSON object file or raise CheckpointError naming the file and the problem."""
     try:

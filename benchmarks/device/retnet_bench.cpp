@@ -1,10 +1,13 @@
-// retnet_bench: load a retnet-edge .pte (runner flavour), run N decode steps, print one JSON line.
+// retnet_bench: load a retnet-edge .pte (runner flavour), run decode steps, print JSON lines.
 //
-//   retnet_bench model.pte [steps=128] [threads=0] [warmup=8]
+//   retnet_bench model.pte [steps=128] [threads=0] [warmup=8] [contexts] [repeat=1]
 //
 // The runner-flavour program is forward(tokens int64[1,1], input_pos int64[1]) -> logits with the
 // recurrent state in mutable buffers, exactly what ExecuTorch's LLM runner drives. Per-token cost must
-// not grow with input_pos; the JSON reports the median of the first and the last quarter of steps.
+// not grow with input_pos. Without `contexts`: one JSON line with the median of the first and the last
+// quarter of steps. With `contexts` (e.g. 0,512,2048): a header line, then per depth one line — the
+// program is stepped to that position first (untimed: the stock runner's prefill is token by token),
+// then `repeat` x `steps` timed steps; memory from /proc/self/status (`retnet-edge bench --runtime cpp`).
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
@@ -14,6 +17,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -41,6 +46,40 @@ static double percentile(std::vector<double> v, double p) {
   return v[static_cast<size_t>(p * (v.size() - 1))];
 }
 
+// VmRSS, RssAnon, RssFile, VmHWM in MiB (zeros where /proc is absent)
+struct Mem {
+  double rss = 0, anon = 0, file = 0, peak = 0;
+};
+static Mem memory() {
+  Mem m;
+  std::ifstream f("/proc/self/status");
+  std::string key;
+  double kb;
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream is(line);
+    if (!(is >> key >> kb)) continue;
+    if (key == "VmRSS:") m.rss = kb / 1024;
+    if (key == "RssAnon:") m.anon = kb / 1024;
+    if (key == "RssFile:") m.file = kb / 1024;
+    if (key == "VmHWM:") m.peak = kb / 1024;
+  }
+  return m;
+}
+
+static std::vector<long> parse_list(const char* s) {
+  std::vector<long> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(std::atol(item.c_str()));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+static double median(std::vector<double> v) { return percentile(std::move(v), 0.5); }
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s model.pte [steps=128] [threads=0] [warmup=8]\n", argv[0]);
@@ -53,6 +92,7 @@ int main(int argc, char** argv) {
   auto* pool = executorch::extension::threadpool::get_threadpool();
   if (threads > 0 && pool) pool->_unsafe_reset_threadpool(threads);
 
+  const Mem before = memory();
   auto t0 = Clock::now();
   Module module(path, Module::LoadMode::Mmap);
   if (module.load_method("forward") != executorch::runtime::Error::Ok) {
@@ -69,6 +109,46 @@ int main(int argc, char** argv) {
   int64_t token = 1, pos = 0;
   auto tokens = from_blob(&token, {1, 1}, executorch::aten::ScalarType::Long);
   auto input_pos = from_blob(&pos, {1}, executorch::aten::ScalarType::Long);
+  auto step = [&](int64_t p) {
+    pos = p;
+    token = 1 + (p * 7919) % (vocab - 1);  // deterministic token stream
+    return module.forward({tokens, input_pos}).ok();
+  };
+  if (argc > 5) {  // the context sweep of `retnet-edge bench`
+    const std::vector<long> contexts = parse_list(argv[5]);
+    const int repeat = argc > 6 ? std::max(1, std::atoi(argv[6])) : 1;
+    const Mem loaded = memory();
+    std::printf("{\"load_ms\": %.2f, \"rss_before_load_mib\": %.1f, \"rss_mib\": %.1f, \"threads\": %zu}\n",
+                load_ms, before.rss, loaded.rss, pool ? pool->get_thread_count() : 0);
+    int64_t p = 0;
+    for (long ctx : contexts) {
+      for (; p < ctx; ++p) {
+        if (!step(p)) return std::fprintf(stderr, "Error: forward failed at position %lld\n", (long long)p), 1;
+      }
+      const int64_t start = p;
+      step(p++);  // warm-up token
+      std::vector<double> all, medians;
+      for (int r = 0; r < repeat; ++r) {  // the state lives in the program: repetitions run on
+        std::vector<double> run;
+        for (int i = 0; i < steps; ++i, ++p) {
+          auto ts = Clock::now();
+          if (!step(p)) return std::fprintf(stderr, "Error: forward failed at position %lld\n", (long long)p), 1;
+          run.push_back(ms_since(ts));
+        }
+        medians.push_back(median(run));
+        all.insert(all.end(), run.begin(), run.end());
+      }
+      const Mem m = memory();
+      const double mid = median(medians);
+      std::printf("{\"context\": %ld, \"positions\": [%lld, %lld], \"restored_each_repeat\": false, "
+                  "\"ms_per_token_median\": %.4f, \"ms_per_token_p90\": %.4f, \"spread\": %.4f, "
+                  "\"rss_mib\": %.1f, \"anon_mib\": %.1f, \"file_mib\": %.1f, \"peak_mib\": %.1f}\n",
+                  ctx, (long long)start, (long long)p, median(all), percentile(all, 0.9),
+                  (*std::max_element(medians.begin(), medians.end()) - *std::min_element(medians.begin(), medians.end())) / mid,
+                  m.rss, m.anon, m.file, m.peak);
+    }
+    return 0;
+  }
   std::vector<double> times;
   for (int i = 0; i < warmup + steps; ++i) {
     pos = i;

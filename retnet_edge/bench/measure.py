@@ -1,0 +1,178 @@
+"""One artifact at one thread count, measured in its own process (`python -m retnet_edge.bench.measure SPEC`).
+
+llama-bench's method: the state is advanced to each context depth first (RetNet: through the prefill
+graph; the baseline: its KV cache filled), one warm-up token, then `tokens` single-token steps with
+logits, `repeat` times, each repetition starting again from that depth (a snapshot of the O(1) state or
+of the cache; the ExecuTorch runner flavour keeps its state inside the program, so its repetitions run
+on, and the record says so). Sampling and tokenization are excluded. Memory comes from
+/proc/self/status: RSS after import is the baseline, everything else is a delta over it.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = 512  # prefill speed and time to first token are measured on a prompt of this length
+
+
+def memory_mb() -> dict:
+    """{rss, anon, file, peak} in MiB from /proc/self/status (Linux); rss and peak only elsewhere."""
+    out = {}
+    try:
+        for line in open("/proc/self/status"):
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                out[{"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}[key]] = \
+                    int(value.split()[0]) / 1024
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out = {"rss": peak, "peak": peak}
+    return out
+
+
+def _delta(m: dict, base: dict) -> dict:
+    return {k: round(v - base.get(k, 0.0), 1) for k, v in m.items()}
+
+
+class _RetNetAdapter:
+    """A Runner with snapshot/restore of its (position, state) when the state lives outside the program."""
+
+    def __init__(self, runner):
+        self.r = runner
+
+    def reset(self):
+        self.r.reset()
+
+    def prefill(self, ids):
+        return self.r.prefill(ids)
+
+    def step(self, token):
+        return self.r.step(token)
+
+    @property
+    def position(self):
+        return self.r.position
+
+    @property
+    def restorable(self) -> bool:
+        return bool(self.r.state)
+
+    def snapshot(self):
+        return self.r.position, [np.array(s, copy=True) for s in self.r.state]
+
+    def restore(self, snap):
+        self.r.position, self.r.state = snap[0], [np.array(s, copy=True) for s in snap[1]]
+
+    def state_fingerprint(self) -> float | None:
+        return float(sum(np.abs(s).sum() for s in self.r.state)) if self.r.state else None
+
+    @property
+    def state_bytes(self) -> int:
+        return self.r.cfg.state_bytes(1)
+
+
+class _KVAdapter(_RetNetAdapter):
+    restorable = True
+
+    def snapshot(self):
+        return self.r.snapshot()
+
+    def restore(self, snap):
+        self.r.restore(snap)
+
+    def state_fingerprint(self):
+        return None
+
+    @property
+    def state_bytes(self) -> int:
+        return self.r.state_bytes
+
+
+def open_decoder(model: str, path: str, threads: int):
+    if model == "transformer":
+        from .baseline import KVRunner
+
+        return _KVAdapter(KVRunner(Path(path), threads))
+    from ..runtimes import load_runner
+
+    return _RetNetAdapter(load_runner(path, threads=threads))
+
+
+def _import_engine(runtime: str) -> None:
+    """Import the engine before the baseline RSS: import cost is not the artifact's memory."""
+    from .. import runtimes  # noqa: F401
+
+    if runtime == "executorch":
+        import executorch.runtime  # noqa: F401
+    elif runtime == "onnxruntime":
+        import onnxruntime  # noqa: F401
+
+
+def measure(spec: dict) -> dict:
+    """Run the spec ({model, runtime, path, threads, contexts, tokens, repeat, seed}); one record per context."""
+    _import_engine(spec["runtime"])
+    base = memory_mb()
+    t0 = time.perf_counter()
+    dec = open_decoder(spec["model"], spec["path"], spec["threads"])
+    load_s = time.perf_counter() - t0
+    after_load = _delta(memory_mb(), base)
+    vocab = dec.r.cfg.vocab_size
+    rng = np.random.default_rng(spec.get("seed", 0))
+    prompt = rng.integers(3, vocab, PROMPT).tolist()
+    ttft = []
+    for _ in range(2):  # the first call also opens / warms the prefill graph
+        dec.reset()
+        t = time.perf_counter()
+        dec.prefill(prompt)
+        ttft.append(time.perf_counter() - t)
+    after_prefill = _delta(memory_mb(), base)
+    dec.reset()
+    records = []
+    for context in sorted(spec["contexts"]):
+        fill = context - dec.position
+        if fill > 0:
+            dec.prefill(rng.integers(3, vocab, fill).tolist())
+        start = dec.position
+        dec.step(int(rng.integers(3, vocab)))  # warm-up token
+        snap = dec.snapshot() if dec.restorable else None
+        runs = []
+        for _ in range(spec["repeat"]):
+            if snap is not None:
+                dec.restore(snap)
+            times = []
+            for _ in range(spec["tokens"]):
+                tok = int(rng.integers(3, vocab))
+                t = time.perf_counter()
+                dec.step(tok)
+                times.append((time.perf_counter() - t) * 1e3)
+            runs.append(times)
+        flat = sorted(x for run in runs for x in run)
+        medians = [statistics.median(run) for run in runs]
+        records.append({
+            "context": context, "positions": [start, dec.position], "restored_each_repeat": snap is not None,
+            "ms_per_token_median": round(statistics.median(flat), 4),
+            "ms_per_token_p90": round(flat[int(0.9 * (len(flat) - 1))], 4),
+            "repeat_medians_ms": [round(m, 4) for m in medians],
+            "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
+            "state_bytes_now": dec.state_bytes, "state_fingerprint": dec.state_fingerprint(),
+            "memory_mb": _delta(memory_mb(), base)})
+    return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1),
+            "memory_after_load_mb": after_load, "memory_after_prefill_mb": after_prefill,
+            "prefill_tokens": PROMPT, "ttft_ms": round(min(ttft) * 1e3, 2),
+            "prefill_tokens_per_s": round(PROMPT / min(ttft), 1), "records": records}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(measure(spec)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""`run_bench(paths, BenchConfig) -> dict`: latency and memory per token over context, vs a Transformer-KV
+baseline and this machine's read roof — the document `retnet-edge bench` prints and plots.
+
+Each (artifact, threads) runs in a fresh process (`measure.py`, or the C++ `retnet_bench` for ExecuTorch
+programs when it is built), so memory is that artifact's alone. For every RetNet ONNX artifact the
+baseline is the same-size Transformer with a KV cache at the same quant mode, exported through the same
+ONNX exporter and quantization plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import RetNetConfig
+from ..contract import MANIFEST_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, PTE_FILE
+from ..errors import ConfigError, RetNetEdgeError
+from ..io_utils import read_json
+from ..loader import load_config, resolve_path
+from ..quant import QuantConfig
+from .machine import machine_facts, versions
+from .roof import measure_read_bandwidth
+
+HARNESS_CANDIDATES = (Path(__file__).resolve().parents[2] / "benchmarks" / "device" / "build" / "retnet_bench",)
+RUNTIMES = ("auto", "python", "cpp")
+
+
+@dataclass
+class BenchConfig:
+    contexts: list[int] = field(default_factory=lambda: [0, 512, 2048, 8192])
+    tokens: int = 128
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    repeat: int = 5
+    baseline: str | None = "transformer"  # or None
+    runtime: str = "auto"  # ExecuTorch: auto (C++ harness if built) | python | cpp
+    work_dir: Path | None = None  # where baseline artifacts are cached
+
+    def __post_init__(self) -> None:
+        if not self.contexts or min(self.contexts) < 0 or max(self.contexts) > 1_000_000:
+            raise ConfigError("--contexts must be depths between 0 and 1,000,000")
+        if not 1 <= self.tokens <= 100_000 or not 1 <= self.repeat <= 1000:
+            raise ConfigError("--tokens must be in 1..100000 and --repeat in 1..1000")
+        if not self.threads or min(self.threads) < 1 or max(self.threads) > 256:
+            raise ConfigError("--threads must be between 1 and 256")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"unknown --runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        if self.baseline not in (None, "transformer"):
+            raise ConfigError(f"unknown --baseline {self.baseline!r}; expected transformer or none")
+
+
+@dataclass
+class Subject:
+    """One thing to measure: a RetNet artifact or checkpoint, or a baseline artifact."""
+
+    label: str
+    model: str  # retnet | transformer
+    runtime: str  # onnxruntime | executorch | executorch-cpp | torch
+    path: Path
+    cfg: RetNetConfig
+    quant: str
+    weight_bytes_per_token: int  # weights read per token (the embedding table is read one row at a time)
+    artifact_bytes: int
+    validation: str
+
+
+def harness_path() -> Path | None:
+    return next((p for p in HARNESS_CANDIDATES if p.is_file()), None)
+
+
+def _embedding_bytes(cfg: RetNetConfig, precision: str) -> int:
+    return cfg.vocab_size * cfg.d_model * {"fp32": 4, "int8": 1, "int4": 0.5}[precision] // 1
+
+
+def _onnx_weight_bytes(directory: Path, graph: str = ONNX_STEP_FILE) -> tuple[int, int]:
+    """(all initializer bytes of the graph, those of the embedding) from the graph's external-data table."""
+    import onnx
+
+    total = embed = 0
+    for t in onnx.load(str(directory / graph), load_external_data=False).graph.initializer:
+        n = next((int(e.value) for e in t.external_data if e.key == "length"), len(t.raw_data))
+        total += n
+        embed += n if t.name.startswith("embed.") else 0
+    return total, embed
+
+
+def _validation(manifest: dict) -> str:
+    v = manifest.get("validation")
+    return "skipped" if v == "skipped" else ("passed" if isinstance(v, dict) and v.get("passed") else "failed")
+
+
+def describe(path: str, runtime_choice: str) -> Subject:
+    """What a path is and how it will be run."""
+    p = resolve_path(path)
+    if not (p / MANIFEST_FILE).is_file():  # a checkpoint: eager PyTorch
+        _, cfg = load_config(p)
+        from ..inspection import parameter_count
+
+        n = parameter_count(cfg)
+        return Subject(str(path), "retnet", "torch", p, cfg, "fp32", 4 * n - _embedding_bytes(cfg, "fp32"),
+                       4 * n, "reference")
+    m = read_json(p / MANIFEST_FILE)
+    cfg, quant = RetNetConfig.from_dict(m["config"]), m["quant"]["scheme"]
+    model = m.get("model", "retnet")
+    if m["target"] == "onnx":
+        total, embed = _onnx_weight_bytes(p)
+        size = (p / ONNX_WEIGHTS_FILE).stat().st_size
+        return Subject(str(path), model, "onnxruntime", p, cfg, quant, total - embed, size, _validation(m))
+    size = (p / PTE_FILE).stat().st_size
+    flavor = read_json(p / "delegation.json").get("flavor")
+    harness = harness_path()
+    if runtime_choice == "cpp" and (harness is None or flavor != "runner"):
+        raise RetNetEdgeError("--runtime cpp needs benchmarks/device/build/retnet_bench and a runner-flavour .pte",
+                              hint="bash benchmarks/device/build.sh")
+    runtime = "executorch-cpp" if runtime_choice != "python" and harness and flavor == "runner" else "executorch"
+    weights = size - _embedding_bytes(cfg, m["quant"].get("embedding", "fp32"))
+    return Subject(str(path), model, runtime, p, cfg, quant, weights, size, _validation(m))
+
+
+def baseline_for(subject: Subject, work_dir: Path, log) -> Subject:
+    """The same-size Transformer-KV ONNX artifact at the subject's quant mode (built once, cached)."""
+    from .baseline import export_baseline_onnx
+
+    key = hashlib.sha256((subject.cfg.to_json() + subject.quant).encode()).hexdigest()[:12]
+    out = work_dir / f"transformer-{subject.quant}-{key}"
+    if not (out / MANIFEST_FILE).is_file():
+        log(f"building the Transformer-KV baseline ({subject.quant}) ...")
+        export_baseline_onnx(subject.cfg, QuantConfig(subject.quant), out, log=log)
+    total, embed = _onnx_weight_bytes(out)
+    return Subject(f"transformer-kv {subject.quant}", "transformer", "onnxruntime", out, subject.cfg, subject.quant,
+                   total - embed, (out / ONNX_WEIGHTS_FILE).stat().st_size, "skipped")
+
+
+def _run_child(cmd: list[str]) -> list[dict]:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RetNetEdgeError(f"benchmark process failed ({' '.join(cmd[:3])} ...): {tail}")
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def measure_subject(s: Subject, threads: int, bc: BenchConfig) -> dict:
+    """Run one subject at one thread count in a fresh process; the measure.py result shape."""
+    if s.runtime == "executorch-cpp":
+        ctx = ",".join(str(c) for c in sorted(bc.contexts))
+        lines = _run_child([str(harness_path()), str(s.path / PTE_FILE), str(bc.tokens), str(threads), "1", ctx,
+                            str(bc.repeat)])
+        head, records = lines[0], lines[1:]
+        return {"load_s": head["load_ms"] / 1e3, "import_rss_mb": head["rss_before_load_mib"],
+                "memory_after_load_mb": {"rss": head["rss_mib"] - head["rss_before_load_mib"]},
+                "prefill_tokens": None, "ttft_ms": None, "prefill_tokens_per_s": None,
+                "records": [{**r, "memory_mb": {k: round(r[f"{k}_mib"] - head["rss_before_load_mib"], 1)
+                                                 for k in ("rss", "anon", "file", "peak")},
+                             "state_bytes_now": s.cfg.state_bytes(1), "state_fingerprint": None}
+                            for r in records]}
+    spec = {"model": s.model, "runtime": s.runtime, "path": str(s.path), "threads": threads,
+            "contexts": sorted(bc.contexts), "tokens": bc.tokens, "repeat": bc.repeat}
+    return _run_child([sys.executable, "-m", "retnet_edge.bench.measure", json.dumps(spec)])[0]
+
+
+def flatten(s: Subject, threads: int, result: dict, bandwidth: dict) -> list[dict]:
+    """The issue's record per (subject, context, threads), with bytes per token and the roof fraction."""
+    out = []
+    roof = bandwidth["gb_per_s"].get(threads) or max(bandwidth["gb_per_s"].values())
+    for r in result["records"]:
+        state = r["state_bytes_now"] if s.model == "transformer" else s.cfg.state_bytes(1)
+        # RetNet: S read and written each token; the baseline reads its whole cache each token
+        bytes_per_token = s.weight_bytes_per_token + (state if s.model == "transformer" else 2 * state)
+        tok_s = 1e3 / r["ms_per_token_median"]
+        mem = r["memory_mb"]
+        out.append({
+            "model": s.model, "runtime": s.runtime, "quant": s.quant, "threads": threads, "context": r["context"],
+            "artifact": s.label, "artifact_bytes": s.artifact_bytes, "validation": s.validation,
+            "ms_per_token_median": r["ms_per_token_median"], "ms_per_token_p90": r["ms_per_token_p90"],
+            "tokens_per_s": round(tok_s, 2), "spread": r.get("spread"), "positions": r.get("positions"),
+            "prefill_tokens_per_s": result["prefill_tokens_per_s"], "ttft_ms": result["ttft_ms"],
+            "rss_mb": mem.get("rss"), "rss_peak_mb": mem.get("peak"), "rss_anon_mb": mem.get("anon"),
+            "rss_file_mb": mem.get("file"), "state_bytes": state, "state_fingerprint": r.get("state_fingerprint"),
+            "bytes_per_token": bytes_per_token, "effective_gb_per_s": round(bytes_per_token * tok_s / 1e9, 2),
+            "roof_gb_per_s": roof, "roof_fraction": round(bytes_per_token * tok_s / 1e9 / roof, 3)})
+    return out
+
+
+def run_bench(paths: list[str], bc: BenchConfig, log: Callable[[str], None] = lambda s: None,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every path (and its baseline) at every thread count; one JSON document."""
+    import tempfile
+
+    subjects = [describe(p, bc.runtime) for p in paths]
+    work = bc.work_dir or Path(tempfile.mkdtemp(prefix="retnet-edge-bench-"))
+    if bc.baseline:
+        seen = {}
+        for s in [s for s in subjects if s.model == "retnet"]:
+            key = (s.cfg.to_json(), s.quant)
+            if key not in seen:
+                seen[key] = baseline_for(s, work, log)
+        subjects += list(seen.values())
+    machine = machine_facts()
+    log("measuring this machine's read bandwidth ...")
+    bandwidth = measure_read_bandwidth(sorted(set(bc.threads)))
+    machine["read_bandwidth"] = bandwidth
+    results, extras = [], []
+    jobs = [(s, t) for s in subjects for t in bc.threads]
+    for i, (s, t) in enumerate(jobs, 1):
+        (progress or log)(f"[{i}/{len(jobs)}] {s.label} ({s.model}, {s.runtime}, {s.quant}) at {t} thread(s)")
+        res = measure_subject(s, t, bc)
+        results += flatten(s, t, res, bandwidth)
+        extras.append({"artifact": s.label, "threads": t, "load_s": res["load_s"],
+                       "import_rss_mb": res["import_rss_mb"], "memory_after_load_mb": res["memory_after_load_mb"],
+                       "memory_after_prefill_mb": res.get("memory_after_prefill_mb")})
+    machine["load_average_after"] = machine_facts()["load_average"]
+    if not bc.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"tool": "retnet-edge bench", "machine": machine, "versions": versions(),
+            "config": {"contexts": sorted(bc.contexts), "tokens": bc.tokens, "threads": bc.threads,
+                       "repeat": bc.repeat, "baseline": bc.baseline, "runtime": bc.runtime},
+            "results": results, "processes": extras, "summary": summarize(results)}
+
+
+def summarize(results: list[dict]) -> dict:
+    """Flatness (latency at the deepest context ÷ at the shallowest) and RetNet-vs-baseline speedups."""
+    out: dict = {"flatness": [], "speedup_vs_baseline": []}
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["artifact"], r["model"], r["runtime"], r["quant"], r["threads"]), []).append(r)
+    for (art, model, rt, quant, th), rs in groups.items():
+        rs.sort(key=lambda r: r["context"])
+        out["flatness"].append({"artifact": art, "model": model, "runtime": rt, "quant": quant, "threads": th,
+                                "contexts": [rs[0]["context"], rs[-1]["context"]],
+                                "latency_ratio": round(rs[-1]["ms_per_token_median"] / rs[0]["ms_per_token_median"], 3),
+                                "rss_growth_mb": round((rs[-1]["rss_mb"] or 0) - (rs[0]["rss_mb"] or 0), 1)})
+    for r in results:
+        if r["model"] != "retnet" or r["runtime"] != "onnxruntime":
+            continue
+        b = next((x for x in results if x["model"] == "transformer" and x["quant"] == r["quant"]
+                  and x["threads"] == r["threads"] and x["context"] == r["context"]), None)
+        if b:
+            out["speedup_vs_baseline"].append({"artifact": r["artifact"], "quant": r["quant"], "threads": r["threads"],
+                                               "context": r["context"],
+                                               "speedup": round(b["ms_per_token_median"] / r["ms_per_token_median"], 2)})
+    return out
+
+
+def render_table(doc: dict) -> str:
+    """The short table `retnet-edge bench` prints on stdout."""
+    rows = [f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} {'context':>7} {'ms/tok':>8} {'p90':>8} "
+            f"{'tok/s':>8} {'rss MB':>7} {'state MB':>8} {'roof':>5}"]
+    for r in doc["results"]:
+        rows.append(f"{r['artifact'][-28:]:<28} {r['runtime']:<15} {r['quant']:<5} {r['threads']:>3} {r['context']:>7} "
+                    f"{r['ms_per_token_median']:>8.3f} {r['ms_per_token_p90']:>8.3f} {r['tokens_per_s']:>8.1f} "
+                    f"{(r['rss_mb'] or 0):>7.1f} {r['state_bytes'] / 2**20:>8.2f} {r['roof_fraction']:>5.0%}")
+    bw = doc["machine"]["read_bandwidth"]
+    rows.append(f"read roof: {', '.join(f'{t} thread(s) {g} GB/s' for t, g in bw['gb_per_s'].items())} "
+                f"[{bw['kernel']}]; load average {doc['machine']['load_average']} -> "
+                f"{doc['machine']['load_average_after']}")
+    for f in doc["summary"]["flatness"]:
+        rows.append(f"flatness {f['artifact']} ({f['model']}, {f['runtime']}, {f['threads']} thr): latency "
+                    f"x{f['latency_ratio']} from context {f['contexts'][0]} to {f['contexts'][1]}")
+    return "\n".join(rows)
+

@@ -43,6 +43,8 @@ def main() -> None:
       retnet-edge inspect small
       retnet-edge inspect demo --json
       retnet-edge init-random --preset tiny -o tiny-model
+      retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
+      retnet-edge bench out/demo-onnx-int4 --plot out/plots
 
     Exit codes: 0 ok, 1 known error (one line), 2 usage, 3 parity failure.
     Set RETNET_EDGE_DEBUG=1 for tracebacks (and library warnings).

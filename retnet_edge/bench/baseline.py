@@ -1,14 +1,17 @@
 """The comparison a RetNet is judged against: a same-size decoder-only Transformer with a KV cache.
 
 Same d_model, layers, vocabulary and GLU FFN as the RetNet config; Llama-style attention (head dim 64,
-rotary, RMSNorm), random weights (speed and memory only). It is exported through the same ONNX path
-and quantization plan as the RetNet (`exporters.onnx`), as one graph with a dynamic past length:
+rotary, RMSNorm), random weights (speed and memory only), quantized by the same QuantPlan.
 
-    forward(input_ids [B,T], position_ids [B,T], *past) -> (logits [B,T,V], *present)
-    past.{i}.key / past.{i}.value [B, H, P, 64] fp32  ->  present.{i}.* [B, H, P+T, 64]
-
-so its per-token cost grows with the context the way a KV cache does; `KVRunner` drives it with plain
-onnxruntime, as `Runner` drives a RetNet artifact.
+- ONNX (`export_baseline_onnx`), through the RetNet exporter's naming, quantization and weight writer, as
+  one graph with a dynamic past length, driven by `KVRunner` with plain onnxruntime:
+      forward(input_ids [B,T], position_ids [B,T], *past) -> (logits [B,T,V], *present)
+      past.{i}.key / past.{i}.value [B, H, P, 64] fp32  ->  present.{i}.* [B, H, P+T, 64]
+- ExecuTorch (`export_baseline_executorch`): ExecuTorch's own LLM recipe — KV-cache buffers
+  [1, max_context, H, 64] written by `llama::update_cache` and read up to the position by
+  `llama::custom_sdpa` — with the RetNet runner flavour's contract forward(tokens, input_pos) -> logits,
+  lowered to XNNPACK by the RetNet exporter's `_lower`. Its kernels are in the Python runtime only (the
+  pip wheel ships no custom-ops library for the C++ harness).
 """
 from __future__ import annotations
 
@@ -110,11 +113,7 @@ def export_baseline_onnx(cfg: RetNetConfig, qc: QuantConfig, output: Path, seed:
     from ..exporters.onnx import OPSET, _save_shared, name_nodes, quantize_onnx
     from ..quant import plan_quantization
 
-    torch.manual_seed(seed)
-    model = TransformerKV(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02) if p.ndim == 2 else p.fill_(1.0)
+    model = _random_baseline(cfg, seed)
     B, T, P = 1, 3, 5
     args = (torch.zeros(B, T, dtype=torch.long), torch.arange(P, P + T)[None], *model.init_cache(B, P))
     batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("sequence", min=1, max=8192)
@@ -192,3 +191,75 @@ class KVRunner:
     def state_bytes(self) -> int:
         return sum(c.nbytes for c in self.cache)
 
+
+
+class TransformerKVProgram(nn.Module):
+    """ExecuTorch program: the baseline's weights + per-layer KV-cache buffers, one token per call."""
+
+    def __init__(self, model: nn.Module, cfg: RetNetConfig, max_context: int):
+        super().__init__()
+        self.model, self.cfg, self.max_context, self.H = model, cfg, max_context, baseline_heads(cfg)
+        for i in range(cfg.n_layers):
+            self.register_buffer(f"k_cache_{i}", torch.zeros(1, max_context, self.H, HEAD_DIM))
+            self.register_buffer(f"v_cache_{i}", torch.zeros(1, max_context, self.H, HEAD_DIM))
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """tokens [1,1], input_pos [1] -> logits [1,1,V]; attention reads the cache up to input_pos."""
+        m = self.model
+        pos = input_pos[0].item()
+        torch._check(pos >= 0)
+        torch._check(pos < self.max_context)
+        x = m.embed(tokens)
+        cos, sin = rotary_cos_sin(input_pos.view(1, 1), m.freqs)  # [1, 1, 1, Dh/2]
+        for i, layer in enumerate(m.layers):
+            a, h = layer.attn, layer.attn_norm(x)
+            q = rotate_half_split(a.q_proj(h).view(1, 1, self.H, HEAD_DIM), cos, sin)
+            k = rotate_half_split(a.k_proj(h).view(1, 1, self.H, HEAD_DIM), cos, sin)
+            v = a.v_proj(h).view(1, 1, self.H, HEAD_DIM)
+            kc, vc = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            torch.ops.llama.update_cache(k, kc, pos)
+            torch.ops.llama.update_cache(v, vc, pos)
+            o = torch.ops.llama.custom_sdpa(q, kc, vc, pos, None, 0, False)  # [1, 1, H, Dh]
+            x = x + a.o_proj(o.reshape(1, 1, self.H * HEAD_DIM))
+            x = x + layer.ffn(layer.ffn_norm(x))
+        return m.lm_head(m.norm(x))
+
+
+def export_baseline_executorch(cfg: RetNetConfig, qc: QuantConfig, output: Path, max_context: int, seed: int = 0,
+                               log=lambda s: None) -> Path:
+    """Random-weight TransformerKV -> .pte with KV-cache buffers (ExecuTorch's LLM recipe), quantized by the plan."""
+    import json
+
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama::update_cache/custom_sdpa)
+
+    from ..contract import DELEGATION_FILE, PTE_FILE
+    from ..exporters.executorch import _lower, quantize_step
+    from ..quant import plan_quantization
+
+    model = _random_baseline(cfg, seed)
+    plan = plan_quantization(qc, {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    if plan.quantizes_anything:
+        model = quantize_step(model, plan)
+    program = TransformerKVProgram(model, cfg, max_context).eval()
+    methods = {"get_vocab_size": cfg.vocab_size, "get_max_context_len": max_context, "get_max_seq_len": max_context,
+               "use_kv_cache": True, "get_n_layers": cfg.n_layers}
+    log(f"  lowering the Transformer-KV baseline to ExecuTorch ({qc.scheme.value}, cache {max_context}) ...")
+    args = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    buffer, summary = _lower(program, args, methods, mutable=False, log=log, guard=False)
+    with atomic_output_dir(output, force=True) as tmp:
+        (tmp / PTE_FILE).write_bytes(buffer)
+        (tmp / DELEGATION_FILE).write_text(json.dumps({"flavor": "runner", **summary, "config": cfg.to_dict(),
+                                                       "max_context": max_context}, indent=2))
+        write_manifest(tmp, {"target": "executorch", "model": "transformer", "quant": qc.to_dict(),
+                             "config": cfg.to_dict(), "validation": "skipped", "max_context": max_context,
+                             "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
+    return output
+
+
+def _random_baseline(cfg: RetNetConfig, seed: int) -> TransformerKV:
+    torch.manual_seed(seed)
+    model = TransformerKV(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02) if p.ndim == 2 else p.fill_(1.0)
+    return model

@@ -95,13 +95,27 @@ class _KVAdapter(_RetNetAdapter):
         return self.r.state_bytes
 
 
-def open_decoder(model: str, path: str, threads: int):
-    if model == "transformer":
+class _ProgramKVAdapter(_RetNetAdapter):
+    """The ExecuTorch baseline: its cache lives in the program; the bytes in use follow the position."""
+
+    @property
+    def state_bytes(self) -> int:
+        from .baseline import kv_cache_bytes
+
+        return kv_cache_bytes(self.r.cfg, self.r.position)
+
+
+def open_decoder(model: str, runtime: str, path: str, threads: int):
+    from ..runtimes import load_runner
+
+    if model == "transformer" and runtime == "onnxruntime":
         from .baseline import KVRunner
 
         return _KVAdapter(KVRunner(Path(path), threads))
-    from ..runtimes import load_runner
+    if model == "transformer":
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels it calls)
 
+        return _ProgramKVAdapter(load_runner(path, threads=threads))
     return _RetNetAdapter(load_runner(path, threads=threads))
 
 
@@ -120,7 +134,7 @@ def measure(spec: dict) -> dict:
     _import_engine(spec["runtime"])
     base = memory_mb()
     t0 = time.perf_counter()
-    dec = open_decoder(spec["model"], spec["path"], spec["threads"])
+    dec = open_decoder(spec["model"], spec["runtime"], spec["path"], spec["threads"])
     load_s = time.perf_counter() - t0
     after_load = _delta(memory_mb(), base)
     vocab = dec.r.cfg.vocab_size
@@ -139,7 +153,7 @@ def measure(spec: dict) -> dict:
         fill = context - dec.position
         if fill > 0:
             dec.prefill(rng.integers(3, vocab, fill).tolist())
-        start = dec.position
+        start, fingerprint = dec.position, dec.state_fingerprint()  # the state as the fill left it
         dec.step(int(rng.integers(3, vocab)))  # warm-up token
         snap = dec.snapshot() if dec.restorable else None
         runs = []
@@ -161,7 +175,7 @@ def measure(spec: dict) -> dict:
             "ms_per_token_p90": round(flat[int(0.9 * (len(flat) - 1))], 4),
             "repeat_medians_ms": [round(m, 4) for m in medians],
             "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
-            "state_bytes_now": dec.state_bytes, "state_fingerprint": dec.state_fingerprint(),
+            "state_bytes_now": dec.state_bytes, "state_fingerprint": fingerprint,
             "memory_mb": _delta(memory_mb(), base)})
     return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1),
             "memory_after_load_mb": after_load, "memory_after_prefill_mb": after_prefill,

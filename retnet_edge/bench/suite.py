@@ -24,6 +24,7 @@ from ..io_utils import read_json
 from ..loader import load_config, resolve_path
 from ..quant import QuantConfig
 from .machine import machine_facts, versions
+from .measure import PROMPT
 from .roof import measure_read_bandwidth
 
 HARNESS_CANDIDATES = (Path(__file__).resolve().parents[2] / "benchmarks" / "device" / "build" / "retnet_bench",)
@@ -106,33 +107,40 @@ def describe(path: str, runtime_choice: str) -> Subject:
     m = read_json(p / MANIFEST_FILE)
     cfg, quant = RetNetConfig.from_dict(m["config"]), m["quant"]["scheme"]
     model = m.get("model", "retnet")
+    label = f"transformer-kv {quant}" if model == "transformer" else str(path)
     if m["target"] == "onnx":
         total, embed = _onnx_weight_bytes(p)
         size = (p / ONNX_WEIGHTS_FILE).stat().st_size
-        return Subject(str(path), model, "onnxruntime", p, cfg, quant, total - embed, size, _validation(m))
+        return Subject(label, model, "onnxruntime", p, cfg, quant, total - embed, size, _validation(m))
     size = (p / PTE_FILE).stat().st_size
     flavor = read_json(p / "delegation.json").get("flavor")
     harness = harness_path()
     if runtime_choice == "cpp" and (harness is None or flavor != "runner"):
         raise RetNetEdgeError("--runtime cpp needs benchmarks/device/build/retnet_bench and a runner-flavour .pte",
                               hint="bash benchmarks/device/build.sh")
-    runtime = "executorch-cpp" if runtime_choice != "python" and harness and flavor == "runner" else "executorch"
+    # the baseline's llama::custom_sdpa kernels live in the Python runtime only
+    cpp = runtime_choice != "python" and harness and flavor == "runner" and model == "retnet"
     weights = size - _embedding_bytes(cfg, m["quant"].get("embedding", "fp32"))
-    return Subject(str(path), model, runtime, p, cfg, quant, weights, size, _validation(m))
+    return Subject(label, model, "executorch-cpp" if cpp else "executorch", p, cfg, quant, weights, size,
+                   _validation(m))
 
 
-def baseline_for(subject: Subject, work_dir: Path, log) -> Subject:
-    """The same-size Transformer-KV ONNX artifact at the subject's quant mode (built once, cached)."""
-    from .baseline import export_baseline_onnx
+def baseline_for(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> Subject:
+    """The same-size Transformer-KV artifact for the subject's target and quant mode (built once, cached)."""
+    from .baseline import export_baseline_executorch, export_baseline_onnx
 
-    key = hashlib.sha256((subject.cfg.to_json() + subject.quant).encode()).hexdigest()[:12]
-    out = work_dir / f"transformer-{subject.quant}-{key}"
+    onnx = subject.runtime in ("onnxruntime", "torch")
+    # the ExecuTorch cache must hold the whole run: the deepest context plus its timed tokens, or the prompt
+    max_context = max(max(bc.contexts) + bc.tokens * bc.repeat + 8, PROMPT + 8)
+    key = hashlib.sha256((subject.cfg.to_json() + subject.quant + ("" if onnx else str(max_context))).encode())
+    out = work_dir / f"transformer-{'onnx' if onnx else 'pte'}-{subject.quant}-{key.hexdigest()[:12]}"
     if not (out / MANIFEST_FILE).is_file():
-        log(f"building the Transformer-KV baseline ({subject.quant}) ...")
-        export_baseline_onnx(subject.cfg, QuantConfig(subject.quant), out, log=log)
-    total, embed = _onnx_weight_bytes(out)
-    return Subject(f"transformer-kv {subject.quant}", "transformer", "onnxruntime", out, subject.cfg, subject.quant,
-                   total - embed, (out / ONNX_WEIGHTS_FILE).stat().st_size, "skipped")
+        log(f"building the Transformer-KV baseline ({'ONNX' if onnx else 'ExecuTorch'}, {subject.quant}) ...")
+        if onnx:
+            export_baseline_onnx(subject.cfg, QuantConfig(subject.quant), out, log=log)
+        else:
+            export_baseline_executorch(subject.cfg, QuantConfig(subject.quant), out, max_context, log=log)
+    return describe(str(out), "python")
 
 
 def _run_child(cmd: list[str]) -> list[dict]:
@@ -192,29 +200,31 @@ def run_bench(paths: list[str], bc: BenchConfig, log: Callable[[str], None] = la
 
     subjects = [describe(p, bc.runtime) for p in paths]
     work = bc.work_dir or Path(tempfile.mkdtemp(prefix="retnet-edge-bench-"))
-    if bc.baseline:
-        seen = {}
-        for s in [s for s in subjects if s.model == "retnet"]:
-            key = (s.cfg.to_json(), s.quant)
-            if key not in seen:
-                seen[key] = baseline_for(s, work, log)
-        subjects += list(seen.values())
-    machine = machine_facts()
-    log("measuring this machine's read bandwidth ...")
-    bandwidth = measure_read_bandwidth(sorted(set(bc.threads)))
-    machine["read_bandwidth"] = bandwidth
-    results, extras = [], []
-    jobs = [(s, t) for s in subjects for t in bc.threads]
-    for i, (s, t) in enumerate(jobs, 1):
-        (progress or log)(f"[{i}/{len(jobs)}] {s.label} ({s.model}, {s.runtime}, {s.quant}) at {t} thread(s)")
-        res = measure_subject(s, t, bc)
-        results += flatten(s, t, res, bandwidth)
-        extras.append({"artifact": s.label, "threads": t, "load_s": res["load_s"],
-                       "import_rss_mb": res["import_rss_mb"], "memory_after_load_mb": res["memory_after_load_mb"],
-                       "memory_after_prefill_mb": res.get("memory_after_prefill_mb")})
-    machine["load_average_after"] = machine_facts()["load_average"]
-    if not bc.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
+    try:
+        if bc.baseline:
+            seen = {}
+            for s in [s for s in subjects if s.model == "retnet"]:
+                key = (s.cfg.to_json(), s.quant, s.runtime.startswith("executorch"))
+                if key not in seen:
+                    seen[key] = baseline_for(s, bc, work, log)
+            subjects += list(seen.values())
+        machine = machine_facts()
+        log("measuring this machine's read bandwidth ...")
+        bandwidth = measure_read_bandwidth(sorted(set(bc.threads)))
+        machine["read_bandwidth"] = bandwidth
+        results, extras = [], []
+        jobs = [(s, t) for s in subjects for t in bc.threads]
+        for i, (s, t) in enumerate(jobs, 1):
+            (progress or log)(f"[{i}/{len(jobs)}] {s.label} ({s.model}, {s.runtime}, {s.quant}) at {t} thread(s)")
+            res = measure_subject(s, t, bc)
+            results += flatten(s, t, res, bandwidth)
+            extras.append({"artifact": s.label, "threads": t, "load_s": res["load_s"],
+                           "import_rss_mb": res["import_rss_mb"], "memory_after_load_mb": res["memory_after_load_mb"],
+                           "memory_after_prefill_mb": res.get("memory_after_prefill_mb")})
+        machine["load_average_after"] = machine_facts()["load_average"]
+    finally:
+        if not bc.work_dir:  # baseline artifacts built for this run only
+            shutil.rmtree(work, ignore_errors=True)
     return {"tool": "retnet-edge bench", "machine": machine, "versions": versions(),
             "config": {"contexts": sorted(bc.contexts), "tokens": bc.tokens, "threads": bc.threads,
                        "repeat": bc.repeat, "baseline": bc.baseline, "runtime": bc.runtime},
@@ -233,15 +243,19 @@ def summarize(results: list[dict]) -> dict:
                                 "contexts": [rs[0]["context"], rs[-1]["context"]],
                                 "latency_ratio": round(rs[-1]["ms_per_token_median"] / rs[0]["ms_per_token_median"], 3),
                                 "rss_growth_mb": round((rs[-1]["rss_mb"] or 0) - (rs[0]["rss_mb"] or 0), 1)})
+    engine = lambda rt: rt.split("-")[0]  # noqa: E731  (executorch-cpp is compared with executorch)
     for r in results:
-        if r["model"] != "retnet" or r["runtime"] != "onnxruntime":
+        if r["model"] != "retnet":
             continue
         b = next((x for x in results if x["model"] == "transformer" and x["quant"] == r["quant"]
-                  and x["threads"] == r["threads"] and x["context"] == r["context"]), None)
+                  and engine(x["runtime"]) == engine(r["runtime"]) and x["threads"] == r["threads"]
+                  and x["context"] == r["context"]), None)
         if b:
-            out["speedup_vs_baseline"].append({"artifact": r["artifact"], "quant": r["quant"], "threads": r["threads"],
-                                               "context": r["context"],
-                                               "speedup": round(b["ms_per_token_median"] / r["ms_per_token_median"], 2)})
+            out["speedup_vs_baseline"].append({"artifact": r["artifact"], "runtime": r["runtime"],
+                                               "baseline_runtime": b["runtime"], "quant": r["quant"],
+                                               "threads": r["threads"], "context": r["context"],
+                                               "speedup": round(b["ms_per_token_median"] / r["ms_per_token_median"], 2),
+                                               "memory_ratio": round((b["rss_mb"] or 0) / max(r["rss_mb"] or 1, 1), 2)})
     return out
 
 

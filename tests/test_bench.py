@@ -1,0 +1,80 @@
+"""`retnet-edge bench` on a tiny model: the JSON document, real context fills, the baseline's growing cache."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from retnet_edge.bench import BenchConfig
+from retnet_edge.bench.baseline import kv_cache_bytes
+from retnet_edge.bench.roof import measure_read_bandwidth
+from retnet_edge.cli import main
+from retnet_edge.errors import ConfigError
+
+RECORD_KEYS = {"model", "runtime", "quant", "threads", "context", "ms_per_token_median", "ms_per_token_p90",
+               "tokens_per_s", "prefill_tokens_per_s", "rss_peak_mb", "rss_anon_mb", "rss_file_mb", "state_bytes",
+               "bytes_per_token", "roof_fraction"}
+
+
+@pytest.fixture(scope="module")
+def bench_doc(tiny_onnx, tmp_path_factory):
+    model, art = tiny_onnx
+    out = tmp_path_factory.mktemp("bench")
+    res = CliRunner().invoke(main, ["bench", str(art.path), "--contexts", "0,96", "--tokens", "4", "--repeat", "2",
+                                    "--threads", "1", "-o", str(out / "r.json"), "--plot", str(out / "plots"),
+                                    "--work-dir", str(out / "work"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert json.loads((out / "r.json").read_text()) == doc
+    return model, doc, out
+
+
+def test_document_schema(bench_doc):
+    _, doc, out = bench_doc
+    assert {"cpu", "flags", "cores", "load_average", "load_average_after", "read_bandwidth"} <= set(doc["machine"])
+    assert doc["machine"]["read_bandwidth"]["gb_per_s"]["1"] > 0.5
+    assert {"python", "onnxruntime", "numpy"} <= set(doc["versions"])
+    assert len(doc["results"]) == 4  # (retnet, transformer) x 2 contexts x 1 thread count
+    for r in doc["results"]:
+        assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
+        assert r["runtime"] == "onnxruntime" and r["quant"] == "fp32" and r["threads"] == 1
+        assert 0 < r["ms_per_token_median"] <= r["ms_per_token_p90"] and 0 < r["roof_fraction"] < 5
+        assert r["bytes_per_token"] > r["state_bytes"] > 0
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["latency_vs_context.png", "memory_vs_context.png"]
+
+
+def test_contexts_are_really_advanced(bench_doc):
+    model, doc, _ = bench_doc
+    retnet = sorted((r for r in doc["results"] if r["model"] == "retnet"), key=lambda r: r["context"])
+    assert retnet[0]["state_fingerprint"] == 0.0  # depth 0: the zero state
+    assert retnet[1]["state_fingerprint"] > 0.0  # depth 96: the state the prefill graph left
+    assert retnet[1]["positions"][0] == 96
+
+
+def test_baseline_cache_grows_while_the_retnet_state_does_not(bench_doc):
+    model, doc, _ = bench_doc
+    by = {(r["model"], r["context"]): r for r in doc["results"]}
+    assert by["retnet", 0]["state_bytes"] == by["retnet", 96]["state_bytes"] == model.cfg.state_bytes(1)
+    # the cache as measured: depth + the warm-up token + the timed tokens of one repetition
+    assert by["transformer", 96]["state_bytes"] == kv_cache_bytes(model.cfg, 96 + 1 + 4)
+    assert by["transformer", 0]["state_bytes"] == kv_cache_bytes(model.cfg, 1 + 4)
+    assert doc["summary"]["speedup_vs_baseline"]
+
+
+def test_read_bandwidth_kernel_names_itself():
+    bw = measure_read_bandwidth([1])
+    assert bw["gb_per_s"][1] > 0.5 and ("stream_read" in bw["kernel"] or "ReduceSum" in bw["kernel"])
+
+
+@pytest.mark.parametrize("kwargs", [dict(contexts=[-1]), dict(threads=[0]), dict(threads=[100000]),
+                                    dict(tokens=0), dict(repeat=0), dict(runtime="gpu"), dict(baseline="mamba")])
+def test_absurd_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        BenchConfig(**kwargs)
+
+
+def test_bench_cli_bad_input_is_one_line(tmp_path):
+    for args in (["/nope"], ["demo", "--contexts", "0,x"], ["demo", "--threads", "-1"]):
+        res = CliRunner().invoke(main, ["bench", *args])
+        assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1, res.output

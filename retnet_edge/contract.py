@@ -65,5 +65,7 @@ class StepSession(Protocol):
     def run_step(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]:
         """ids, pos [B, 1] int64 -> (logits [B, 1, V], new state)."""
 
-    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]:
-        """ids, pos [B, T] int64 -> (logits [B, T, V], new state)."""
+    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray],
+                    last_only: bool = False) -> tuple[np.ndarray, list]:
+        """ids, pos [B, T] int64 -> (logits [B, T, V], new state); with last_only, logits [B, 1, V]: a long
+        prompt then holds one chunk's logits at a time, not T x V of them."""

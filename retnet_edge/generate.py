@@ -58,7 +58,7 @@ def generate_ids(runner: Runner, prompt_ids: list[int], max_new_tokens: int, sc:
     rng = np.random.default_rng(sc.seed)
     runner.reset()
     t0 = time.perf_counter()
-    logits = runner.prefill(prompt_ids)[-1]
+    logits = runner.prefill(prompt_ids, all_logits=False)[-1]
     stats.prompt_tokens, stats.prefill_s = len(prompt_ids), time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(max_new_tokens):

@@ -174,8 +174,11 @@ class KVRunner:
         self.position += len(ids)
         return logits[0]
 
-    def prefill(self, ids: list[int], chunk: int = 512) -> np.ndarray:
-        outs = [self._run(ids[c : c + chunk]) for c in range(0, len(ids), chunk)]
+    def prefill(self, ids: list[int], all_logits: bool = True, chunk: int = 512) -> np.ndarray:
+        outs = []
+        for c in range(0, len(ids), chunk):
+            logits = self._run(ids[c : c + chunk])
+            outs = [*outs, logits] if all_logits else [logits[-1:]]
         return np.concatenate(outs)
 
     def step(self, token: int) -> np.ndarray:

@@ -51,7 +51,7 @@ class _RetNetAdapter:
         self.r.reset()
 
     def prefill(self, ids):
-        return self.r.prefill(ids)
+        return self.r.prefill(ids, all_logits=False)  # a depth fill needs the state, not T x V logits
 
     def step(self, token):
         return self.r.step(token)

@@ -34,13 +34,13 @@ class EagerSession:
         return logits.numpy(), [s.numpy() for s in state]
 
     @torch.no_grad()
-    def run_prefill(self, ids, pos, state):
+    def run_prefill(self, ids, pos, state, last_only: bool = False):
         states = [torch.from_numpy(s) for s in state]
         outs = []
         for c in range(0, ids.shape[1], self.chunk_size):
             sl = slice(c, c + self.chunk_size)
             logits, *states = self.prefill_module(torch.from_numpy(ids[:, sl]), torch.from_numpy(pos[:, sl]), *states)
-            outs.append(logits.numpy())
+            outs = [logits[:, -1:].numpy()] if last_only else [*outs, logits.numpy()]
         return np.concatenate(outs, axis=1), [s.numpy() for s in states]
 
 

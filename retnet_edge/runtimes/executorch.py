@@ -55,12 +55,12 @@ class ExecuTorchSession:
                                                 *[torch.from_numpy(s) for s in state]])
         return logits.numpy().copy(), [p.numpy().copy() for p in present]
 
-    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]):
+    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray], last_only: bool = False):
         """Token by token: the stock runner's own prefill with enable_dynamic_shape=False."""
         outs = []
         for t in range(ids.shape[1]):
             logits, state = self.run_step(ids[:, t : t + 1], pos[:, t : t + 1], state)
-            outs.append(logits)
+            outs = [logits] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
 

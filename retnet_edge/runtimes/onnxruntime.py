@@ -62,12 +62,12 @@ class OnnxSession:
         logits, *state = self.step_session.run(None, self._feed(ids, pos, state))
         return logits, state
 
-    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]):
+    def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray], last_only: bool = False):
         outs = []
         for c in range(0, ids.shape[1], self.prefill_chunk):
             sl = slice(c, c + self.prefill_chunk)
             logits, *state = self.prefill_session.run(None, self._feed(ids[:, sl], pos[:, sl], state))
-            outs.append(logits)
+            outs = [logits[:, -1:]] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
 

@@ -28,10 +28,11 @@ class Runner:
     def reset(self) -> None:
         self.position, self.state = 0, self.session.init_state(1)
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Consume ids from the current position; logits for every one of them [T, V]."""
+    def prefill(self, ids: list[int], all_logits: bool = True) -> np.ndarray:
+        """Consume ids from the current position; logits for every one of them [T, V] (or the last [1, V])."""
         pos = np.arange(self.position, self.position + len(ids), dtype=np.int64)[None]
-        logits, self.state = self.session.run_prefill(np.array([ids], dtype=np.int64), pos, self.state)
+        logits, self.state = self.session.run_prefill(np.array([ids], dtype=np.int64), pos, self.state,
+                                                      last_only=not all_logits)
         self.position += len(ids)
         return logits[0]
 

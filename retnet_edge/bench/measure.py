@@ -177,10 +177,53 @@ def measure(spec: dict) -> dict:
             "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
             "state_bytes_now": dec.state_bytes, "state_fingerprint": fingerprint,
             "memory_mb": _delta(memory_mb(), base)})
-    return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1),
+    profile = ort_profile(spec["path"], spec["threads"]) if spec.get("profile") else None
+    return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": profile,
             "memory_after_load_mb": after_load, "memory_after_prefill_mb": after_prefill,
             "prefill_tokens": PROMPT, "ttft_ms": round(min(ttft) * 1e3, 2),
             "prefill_tokens_per_s": round(PROMPT / min(ttft), 1), "records": records}
+
+
+# op types by what they cost in a RetNet step (the rest: norms, rotary, gating, reshapes)
+PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMul": "fp32 matmuls (weights or state)",
+                  "GatherBlockQuantized": "embedding", "Gather": "embedding"}
+
+
+def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
+    """Where a decode step's time goes in onnxruntime: kernel time per op group. The profiler slows the
+    run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
+    import onnxruntime as ort
+
+    from ..contract import ONNX_STEP_FILE, past_name
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_profiling, so.log_severity_level = True, 3
+    so.profile_file_prefix = str(Path(directory).parent / ".retnet-edge-profile")
+    sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    state = {n: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
+             for n, i in inputs.items() if n.startswith("past.")}
+    t0 = time.perf_counter()
+    for t in range(steps):
+        out = sess.run(None, {"input_ids": np.array([[3 + t]], np.int64), "position_ids": np.array([[t]], np.int64),
+                              **state})
+        state = {past_name(i): o for i, o in enumerate(out[1:])}
+    wall_us = (time.perf_counter() - t0) * 1e6
+    path = Path(sess.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink(missing_ok=True)
+    groups: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            key = PROFILE_GROUPS.get(op, "elementwise / norms / reshapes")
+            groups[key] = groups.get(key, 0.0) + e["dur"]
+    nodes = sum(groups.values())
+    return {"tool": "onnxruntime profiling", "steps": steps, "node_ms_per_step": round(nodes / steps / 1e3, 4),
+            "profiled_ms_per_step": round(wall_us / steps / 1e3, 4),
+            "share_of_node_time": {k: round(v / nodes, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}}
 
 
 def main() -> None:

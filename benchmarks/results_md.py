@@ -61,6 +61,9 @@ def main() -> None:
              "token (weights without the embedding table, plus the RetNet state read and written or the "
              "baseline's KV cache read) against the read roof measured in the same run. The `small` preset has "
              "random weights and is exported with `--no-validate`; the demo artifacts passed the export gate.", ""]
+    notes = Path(__file__).parent / "results" / "notes.md"  # what the run showed, written by whoever ran it
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
     for arg in sys.argv[1:]:
         lines += section(Path(arg))
     print("\n".join(lines))

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from common import write_result  # noqa: E402
-from conftest import make_model  # noqa: E402
+from helpers import make_model  # noqa: E402
 
 
 def main() -> None:

@@ -30,8 +30,9 @@ def bench_doc(tiny_onnx, tmp_path_factory):
     return model, doc, out
 
 
-def test_document_schema(bench_doc):
+def test_document_schema(bench_doc, tiny_onnx):
     _, doc, out = bench_doc
+    assert sorted(p.name for p in tiny_onnx[1].path.parent.iterdir()) == ["art", "model"]  # nothing left beside it
     assert {"cpu", "flags", "cores", "load_average", "load_average_after", "read_bandwidth"} <= set(doc["machine"])
     assert doc["machine"]["read_bandwidth"]["gb_per_s"]["1"] > 0.5
     assert {"python", "onnxruntime", "numpy"} <= set(doc["versions"])

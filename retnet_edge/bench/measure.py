@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -200,20 +201,19 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.enable_profiling, so.log_severity_level = True, 3
-    so.profile_file_prefix = str(Path(directory).parent / ".retnet-edge-profile")
-    sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in sess.get_inputs()}
-    state = {n: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
-             for n, i in inputs.items() if n.startswith("past.")}
-    t0 = time.perf_counter()
-    for t in range(steps):
-        out = sess.run(None, {"input_ids": np.array([[3 + t]], np.int64), "position_ids": np.array([[t]], np.int64),
-                              **state})
-        state = {past_name(i): o for i, o in enumerate(out[1:])}
-    wall_us = (time.perf_counter() - t0) * 1e6
-    path = Path(sess.end_profiling())
-    events = json.loads(path.read_text())
-    path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in sess.get_inputs()}
+        state = {n: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
+                 for n, i in inputs.items() if n.startswith("past.")}
+        t0 = time.perf_counter()
+        for t in range(steps):
+            out = sess.run(None, {"input_ids": np.array([[3 + t]], np.int64),
+                                  "position_ids": np.array([[t]], np.int64), **state})
+            state = {past_name(i): o for i, o in enumerate(out[1:])}
+        wall_us = (time.perf_counter() - t0) * 1e6
+        events = json.loads(Path(sess.end_profiling()).read_text())
     groups: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):

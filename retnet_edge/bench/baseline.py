@@ -149,11 +149,9 @@ class KVRunner:
 
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the RetNet runner
-        so.log_severity_level = 3
+        from ..runtimes.onnxruntime import session_options
+
+        so = session_options(threads)  # as the RetNet runner
         path = Path(directory) / ONNX_STEP_FILE
         if not path.is_file():
             raise ArtifactError(f"{path} not found")

@@ -197,10 +197,10 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
 
     from ..contract import ONNX_STEP_FILE, past_name
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.enable_profiling, so.log_severity_level = True, 3
+    from ..runtimes.onnxruntime import session_options
+
+    so = session_options(threads)
+    so.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
         so.profile_file_prefix = str(Path(tmp) / "profile")
         sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])

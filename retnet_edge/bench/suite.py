@@ -75,7 +75,7 @@ def harness_path() -> Path | None:
 
 
 def _embedding_bytes(cfg: RetNetConfig, precision: str) -> int:
-    return cfg.vocab_size * cfg.d_model * {"fp32": 4, "int8": 1, "int4": 0.5}[precision] // 1
+    return int(cfg.vocab_size * cfg.d_model * {"fp32": 4, "int8": 1, "int4": 0.5}[precision])
 
 
 def _onnx_weight_bytes(directory: Path, graph: str = ONNX_STEP_FILE) -> tuple[int, int]:

@@ -12,6 +12,18 @@ from ..errors import ArtifactError
 from .registry import RUNTIMES
 
 
+def session_options(threads: int | None = None):
+    """The one onnxruntime configuration every session of ours uses (runner, baseline, profiler)."""
+    import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 0
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # polite on shared machines
+    so.log_severity_level = 3
+    return so
+
+
 class OnnxSession:
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate."""
 
@@ -21,11 +33,7 @@ class OnnxSession:
         import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # polite on shared machines
-        so.log_severity_level = 3
+        so = session_options(threads)
         self._options, self._ort = so, ort
         self.step_session = self._open(ONNX_STEP_FILE)
         self._prefill = None

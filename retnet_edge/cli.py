@@ -11,7 +11,6 @@ import json
 import click
 
 from . import __version__
-from .checkpoints import FORMATS
 from .cli_utils import ErrorHandlingGroup, RegistryChoice, emit, info, quiet_libraries
 from .presets import PRESETS
 from .quant import QuantScheme
@@ -23,6 +22,12 @@ def _target_names() -> list[str]:
     from .exporters import TARGETS  # lazily: the exporters import onnx
 
     return TARGETS.names()
+
+
+def _format_names() -> list[str]:
+    from .checkpoints import FORMATS  # lazily: the checkpoint readers import torch
+
+    return FORMATS.names()
 
 
 def _flavor_names() -> list[str]:
@@ -205,7 +210,8 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
     runner, tok = _runner_and_tokenizer(model, tokenizer, threads)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stats = GenerationStats()
-    ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sampling, tok.eos_id, stats)
+    ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sampling, tok.eos_id, stats,
+                       release_prefill=True)
     live = stream and not as_json
     if live:
         click.echo(prompt, nl=False)
@@ -245,7 +251,7 @@ def eval_cmd(model, text_file, window, max_tokens, threads, tokenizer, as_json):
 
     from .errors import RetNetEdgeError
     from .evaluate import evaluate_text
-    from .loader import DEMO_DIR
+    from .paths import DEMO_DIR
 
     if text_file is None:
         if not (DEMO_DIR / "heldout.txt").is_file():
@@ -338,7 +344,7 @@ def verify_cmd(artifact, model_path, steps, as_json):
 @main.command("convert")
 @click.argument("src")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Native-format directory to write.")
-@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True,
+@click.option("--format", "fmt", type=RegistryChoice(_format_names, extra=("auto",)), default="auto", show_default=True,
               help="Source format.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Weight dtype of the output (auto keeps the source's).")

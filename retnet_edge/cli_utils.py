@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import RetNetEdgeError
+from .errors import RetNetEdgeError, missing_extra
 
 
 def quiet_libraries() -> None:
@@ -27,8 +27,10 @@ class ErrorHandlingGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except RetNetEdgeError as exc:
+        except (RetNetEdgeError, ModuleNotFoundError) as exc:
             _debug_traceback()
+            if isinstance(exc, ModuleNotFoundError):
+                exc = missing_extra(exc) or RetNetEdgeError(f"ModuleNotFoundError: {exc}")
             msg = f"Error: {exc}"
             if exc.hint:
                 msg += f" (hint: {exc.hint})"

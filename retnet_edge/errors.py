@@ -37,3 +37,22 @@ class ParityError(RetNetEdgeError):
     """An artifact that disagrees with eager PyTorch past its tolerance (exit 3)."""
 
     exit_code = 3
+
+
+# top-level module -> the pip extra that installs it (the base install runs ONNX artifacts only)
+EXTRA_OF = {"torch": "export", "onnxscript": "export", "executorch": "export", "torchao": "export",
+            "matplotlib": "bench", "psutil": "bench"}
+
+
+class MissingExtraError(RetNetEdgeError):
+    """A command that needs a dependency of an optional extra on an install without it."""
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MissingExtraError | None:
+    """The one-line error for a missing optional dependency, or None when it is not one of ours."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_OF:
+        return None
+    extra = EXTRA_OF[top]
+    return MissingExtraError(f"this needs {top}, which the base install leaves out",
+                             hint=f"pip install 'retnet-edge[{extra}]'")

@@ -52,14 +52,20 @@ class GenerationStats:
 
 
 def generate_ids(runner: Runner, prompt_ids: list[int], max_new_tokens: int, sc: SamplingConfig,
-                 eos_id: int | None = None, stats: GenerationStats | None = None) -> Iterator[int]:
-    """Yield new token ids; stops at max_new_tokens or eos. Fills `stats` as it goes."""
+                 eos_id: int | None = None, stats: GenerationStats | None = None,
+                 release_prefill: bool = False) -> Iterator[int]:
+    """Yield new token ids; stops at max_new_tokens or eos. Fills `stats` as it goes.
+
+    release_prefill frees the prompt graph once the prompt is in (one prompt per process, as in the CLI):
+    decoding then holds one copy of the weights. A caller generating again keeps it for speed."""
     stats = stats if stats is not None else GenerationStats()
     rng = np.random.default_rng(sc.seed)
     runner.reset()
     t0 = time.perf_counter()
     logits = runner.prefill(prompt_ids, all_logits=False)[-1]
     stats.prompt_tokens, stats.prefill_s = len(prompt_ids), time.perf_counter() - t0
+    if release_prefill:
+        runner.release_prefill()
     t0 = time.perf_counter()
     for _ in range(max_new_tokens):
         token = sample(logits, sc, rng)

@@ -7,12 +7,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import CheckpointError, RetNetEdgeError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -66,4 +66,6 @@ def read_json(path: Path) -> dict:
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write contiguous, unshared tensors (tied weights are written once by the caller)."""
+    from safetensors.torch import save_file  # here: the runtime-only install has no torch
+
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

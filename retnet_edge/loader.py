@@ -11,21 +11,7 @@ from .checkpoints.native import build_model
 from .config import RetNetConfig
 from .errors import CheckpointError
 from .model import RetNet
-
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
-
-
-def resolve_path(path: str | Path) -> Path:
-    """Map the alias `demo` to the bundled demo model; check that the path exists."""
-    if str(path) == "demo":
-        if not (DEMO_DIR / "config.json").is_file():
-            raise CheckpointError("the bundled demo model is missing from this installation")
-        return DEMO_DIR
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist")
-    return p
-
+from .paths import DEMO_DIR, resolve_path  # noqa: F401  (re-exported: the loader's public names)
 
 def detect_format(path: Path) -> Format:
     """The first registered format that recognises path, else a CheckpointError naming what was found."""

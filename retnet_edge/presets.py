@@ -1,12 +1,8 @@
 """Named model sizes for random-weight models: tests, benchmarks, memory checks."""
 from __future__ import annotations
 
-import torch
-
-from .checkpoints.native import save_pretrained
 from .config import RetNetConfig
 from .errors import ConfigError
-from .model import RetNet
 
 PRESETS: dict[str, dict] = {
     # a test-sized model: every code path, milliseconds per step
@@ -30,6 +26,11 @@ def preset_config(name: str) -> RetNetConfig:
 
 def init_random(preset: str, output, seed: int = 0, std: float = 0.02, dtype: str = "fp32", force: bool = False):
     """Write a random-weight native model of a preset; returns (path, parameter count)."""
+    import torch  # here, not at the top: the preset table is read by the CLI of a runtime-only install
+
+    from .checkpoints.native import save_pretrained
+    from .model import RetNet
+
     model = RetNet.empty(preset_config(preset))
     model.init_weights(std, generator=torch.Generator().manual_seed(seed))
     return save_pretrained(model, output, dtype=dtype, force=force), model.num_parameters()

@@ -51,3 +51,70 @@ def test_verify_and_corruption(tiny_onnx, tmp_path):
     assert res.exit_code == 1 and "sha256" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+
+
+def test_bound_decoder_matches_functional_session(tiny_onnx):
+    """The IOBinding decoder (state in place, ping-pong buffers) gives the functional session's logits and
+    state bit for bit, across prefill chunks, steps, a state set from outside and a dropped prefill graph."""
+    from retnet_edge.runtimes.onnxruntime import BoundDecoder, OnnxSession
+    from retnet_edge.runtimes.session_runner import StateDecoder
+
+    _, art = tiny_onnx
+    session = OnnxSession(art.path, prefill_chunk=7)
+    bound, plain = BoundDecoder(session), StateDecoder(session)
+    ids = np.random.default_rng(0).integers(0, 101, (1, 20))
+    for dec in (bound, plain):
+        dec.reset()
+    np.testing.assert_array_equal(bound.prefill(ids, np.arange(20)[None], last_only=False),
+                                  plain.prefill(ids, np.arange(20)[None], last_only=False))
+    for pos, tok in enumerate([3, 9, 27, 81], start=20):
+        np.testing.assert_array_equal(bound.step(tok, pos), plain.step(tok, pos))
+    for a, b in zip(bound.get_state(), plain.get_state()):
+        np.testing.assert_array_equal(a, b)
+    state = [s * 0.5 for s in plain.get_state()]
+    bound.set_state(state)
+    plain.set_state(state)
+    session.drop_prefill()  # reopened on the next prompt
+    np.testing.assert_array_equal(bound.prefill(ids[:, :3], np.arange(24, 27)[None], last_only=True),
+                                  plain.prefill(ids[:, :3], np.arange(24, 27)[None], last_only=True))
+    np.testing.assert_array_equal(bound.step(7, 27), plain.step(7, 27))
+    logits = bound.step(8, 28)
+    bound.step(9, 29)
+    assert not np.shares_memory(logits, bound.logits)  # a returned row is the caller's, not the next step's
+
+
+BLOCK_TORCH = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "executorch", "torchao", "onnxscript"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_onnx_runtime_path_needs_no_torch(demo_export, tmp_path):
+    """The base install (no torch, no executorch): runner, generate and eval on an ONNX artifact run with
+    those imports blocked; a command that needs torch says which extra to install."""
+    import subprocess
+    import sys
+
+    d = demo_export("onnx", "int4").path
+    script = BLOCK_TORCH + f"""
+from retnet_edge.runtimes import load_runner
+r = load_runner({str(d)!r}, threads=1)
+r.prefill([1, 2, 3]); r.step(4); r.release_prefill(); r.step(5)
+assert "torch" not in sys.modules and "onnxruntime" in sys.modules
+from retnet_edge.cli import main
+sys.argv = ["retnet-edge"] + sys.argv[1:]
+main()
+"""
+    run = lambda *args: subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    for args in (["generate", str(d), "In the", "-n", "5", "--temperature", "0"],
+                 ["eval", str(d), "--max-tokens", "300"]):
+        res = run(*args)
+        assert res.returncode == 0, res.stderr
+    res = run("init-random", "--preset", "tiny", "-o", str(tmp_path / "x"))
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert last == "Error: this needs torch, which the base install leaves out (hint: pip install 'retnet-edge[export]')"

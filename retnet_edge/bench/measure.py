@@ -57,6 +57,10 @@ class _RetNetAdapter:
     def step(self, token):
         return self.r.step(token)
 
+    def release_prefill(self):
+        if hasattr(self.r, "release_prefill"):
+            self.r.release_prefill()
+
     @property
     def position(self):
         return self.r.position
@@ -66,13 +70,14 @@ class _RetNetAdapter:
         return bool(self.r.state)
 
     def snapshot(self):
-        return self.r.position, [np.array(s, copy=True) for s in self.r.state]
+        return self.r.position, self.r.state  # the property returns a copy
 
     def restore(self, snap):
-        self.r.position, self.r.state = snap[0], [np.array(s, copy=True) for s in snap[1]]
+        self.r.position, self.r.state = snap  # the setter copies into the decoder's buffers
 
     def state_fingerprint(self) -> float | None:
-        return float(sum(np.abs(s).sum() for s in self.r.state)) if self.r.state else None
+        state = self.r.state
+        return float(sum(np.abs(s).sum() for s in state)) if state else None
 
     @property
     def state_bytes(self) -> int:
@@ -155,6 +160,7 @@ def measure(spec: dict) -> dict:
         if fill > 0:
             dec.prefill(rng.integers(3, vocab, fill).tolist())
         start, fingerprint = dec.position, dec.state_fingerprint()  # the state as the fill left it
+        dec.release_prefill()  # decode-phase memory: the prompt graph is freed, as `generate` does
         dec.step(int(rng.integers(3, vocab)))  # warm-up token
         snap = dec.snapshot() if dec.restorable else None
         runs = []
@@ -180,6 +186,7 @@ def measure(spec: dict) -> dict:
             "memory_mb": _delta(memory_mb(), base)})
     profile = ort_profile(spec["path"], spec["threads"]) if spec.get("profile") else None
     return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": profile,
+            "torch_imported": "torch" in sys.modules,  # ONNX artifacts run without torch (the base install)
             "memory_after_load_mb": after_load, "memory_after_prefill_mb": after_prefill,
             "prefill_tokens": PROMPT, "ttft_ms": round(min(ttft) * 1e3, 2),
             "prefill_tokens_per_s": round(PROMPT / min(ttft), 1), "records": records}

@@ -21,7 +21,7 @@ from ..config import RetNetConfig
 from ..contract import MANIFEST_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, PTE_FILE
 from ..errors import ConfigError, RetNetEdgeError
 from ..io_utils import read_json
-from ..loader import load_config, resolve_path
+from ..paths import resolve_path
 from ..quant import QuantConfig
 from .machine import machine_facts, versions
 from .measure import PROMPT
@@ -99,8 +99,10 @@ def describe(path: str, runtime_choice: str) -> Subject:
     """What a path is and how it will be run."""
     p = resolve_path(path)
     if not (p / MANIFEST_FILE).is_file():  # a checkpoint: eager PyTorch
-        _, cfg = load_config(p)
         from ..inspection import parameter_count
+        from ..loader import load_config  # here: benchmarking artifacts needs no torch
+
+        _, cfg = load_config(p)
 
         n = parameter_count(cfg)
         return Subject(str(path), "retnet", "torch", p, cfg, "fp32", 4 * n - _embedding_bytes(cfg, "fp32"),
@@ -226,7 +228,8 @@ def run_bench(paths: list[str], bc: BenchConfig, log: Callable[[str], None] = la
             results += flatten(s, t, res, bandwidth)
             extras.append({"artifact": s.label, "threads": t, "load_s": res["load_s"],
                            "import_rss_mb": res["import_rss_mb"], "memory_after_load_mb": res["memory_after_load_mb"],
-                           "memory_after_prefill_mb": res.get("memory_after_prefill_mb")})
+                           "memory_after_prefill_mb": res.get("memory_after_prefill_mb"),
+                           "torch_imported": res.get("torch_imported")})
         machine["load_average_after"] = machine_facts()["load_average"]
     finally:
         if not bc.work_dir:  # baseline artifacts built for this run only

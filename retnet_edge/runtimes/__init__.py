@@ -9,8 +9,7 @@ from pathlib import Path
 
 from ..contract import MANIFEST_FILE
 from ..io_utils import read_json
-from ..loader import resolve_path
-from . import eager, executorch, onnxruntime  # noqa: F401  (each registers its runtime)
+from ..paths import resolve_path
 from .registry import RUNTIMES
 from .session_runner import Runner
 

@@ -12,7 +12,6 @@ import torch
 
 from ..loader import load
 from ..step import RetNetStep, to_prefill, to_recurrent
-from .registry import RUNTIMES
 
 
 class EagerSession:
@@ -44,7 +43,6 @@ class EagerSession:
         return np.concatenate(outs, axis=1), [s.numpy() for s in states]
 
 
-@RUNTIMES.register("eager")
 def open_eager(path: Path, threads: int | None = None) -> EagerSession:
     """A checkpoint (any supported format) through its eager step and prefill modules."""
     if threads:

@@ -10,7 +10,6 @@ from ..config import RetNetConfig
 from ..contract import DELEGATION_FILE, PTE_FILE
 from ..errors import ArtifactError
 from ..io_utils import read_json
-from .registry import RUNTIMES
 
 
 class ExecuTorchSession:
@@ -64,6 +63,5 @@ class ExecuTorchSession:
         return np.concatenate(outs, axis=1), state
 
 
-@RUNTIMES.register("executorch")
 def open_executorch(directory: Path, threads: int | None = None) -> ExecuTorchSession:
     return ExecuTorchSession(directory, threads)

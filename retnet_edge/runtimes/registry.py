@@ -1,17 +1,39 @@
 """Runtimes as registry entries: artifact target (or "eager") -> a function opening its StepSession.
 
-Each runtime module registers its opener with `@RUNTIMES.register(name)`; heavy engines (onnxruntime,
-executorch) are imported inside the opener, so registering costs nothing and `--help` stays fast.
+`RUNTIME_MODULES` names the module and opener of each runtime; a module (and its engine: torch,
+onnxruntime, executorch) is imported only when an artifact of its kind is opened, so running an ONNX
+artifact never imports torch and the base install (no torch) can run it.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable
 
 from ..contract import StepSession
-from ..errors import ArtifactError
+from ..errors import ArtifactError, missing_extra
 from ..registry import Registry
 
 Opener = Callable[[Path, "int | None"], StepSession]  # (artifact or model path, threads) -> session
 
 RUNTIMES: Registry[Opener] = Registry("runtime", ArtifactError)
+
+# runtime name (a manifest's "target", or "eager" for a checkpoint) -> (module in this package, opener)
+RUNTIME_MODULES = {"onnx": ("onnxruntime", "open_onnx"), "executorch": ("executorch", "open_executorch"),
+                   "eager": ("eager", "open_eager")}
+
+
+def _lazy(module: str, opener: str) -> Opener:
+    def open_session(path: Path, threads: int | None = None) -> StepSession:
+        try:
+            fn = getattr(importlib.import_module(f"{__package__}.{module}"), opener)
+        except ModuleNotFoundError as exc:
+            raise (missing_extra(exc) or exc) from exc
+        return fn(path, threads)
+
+    open_session.__name__ = opener
+    return open_session
+
+
+for _name, (_module, _opener) in RUNTIME_MODULES.items():
+    RUNTIMES.register(_name)(_lazy(_module, _opener))

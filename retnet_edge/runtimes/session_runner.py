@@ -16,32 +16,78 @@ from ..errors import ArtifactError
 from .state_file import load_state_file, save_state_file
 
 
+class StateDecoder:
+    """The generic decoder over a functional session: the state is a list of numpy arrays, passed in and out."""
+
+    def __init__(self, session: StepSession):
+        self.session = session
+        self.state: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.state = self.session.init_state(1)
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        logits, self.state = self.session.run_step(np.array([[token]], dtype=np.int64),
+                                                   np.array([[position]], dtype=np.int64), self.state)
+        return logits[0, -1]
+
+    def prefill(self, ids: np.ndarray, pos: np.ndarray, last_only: bool) -> np.ndarray:
+        logits, self.state = self.session.run_prefill(ids, pos, self.state, last_only=last_only)
+        return logits
+
+    def get_state(self) -> list[np.ndarray]:
+        return [np.array(s, copy=True) for s in self.state]
+
+    def set_state(self, state: list[np.ndarray]) -> None:
+        self.state = [np.array(s, dtype=np.float32, copy=True) for s in state]
+
+
 class Runner:
-    """reset / prefill / step / save_state / load_state over a session's run_prefill and run_step."""
+    """reset / prefill / step / save_state / load_state over a session's decoder.
+
+    A session that can keep the state in place (ONNX: `decoder()` with IOBinding) supplies its own
+    decoder; any other session is driven functionally by `StateDecoder`.
+    """
 
     def __init__(self, session: StepSession, tokenizer_dir: Path | None):
         self.session = session
         self.cfg: RetNetConfig = session.cfg
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+        self.decoder = session.decoder() if hasattr(session, "decoder") else StateDecoder(session)
         self.reset()
 
     def reset(self) -> None:
-        self.position, self.state = 0, self.session.init_state(1)
+        self.position = 0
+        self.decoder.reset()
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        """A copy of the recurrent state, per layer [1, H, d_k, d_v] (empty when the program keeps it)."""
+        return self.decoder.get_state()
+
+    @state.setter
+    def state(self, state: list[np.ndarray]) -> None:
+        self.decoder.set_state(state)
 
     def prefill(self, ids: list[int], all_logits: bool = True) -> np.ndarray:
         """Consume ids from the current position; logits for every one of them [T, V] (or the last [1, V])."""
         pos = np.arange(self.position, self.position + len(ids), dtype=np.int64)[None]
-        logits, self.state = self.session.run_prefill(np.array([ids], dtype=np.int64), pos, self.state,
-                                                      last_only=not all_logits)
+        logits = self.decoder.prefill(np.array([ids], dtype=np.int64), pos, last_only=not all_logits)
         self.position += len(ids)
         return logits[0]
 
     def step(self, token: int) -> np.ndarray:
         """Consume one token; logits [V] for the next."""
-        logits, self.state = self.session.run_step(np.array([[token]], dtype=np.int64),
-                                                   np.array([[self.position]], dtype=np.int64), self.state)
+        logits = self.decoder.step(token, self.position)
         self.position += 1
-        return logits[0, -1]
+        return logits
+
+    def release_prefill(self) -> None:
+        """Free the prompt graph until the next prefill, where the session can (ONNX): decode-phase memory
+        is then one copy of the weights plus the state."""
+        drop = getattr(self.session, "drop_prefill", None)
+        if drop is not None:
+            drop()
 
     def _check_state_io(self) -> None:
         if getattr(self.session, "state_in_program", False):

@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .cli_utils import ErrorHandlingGroup, RegistryChoice, emit, info, quiet_libraries
+from .errors import ConfigError
 from .presets import PRESETS
 from .quant import QuantScheme
 
@@ -283,8 +284,9 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
 @click.option("--lm-head", default="auto", show_default=True,
               help="lm_head precision: auto (int8 under int4), fp32, int8, int4.")
 @click.option("--embedding", default="fp32", show_default=True, help="Embedding precision: fp32, int8, int4.")
-@click.option("--flavor", type=RegistryChoice(_flavor_names), default="runner", show_default=True,
-              help="ExecuTorch only: runner (state in the program, stock LLM runner) or io (state in/out).")
+@click.option("--flavor", type=RegistryChoice(_flavor_names), default=None,
+              help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
+                   "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory to write.")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
@@ -307,7 +309,10 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
     from .quant import QuantConfig
 
     qc = QuantConfig(scheme=quant, group_size=group_size, lm_head=lm_head, embedding=embedding)
-    options = {"flavor": flavor} if "flavor" in TARGETS.get(target).options else None
+    choices = TARGETS.get(target).options.get("flavor", ())
+    if flavor is not None and flavor not in choices:
+        raise ConfigError(f"--flavor {flavor} is not a {target} flavor; expected one of {', '.join(choices) or 'none'}")
+    options = {"flavor": flavor or choices[0]} if choices else None
     art = export_model(model, target, qc, output, force=force, steps=steps, options=options,
                        validate_artifact=validate, log=info)
     sizes = ", ".join(f"{k} {v['bytes'] / 2**20:.2f} MiB" for k, v in art.manifest["files"].items())
@@ -382,8 +387,6 @@ def convert_cmd(src, output, fmt, dtype, force, as_json):
 
 
 def _int_list(value: str, name: str) -> list[int]:
-    from .errors import ConfigError
-
     try:
         return [int(x) for x in value.split(",") if x.strip()]
     except ValueError as exc:

@@ -33,6 +33,26 @@ def present_name(i: int) -> str:
     return f"present.{i}.recurrent"
 
 
+# ONNX genai flavour (`--flavor genai`): ONE graph (model.onnx, any sequence length) with the names
+# onnxruntime-genai binds for a fixed-size recurrent layer, and a dummy conv state per layer that its
+# runtime requires next to every recurrent state (float32 [batch, 1, 1], passed through by Identity).
+GENAI_CONFIG_FILE, GENAI_TOKENIZER_CONFIG_FILE = "genai_config.json", "tokenizer_config.json"
+ATTENTION_MASK = "attention_mask"  # fed by onnxruntime-genai, all ones, unused: batch 1 / equal-length prompts
+GENAI_NAMES = {"past_recurrent_names": "past_key_values.%d.recurrent_state",
+               "present_recurrent_names": "present.%d.recurrent_state",
+               "past_conv_names": "past_key_values.%d.conv_state", "present_conv_names": "present.%d.conv_state"}
+GENAI_CONV_SHAPE = (1, 1)  # per batch row
+
+
+def flavor_names(flavor: str, n_layers: int) -> dict[str, list[str]]:
+    """Per-layer state names of an ONNX flavour: past, present, and (genai) past_conv, present_conv."""
+    if flavor == "genai":
+        return {k: [GENAI_NAMES[f"{k}_names"] % i for i in range(n_layers)]
+                for k in ("past_recurrent", "present_recurrent", "past_conv", "present_conv")}
+    return {"past_recurrent": [past_name(i) for i in range(n_layers)],
+            "present_recurrent": [present_name(i) for i in range(n_layers)], "past_conv": [], "present_conv": []}
+
+
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     """The graphs' input and output names, in order."""
     return ([INPUT_IDS, POSITION_IDS, *map(past_name, range(n_layers))],

@@ -23,6 +23,7 @@ from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, STA
 from ..errors import ExportError
 from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep, to_prefill
+from .genai import to_genai_io, write_genai_files
 from .target import register_target
 
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
@@ -156,13 +157,24 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
         onnx.save_model(model, str(out / fname))
 
 
-@register_target("onnx")
+FLAVORS = ("standard", "genai")
+
+
+@register_target("onnx", flavor=FLAVORS)
 def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
-                log=lambda s: None) -> list[str]:
-    """Write model.onnx (step) and prefill.onnx (chunk) into `out`; returns the file names."""
+                log=lambda s: None, flavor: str = "standard") -> list[str]:
+    """Write the graphs into `out`; returns the file names.
+
+    standard: model.onnx (static step) + prefill.onnx (chunk graph), the documented contract.
+    genai: one model.onnx (the chunk graph, any length) with onnxruntime-genai's I/O names, plus
+    genai_config.json and tokenizer_config.json (see exporters/genai.py).
+    """
+    if flavor not in FLAVORS:
+        raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
     cfg = step.cfg
     state = step.init_state(2)
-    graphs = {ONNX_STEP_FILE: ("step", step, False), ONNX_PREFILL_FILE: ("prefill", to_prefill(step), True)}
+    graphs = ({ONNX_STEP_FILE: ("genai", to_prefill(step), True)} if flavor == "genai" else
+              {ONNX_STEP_FILE: ("step", step, False), ONNX_PREFILL_FILE: ("prefill", to_prefill(step), True)})
     protos: dict[str, onnx.ModelProto] = {}
     for fname, (graph, module, dynamic) in graphs.items():
         log(f"  tracing {graph} graph ...")
@@ -180,7 +192,10 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
             log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, "
                 f"embedding {qc.embedding}) ...")
             model = quantize_onnx(model, plan)
+        if graph == "genai":
+            to_genai_io(model, cfg.n_layers)
         _metadata(model, step, qc, graph, tokenizer)
         protos[fname] = model
     _save_shared(protos, out)
-    return [*graphs, ONNX_WEIGHTS_FILE]
+    extra = write_genai_files(out, cfg, tokenizer) if flavor == "genai" else []
+    return [*graphs, ONNX_WEIGHTS_FILE, *extra]

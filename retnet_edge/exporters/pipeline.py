@@ -54,9 +54,9 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
     log(f"loaded {src} ({model.num_parameters():,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
         f"{qc.scheme.value}")
     with atomic_output_dir(output, force=force) as tmp:
-        files = tgt.export(step, qc, plan, tmp, tok_file.name if tok_file else None, log, **(options or {}))
-        if tok_file:
+        if tok_file:  # first: an exporter may read it (the genai flavour's tokenizer_config.json)
             shutil.copyfile(tok_file, tmp / tok_file.name)
+        files = tgt.export(step, qc, plan, tmp, tok_file.name if tok_file else None, log, **(options or {}))
         if validate_artifact:
             log(f"  validating {steps} steps against eager fp32 ...")
             session = RUNTIMES.get(target)(tmp, None)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RetNetConfig
-from ..contract import INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE, POSITION_IDS, past_name, present_name
+from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE,
+                        POSITION_IDS, flavor_names)
 from ..errors import ArtifactError
 
 
@@ -48,7 +49,12 @@ def release_freed_memory() -> None:
 
 
 class OnnxSession:
-    """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate."""
+    """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate.
+
+    Two flavours: `standard` (model.onnx static step + prefill.onnx chunk graph, `past.{i}.recurrent`)
+    and `genai` (one model.onnx for any length with onnxruntime-genai's names and dummy conv states,
+    recognised by its genai_config.json); here both are the same calls.
+    """
 
     batch_sizes = (1, 3)
 
@@ -57,15 +63,17 @@ class OnnxSession:
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
         self._threads, self._ort = threads, ort
+        self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
         self.step_session = self._open(ONNX_STEP_FILE)
-        self._prefill = None
+        self._prefill = self.step_session if self.flavor == "genai" else None  # genai: one graph, one session
         meta = self.step_session.get_modelmeta().custom_metadata_map
         try:
             self.cfg = RetNetConfig.from_dict(json.loads(meta["retnet_edge.config"]))
         except (KeyError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{directory}/{ONNX_STEP_FILE} lacks retnet_edge.config metadata ({exc})") from exc
         self.metadata = dict(meta)
-        self.past_names = [past_name(i) for i in range(self.cfg.n_layers)]
+        self.names = flavor_names(self.flavor, self.cfg.n_layers)
+        self.outputs = [LOGITS, *self.names["present_recurrent"]]
 
     def _open(self, name: str, arena: bool = True):
         path = self.directory / name
@@ -87,8 +95,8 @@ class OnnxSession:
         """Release the prefill session and its prepacked weight copy: decode-only memory until the next
         prompt (which reopens it, ~0.1 s per 100M parameters). Each session prepacks its own weights
         (onnxruntime's Python API has no shared prepacked-weights container), so this is how the
-        decode phase holds one copy."""
-        if self._prefill is not None:
+        decode phase holds one copy. (genai flavour: one session already; nothing to drop.)"""
+        if self._prefill is not None and self._prefill is not self.step_session:
             self._prefill = None
             release_freed_memory()
 
@@ -99,17 +107,19 @@ class OnnxSession:
         return [np.zeros((batch_size, *self.cfg.state_shape), np.float32) for _ in range(self.cfg.n_layers)]
 
     def _feed(self, ids, pos, state) -> dict:
-        return {INPUT_IDS: ids, POSITION_IDS: pos, **dict(zip(self.past_names, state))}
+        conv = np.zeros((ids.shape[0], *GENAI_CONV_SHAPE), np.float32)
+        return {INPUT_IDS: ids, POSITION_IDS: pos, **dict(zip(self.names["past_recurrent"], state)),
+                **{name: conv for name in self.names["past_conv"]}}
 
     def run_step(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray]):
-        logits, *state = self.step_session.run(None, self._feed(ids, pos, state))
+        logits, *state = self.step_session.run(self.outputs, self._feed(ids, pos, state))
         return logits, state
 
     def run_prefill(self, ids: np.ndarray, pos: np.ndarray, state: list[np.ndarray], last_only: bool = False):
         outs = []
         for c in range(0, ids.shape[1], self.prefill_chunk):
             sl = slice(c, c + self.prefill_chunk)
-            logits, *state = self.prefill_session.run(None, self._feed(ids[:, sl], pos[:, sl], state))
+            logits, *state = self.prefill_session.run(self.outputs, self._feed(ids[:, sl], pos[:, sl], state))
             outs = [logits[:, -1:]] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
@@ -123,24 +133,32 @@ class BoundDecoder:
     """
 
     def __init__(self, session: OnnxSession):
-        ort, cfg = session._ort, session.cfg
+        cfg = session.cfg
         self.session, self.n = session, cfg.n_layers
         self.buffers = [[np.zeros((1, *cfg.state_shape), np.float32) for _ in range(self.n)] for _ in range(2)]
+        self.conv = [np.zeros((1, *GENAI_CONV_SHAPE), np.float32) for _ in range(2)]  # genai's dummies
         self.cur = 0
         self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
-        as_ort = ort.OrtValue.ortvalue_from_numpy
-        ids_v, pos_v, logits_v = as_ort(self.ids), as_ort(self.pos), as_ort(self.logits)
-        self._steps = []
-        for src in (0, 1):  # binding for past <- buffers[src], present -> buffers[1 - src]
-            io = session.step_session.io_binding()
-            io.bind_ortvalue_input(INPUT_IDS, ids_v)
-            io.bind_ortvalue_input(POSITION_IDS, pos_v)
-            io.bind_ortvalue_output(LOGITS, logits_v)
-            for i in range(self.n):
-                io.bind_ortvalue_input(past_name(i), as_ort(self.buffers[src][i]))
-                io.bind_ortvalue_output(present_name(i), as_ort(self.buffers[1 - src][i]))
-            self._steps.append(io)
+        self._steps = [self._bind(session.step_session, src, self.ids, self.pos, self.logits) for src in (0, 1)]
+
+    def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None):
+        """An IOBinding reading the state from buffers[src] and writing it to buffers[1 - src]."""
+        as_ort, names = self.session._ort.OrtValue.ortvalue_from_numpy, self.session.names
+        io = sess.io_binding()
+        io.bind_ortvalue_input(INPUT_IDS, as_ort(ids))
+        io.bind_ortvalue_input(POSITION_IDS, as_ort(pos))
+        if logits is None:
+            io.bind_output(LOGITS, "cpu")  # a prompt chunk: onnxruntime allocates [1, T, V]
+        else:
+            io.bind_ortvalue_output(LOGITS, as_ort(logits))
+        for i in range(self.n):
+            io.bind_ortvalue_input(names["past_recurrent"][i], as_ort(self.buffers[src][i]))
+            io.bind_ortvalue_output(names["present_recurrent"][i], as_ort(self.buffers[1 - src][i]))
+        for past, present in zip(names["past_conv"], names["present_conv"]):
+            io.bind_ortvalue_input(past, as_ort(self.conv[0]))
+            io.bind_ortvalue_output(present, as_ort(self.conv[1]))
+        return io
 
     def reset(self) -> None:
         for buf in self.buffers[self.cur]:
@@ -155,16 +173,10 @@ class BoundDecoder:
 
     def prefill(self, ids: np.ndarray, pos: np.ndarray, last_only: bool) -> np.ndarray:
         """ids, pos [1, T]: the prefill graph chunk by chunk, the state bound in place; logits [1, T|1, V]."""
-        sess, ort, outs = self.session.prefill_session, self.session._ort, []
+        sess, outs = self.session.prefill_session, []
         for c in range(0, ids.shape[1], self.session.prefill_chunk):
             sl = slice(c, c + self.session.prefill_chunk)
-            io = sess.io_binding()
-            io.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(ids[:, sl]))
-            io.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(pos[:, sl]))
-            io.bind_output(LOGITS, "cpu")
-            for i in range(self.n):
-                io.bind_ortvalue_input(past_name(i), ort.OrtValue.ortvalue_from_numpy(self.buffers[self.cur][i]))
-                io.bind_ortvalue_output(present_name(i), ort.OrtValue.ortvalue_from_numpy(self.buffers[1 - self.cur][i]))
+            io = self._bind(sess, self.cur, np.ascontiguousarray(ids[:, sl]), np.ascontiguousarray(pos[:, sl]), None)
             sess.run_with_iobinding(io)
             self.cur = 1 - self.cur
             logits = io.get_outputs()[0].numpy()

@@ -202,8 +202,7 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
     import onnxruntime as ort
 
-    from ..contract import ONNX_STEP_FILE, past_name
-
+    from ..contract import GENAI_CONFIG_FILE, ONNX_STEP_FILE, flavor_names
     from ..runtimes.onnxruntime import session_options
 
     so = session_options(threads)
@@ -211,14 +210,18 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
         so.profile_file_prefix = str(Path(tmp) / "profile")
         sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])
-        inputs = {i.name: i for i in sess.get_inputs()}
-        state = {n: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
-                 for n, i in inputs.items() if n.startswith("past.")}
+        flavor = "genai" if (Path(directory) / GENAI_CONFIG_FILE).is_file() else "standard"
+        names = flavor_names(flavor, sum(1 for i in sess.get_inputs() if i.name.endswith("recurrent") or
+                                         i.name.endswith("recurrent_state")))
+        carry = dict(zip(names["present_recurrent"] + names["present_conv"], names["past_recurrent"] + names["past_conv"]))
+        state = {i.name: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
+                 for i in sess.get_inputs() if i.name in carry.values()}
+        outputs = [o.name for o in sess.get_outputs()]
         t0 = time.perf_counter()
         for t in range(steps):
-            out = sess.run(None, {"input_ids": np.array([[3 + t]], np.int64),
-                                  "position_ids": np.array([[t]], np.int64), **state})
-            state = {past_name(i): o for i, o in enumerate(out[1:])}
+            out = sess.run(outputs, {"input_ids": np.array([[3 + t]], np.int64),
+                                     "position_ids": np.array([[t]], np.int64), **state})
+            state = {carry[n]: o for n, o in zip(outputs, out) if n in carry}
         wall_us = (time.perf_counter() - t0) * 1e6
         events = json.loads(Path(sess.end_profiling()).read_text())
     groups: dict[str, float] = {}

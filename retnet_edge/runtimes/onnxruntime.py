@@ -7,6 +7,7 @@ token costs no state allocation or copy."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,10 @@ def session_options(threads: int | None = None, arena: bool = True):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or 0
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # polite on shared machines
+    # worker threads spin between ops (onnxruntime's default): at 2 threads a `small` int4 token took
+    # 16.0 ms spinning vs 22.8 ms without (benchmarks/results/runtime_ab.json); RETNET_EDGE_SPIN=0 turns it
+    # off where idle cores matter more than latency (shared machines, battery)
+    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("RETNET_EDGE_SPIN", "1"))
     so.log_severity_level = 3
     so.enable_cpu_mem_arena = arena
     return so

@@ -95,3 +95,15 @@ def test_flavor_must_belong_to_the_target(tmp_path):
     res = CliRunner().invoke(main, ["export", "demo", "--target", "executorch", "--flavor", "genai",
                                     "-o", str(tmp_path / "y")])
     assert res.exit_code == 1 and "expected one of runner, io" in res.stderr
+
+
+def test_docs_example_runs(genai_export, capsys):
+    """docs/genai.md's ten-line example, run as written against an int4 export."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "genai.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 12 and '"out/demo-genai-int4"' in code
+    exec(compile(code.replace("out/demo-genai-int4", str(genai_export("int4"))), "docs/genai.md", "exec"), {})
+    text = capsys.readouterr().out
+    assert text.startswith("And God said") and len(text.split()) > 20

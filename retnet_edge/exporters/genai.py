@@ -59,7 +59,9 @@ def write_genai_files(out: Path, cfg: RetNetConfig, tokenizer: str | None, threa
     config = {
         "model": {
             "type": "decoder", "vocab_size": cfg.vocab_size, "context_length": CONTEXT_LENGTH,
-            "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id,
+            # a model without one of these ids (random presets) leaves the key out: genai wants a number
+            **{k: v for k, v in (("bos_token_id", cfg.bos_id), ("eos_token_id", cfg.eos_id),
+                                 ("pad_token_id", cfg.pad_id)) if v is not None},
             "decoder": {
                 "filename": ONNX_STEP_FILE,
                 "session_options": {"log_id": "retnet-edge", "provider_options": [],

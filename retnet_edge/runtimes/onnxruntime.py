@@ -70,6 +70,10 @@ class OnnxSession:
         self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
         self.step_session = self._open(ONNX_STEP_FILE)
         self._prefill = self.step_session if self.flavor == "genai" else None  # genai: one graph, one session
+        # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
+        self.prompt_run_options = ort.RunOptions()
+        if self.flavor == "genai":
+            self.prompt_run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         meta = self.step_session.get_modelmeta().custom_metadata_map
         try:
             self.cfg = RetNetConfig.from_dict(json.loads(meta["retnet_edge.config"]))
@@ -123,7 +127,8 @@ class OnnxSession:
         outs = []
         for c in range(0, ids.shape[1], self.prefill_chunk):
             sl = slice(c, c + self.prefill_chunk)
-            logits, *state = self.prefill_session.run(self.outputs, self._feed(ids[:, sl], pos[:, sl], state))
+            logits, *state = self.prefill_session.run(self.outputs, self._feed(ids[:, sl], pos[:, sl], state),
+                                                      self.prompt_run_options)
             outs = [logits[:, -1:]] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
@@ -181,10 +186,12 @@ class BoundDecoder:
         for c in range(0, ids.shape[1], self.session.prefill_chunk):
             sl = slice(c, c + self.session.prefill_chunk)
             io = self._bind(sess, self.cur, np.ascontiguousarray(ids[:, sl]), np.ascontiguousarray(pos[:, sl]), None)
-            sess.run_with_iobinding(io)
+            sess.run_with_iobinding(io, self.session.prompt_run_options)
             self.cur = 1 - self.cur
             logits = io.get_outputs()[0].numpy()
             outs = [logits[:, -1:].copy()] if last_only else [*outs, logits]
+        if self.session.flavor == "genai":
+            release_freed_memory()  # the arena shrank; let the heap hand the pages back too
         return np.concatenate(outs, axis=1)
 
     def get_state(self) -> list[np.ndarray]:

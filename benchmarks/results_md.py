@@ -52,6 +52,46 @@ def section(path: Path) -> list[str]:
     return out
 
 
+def _load(name: str) -> dict | None:
+    p = Path(__file__).parent / "results" / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def runtime_section() -> list[str]:
+    """Issue 11's before/after table and the llama.cpp / onnxruntime-genai comparisons, from their JSON."""
+    ab, ll, ge = _load("runtime_ab.json"), _load("llamacpp_small.json"), _load("genai_small.json")
+    if not ab:
+        return []
+    out = ["## Runtime efficiency: before / after (`benchmarks/runtime_ab.py`, `small` preset, 270M)", "",
+           "One interleaved run: each variant in its own process, rounds alternating, the same 512-token prompt "
+           "then timed single-token steps (median of rounds). `before` is the runtime at commit 213868b (numpy "
+           "state in and out, torch imported, the prompt graph resident with onnxruntime's arena); `after` "
+           "this tree (IOBinding state, no torch, prompt graph arena-free and released after the prompt, "
+           "worker spinning on). RSS is over the interpreter baseline.", "",
+           "| variant | threads | ms/token | per round | RSS after prompt MiB | RSS decoding MiB | import s | torch |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, v in ab["variants"].items():
+        out.append(f"| {name} | {v['threads']} | {v['ms_per_token_median']} | {v['ms_per_round']} | "
+                   f"{v['rss_after_prompt_mb']} | {v['rss_decode_mb']} | {v['import_s']} | "
+                   f"{'yes' if v['torch_imported'] else 'no'} |")
+    if ll:
+        out += ["", f"llama.cpp (llama-cpp-python {ll['llama_cpp_python']}, {ll['system_info']}) on a same-shape "
+                "Llama (d 1024, 12 layers, ffn 2816, vocab 32000; `benchmarks/llamacpp_compare.py`), same machine, "
+                "right after:", "",
+                "| quant | threads | ms/token | tok/s | MB read/token | effective GB/s |", "|---|---|---|---|---|---|"]
+        for r in ll["records"]:
+            out.append(f"| {r['quant']} | {r['threads']} | {r['ms_per_token_median']} | {r['tok_per_s']} | "
+                       f"{(r['weight_bytes_per_token'] + r['kv_bytes']) / 1e6:.1f} | {r['effective_gb_s']} |")
+    if ge:
+        out += ["", f"onnxruntime-genai {ge['onnxruntime_genai']} generator vs retnet-edge's runner "
+                f"(`benchmarks/genai_compare.py`, {ge['threads']} thread, {ge['prompt']}-token prompt, "
+                f"{ge['tokens']} greedy tokens):", "", "| runner | prompt ms | decode tok/s | per round |",
+                "|---|---|---|---|"]
+        for name, r in ge["results"].items():
+            out.append(f"| {name} | {r['prompt_ms']} | {r['tok_per_s']} | {r['rounds_tok_per_s']} |")
+    return out + [""]
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Regenerate with `bash benchmarks/run_bench.sh` (on an idle machine; ~30 min on 2 cores). Each row is "
@@ -64,6 +104,7 @@ def main() -> None:
     notes = Path(__file__).parent / "results" / "notes.md"  # what the run showed, written by whoever ran it
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
+    lines += runtime_section()
     for arg in sys.argv[1:]:
         lines += section(Path(arg))
     print("\n".join(lines))

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .contract import log_softmax
+from .errors import ArtifactError
 from .runtimes import Runner
 from .tokenizer import Tokenizer
 
@@ -31,6 +32,9 @@ def evaluate_text(runner: Runner, tokenizer: Tokenizer, text: str, window: int =
         logits = runner.prefill([bos] + chunk[:-1]) if bos is not None else None
         if logits is None:  # no bos: the first token of each window is not scored
             logits, chunk = runner.prefill(chunk[:-1]), chunk[1:]
+        if not np.isfinite(logits).all():  # a NaN perplexity would print as a number and exit 0
+            raise ArtifactError(f"the model produced non-finite logits (NaN or inf) in the window at token {s}; "
+                                "its weights or its artifact are broken")
         lp = log_softmax(logits)
         nll -= float(lp[np.arange(len(chunk)), chunk].sum())
         n += len(chunk)

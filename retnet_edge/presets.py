@@ -1,6 +1,8 @@
 """Named model sizes for random-weight models: tests, benchmarks, memory checks."""
 from __future__ import annotations
 
+import math
+
 from .config import RetNetConfig
 from .errors import ConfigError
 
@@ -26,6 +28,8 @@ def preset_config(name: str) -> RetNetConfig:
 
 def init_random(preset: str, output, seed: int = 0, std: float = 0.02, dtype: str = "fp32", force: bool = False):
     """Write a random-weight native model of a preset; returns (path, parameter count)."""
+    if not (math.isfinite(std) and std > 0):  # inf/NaN/negative std wrote unusable weights (issue 14)
+        raise ConfigError(f"--std must be a positive finite number, got {std}")
     import torch  # here, not at the top: the preset table is read by the CLI of a runtime-only install
 
     from .checkpoints.native import save_pretrained

@@ -87,3 +87,15 @@ def test_missing_inputs_exit_1_with_one_line(args, message):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1, res.output
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "demo", "x", "--threads", "-1"], "--threads must be between 1 and 256, got -1"),
+    (["generate", "demo", "x", "--threads", "100000"], "--threads must be between 1 and 256, got 100000"),
+    (["init-random", "--preset", "tiny", "--std", "inf", "-o", "{tmp}/m"], "--std must be a positive finite number"),
+    (["init-random", "--preset", "tiny", "--std", "-1", "-o", "{tmp}/m"], "--std must be a positive finite number"),
+])
+def test_absurd_numbers_are_one_line_errors(tmp_path, args, message):
+    res = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) <= 2, res.output
+    assert not (tmp_path / "m").exists()

@@ -95,3 +95,22 @@ def test_unknown_directory_names_what_it_found(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="unrecognised checkpoint format.*weights.bin"):
         retnet_edge.load(tmp_path)
+
+
+def test_aliased_tensor_bytes_are_refused(saved_tiny):
+    """Two tensors pointing at the same bytes load one's weights as the other's: refused, like the
+    safetensors library itself does (issue 14: `generate` and `convert` used to exit 0 on such files)."""
+    import json
+    import struct
+
+    weights = saved_tiny / "model.safetensors"
+    raw = weights.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    a, b = "layers.0.retention_norm.weight", "layers.0.ffn_norm.weight"  # same shape, same dtype
+    header[b]["data_offsets"] = header[a]["data_offsets"]
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    weights.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])  # offsets are relative to the data
+    with pytest.raises(CheckpointError, match="share bytes"):
+        retnet_edge.load(saved_tiny)

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -118,3 +119,39 @@ main()
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert last == "Error: this needs torch, which the base install leaves out (hint: pip install 'retnet-edge[export]')"
+
+
+def test_runner_refuses_modified_artifact_files(tiny_onnx, tmp_path):
+    """generate / eval / load_runner check the manifest's sha256 before running (issue 14: a bit-flipped
+    weights.bin used to run and print different text with exit 0)."""
+    from retnet_edge.errors import ArtifactError
+
+    _, art = tiny_onnx
+    bad = tmp_path / "bad"
+    shutil.copytree(art.path, bad)
+    with open(bad / "weights.bin", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(ArtifactError, match="weights.bin does not match its manifest sha256"):
+        load_runner(bad)
+    from retnet_edge.paths import DEMO_DIR
+
+    res = CliRunner().invoke(main, ["generate", str(bad), "x", "-n", "2", "--tokenizer", str(DEMO_DIR / "tokenizer.json")])
+    assert res.exit_code == 1 and "sha256" in res.stderr and "Traceback" not in res.stderr
+    load_runner(bad, verify_files=False)  # an explicit opt-out (bench hashes once, then times the loads)
+
+
+def test_eval_refuses_nan_logits(tmp_path):
+    """A model with a NaN weight: eval fails with one line instead of printing `perplexity nan`."""
+    import retnet_edge
+    from retnet_edge.paths import DEMO_DIR
+
+    model = retnet_edge.load("demo")
+    with torch.no_grad():
+        model.layers[2].ffn.fc2.weight[3, 5] = float("nan")
+    retnet_edge.save_pretrained(model, tmp_path / "m")
+    shutil.copyfile(DEMO_DIR / "tokenizer.json", tmp_path / "m" / "tokenizer.json")
+    res = CliRunner().invoke(main, ["eval", str(tmp_path / "m"), "--max-tokens", "64"])
+    assert res.exit_code == 1 and "non-finite logits" in res.stderr, res.output

@@ -39,3 +39,16 @@ def test_gate_catches_a_lost_state_even_for_int4():
     assert not bad.passed
     c = bad.checks[0]
     assert c.kl > 0.1 and c.top1 < 0.75 and np.isfinite(c.kl)
+
+
+def test_gate_fails_non_finite_logits():
+    """NaN compares False against every limit: the gate must fail it, not pass it (issue 14)."""
+    import torch
+
+    model = make_model(std=0.08)
+    with torch.no_grad():
+        model.layers[0].ffn.fc1.weight[0, 0] = float("nan")
+    step = to_recurrent(model)
+    report = validate(EagerSession(step), EagerSession(step), QuantConfig("fp32"), 101, steps=8)
+    assert not report.passed and "non-finite logits" in report.failures[0]
+    assert report.to_dict()["checks"][0]["finite"] is False

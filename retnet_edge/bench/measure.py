@@ -121,8 +121,8 @@ def open_decoder(model: str, runtime: str, path: str, threads: int):
     if model == "transformer":
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels it calls)
 
-        return _ProgramKVAdapter(load_runner(path, threads=threads))
-    return _RetNetAdapter(load_runner(path, threads=threads))
+        return _ProgramKVAdapter(load_runner(path, threads=threads, verify_files=False))
+    return _RetNetAdapter(load_runner(path, threads=threads, verify_files=False))  # the suite hashed it once
 
 
 def _import_engine(runtime: str) -> None:

@@ -21,6 +21,7 @@ from ..config import RetNetConfig
 from ..contract import MANIFEST_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, PTE_FILE
 from ..errors import ConfigError, RetNetEdgeError
 from ..io_utils import read_json
+from ..manifest import read_manifest
 from ..paths import resolve_path
 from ..quant import QuantConfig
 from .machine import machine_facts, versions
@@ -107,7 +108,7 @@ def describe(path: str, runtime_choice: str) -> Subject:
         n = parameter_count(cfg)
         return Subject(str(path), "retnet", "torch", p, cfg, "fp32", 4 * n - _embedding_bytes(cfg, "fp32"),
                        4 * n, "reference")
-    m = read_json(p / MANIFEST_FILE)
+    m = read_manifest(p, check_hashes=True)  # the measuring processes skip it: load time is the runtime's
     cfg, quant = RetNetConfig.from_dict(m["config"]), m["quant"]["scheme"]
     model = m.get("model", "retnet")
     label = f"transformer-kv {quant}" if model == "transformer" else str(path)

@@ -62,7 +62,18 @@ def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
             raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt: tensor {name} "
                                   "runs past the data)")
         entries[name] = LazyTensor(dtype, shape, _range_reader(path, base + start, end - start, dtype, shape))
+    _check_ranges(path, {name: tuple(meta["data_offsets"]) for name, meta in header.items()})
     return entries
+
+
+def _check_ranges(path: Path, ranges: dict[str, tuple[int, int]]) -> None:
+    """Byte ranges must not overlap (the safetensors format forbids it, and its own library refuses such
+    files): two tensors sharing bytes would load one tensor's weights as another's, silently."""
+    ordered = sorted((start, end, name) for name, (start, end) in ranges.items() if end > start)
+    for (s0, e0, a), (s1, _, b) in zip(ordered, ordered[1:]):
+        if s1 < e0:
+            raise CheckpointError(f"{path} is not a valid safetensors file (tensors {a} and {b} share bytes "
+                                  f"{s1}..{min(e0, _)})")
 
 
 def _range_reader(path: Path, offset: int, length: int, dtype: torch.dtype, shape) -> Callable[[], torch.Tensor]:

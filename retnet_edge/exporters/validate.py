@@ -30,6 +30,7 @@ class CheckResult:
     max_abs: float
     top1: float
     kl: float
+    finite: bool = True
 
     def to_dict(self) -> dict:
         return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -70,7 +71,11 @@ def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, 
 
 
 def compare(name: str, ref: np.ndarray, got: np.ndarray) -> CheckResult:
-    """Metrics of logits got vs ref, both [..., V]."""
+    """Metrics of logits got vs ref, both [..., V]. A non-finite logit on either side is a failure of
+    every metric (inf / top-1 0), never a NaN that compares False against its limit and passes."""
+    if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+        return CheckResult(name, int(np.prod(ref.shape[:-1])), float("inf"), float("inf"), 0.0, float("inf"),
+                           finite=False)
     diff = np.abs(got.astype(np.float64) - ref)
     lp, lq = log_softmax(ref), log_softmax(got)
     kl = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
@@ -104,14 +109,15 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
         split = (3 * steps) // 4
         pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
         ref_pre, _ = reference.run_prefill(ids[:, :split], pos, reference.init_state(B))
-        report.noise_floor = max(report.noise_floor, compare("noise", ref[:, :split], ref_pre).max_rel)
+        noise = compare("noise", ref[:, :split], ref_pre)
+        report.noise_floor = max(report.noise_floor, noise.max_rel if noise.finite else 0.0)
         pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))
         rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
         report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
                                      np.concatenate([pre, rest], axis=1)))
     max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:
-        problems = []
+        problems = [] if c.finite else ["non-finite logits (NaN or inf) from the model or the artifact"]
         if max_rel is not None and c.max_rel > max_rel:
             problems.append(f"logits max rel diff {c.max_rel:.2e} > {max_rel:.1e} (max abs {c.max_abs:.2e}; "
                             f"eager's own noise floor {report.noise_floor:.1e})")

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..contract import MANIFEST_FILE
+from ..errors import ConfigError
 from ..io_utils import read_json
+from ..manifest import read_manifest
 from ..paths import resolve_path
 from .registry import RUNTIMES
 from .session_runner import Runner
@@ -24,9 +26,25 @@ def runtime_of(path: Path) -> str:
     return "eager"
 
 
-def load_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """A runner for a model path (`demo`, checkpoint dir) or an exported artifact directory."""
+MAX_THREADS = 256
+
+
+def check_threads(threads: int | None) -> None:
+    """None (the runtime's default) or 1..MAX_THREADS: -1 aborted the ExecuTorch runtime and 100000 grew
+    onnxruntime past 2.5 GB before crashing (issue 14)."""
+    if threads is not None and not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"--threads must be between 1 and {MAX_THREADS}, got {threads!r}")
+
+
+def load_runner(path: str | Path, threads: int | None = None, verify_files: bool = True) -> Runner:
+    """A runner for a model path (`demo`, checkpoint dir) or an exported artifact directory.
+
+    An artifact's files are checked against the sha256 in its manifest first (a bit-flipped or swapped
+    weights file would otherwise run and print different text); verify_files=False skips that (bench)."""
+    check_threads(threads)
     p = resolve_path(path)
     name = runtime_of(p)
+    if verify_files and name != "eager":
+        read_manifest(p, check_hashes=True)
     session = RUNTIMES.get(name)(p, threads)
     return Runner(session, p if p.is_dir() else None)

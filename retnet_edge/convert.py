@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import CheckpointError
-from .io_utils import atomic_output_dir
+from .io_utils import atomic_output_dir, check_distinct
 from .checkpoints.native import DTYPES, FORMAT_NAME, WEIGHTS_FILE, expected_shapes, write_native_config
 from .checkpoints.tensors import write_safetensors_streaming
 from .contract import TOKENIZER_FILES
@@ -27,6 +27,7 @@ def convert(src: str, output: str | Path, format: str = "auto", dtype: str = "au
         raise CheckpointError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
     t0 = time.time()
     path = resolve_path(src)
+    check_distinct(path, output)
     fmt = get_format(path, format)
     cfg = fmt.read_config(path)
     tensors = fmt.tensors(path, cfg)

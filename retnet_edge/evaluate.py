@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .contract import log_softmax
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 from .runtimes import Runner
 from .tokenizer import Tokenizer
 
@@ -21,9 +21,15 @@ def evaluate_text(runner: Runner, tokenizer: Tokenizer, text: str, window: int =
     token prepended, so every text token is predicted. Bits per byte divide the same total NLL by the
     UTF-8 bytes of the scored text, which makes different tokenizers comparable.
     """
+    if window < 2:
+        raise ConfigError(f"--window must be >= 2 tokens, got {window}")
+    if max_tokens is not None and max_tokens < 1:  # 0 meant "no limit" and -1 "all but one" (issue 14)
+        raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     ids = tokenizer.encode(text)
     if max_tokens:
         ids = ids[:max_tokens]
+    if not ids:
+        raise ConfigError("the text has no tokens to score")
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     nll, n, t0 = 0.0, 0, time.perf_counter()
     for s in range(0, len(ids), window):

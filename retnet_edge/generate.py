@@ -1,12 +1,14 @@
 """Sampling and the generation loop over any Runner: prefill the prompt, then one step per token."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
+from .errors import ConfigError
 from .runtimes import Runner
 from .tokenizer import Tokenizer
 
@@ -17,6 +19,20 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would sample nonsense or crash mid-stream (issue 14)."""
+        bad = []
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            bad.append(f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.top_k < 0:
+            bad.append(f"--top-k must be >= 0 (0: off), got {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            bad.append(f"--top-p must be in (0, 1] (1: off), got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            bad.append(f"--seed must be a non-negative integer, got {self.seed}")
+        if bad:
+            raise ConfigError("; ".join(bad))
 
 
 def sample(logits: np.ndarray, sc: SamplingConfig, rng: np.random.Generator) -> int:
@@ -58,6 +74,8 @@ def generate_ids(runner: Runner, prompt_ids: list[int], max_new_tokens: int, sc:
 
     release_prefill frees the prompt graph once the prompt is in (one prompt per process, as in the CLI):
     decoding then holds one copy of the weights. A caller generating again keeps it for speed."""
+    if max_new_tokens < 0:
+        raise ConfigError(f"-n/--max-new-tokens must be >= 0, got {max_new_tokens}")
     stats = stats if stats is not None else GenerationStats()
     rng = np.random.default_rng(sc.seed)
     runner.reset()

@@ -15,27 +15,115 @@ if TYPE_CHECKING:
     import torch
 
 
+TMP_MARK, OLD_MARK = "retnet-edge-tmp", "retnet-edge-old"  # in the names of our hidden siblings only
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_siblings(out: Path) -> list[Path]:
+    """Remove hidden temp/old siblings of `out` left by a killed run of ours (its pid is gone).
+
+    Only names we create (`.NAME.retnet-edge-tmp.PID.xxxx`, `.NAME.retnet-edge-old.PID.xxxx`) are touched;
+    an unrelated `.NAME.old` is left alone."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.glob(f".{out.name}.retnet-edge-*"):
+        parts = p.name[len(out.name) + 2:].split(".")
+        if len(parts) >= 2 and parts[0] in (TMP_MARK, OLD_MARK) and parts[1].isdigit() \
+                and not _pid_alive(int(parts[1])):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) inside the block, so the cleanup below runs (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temp dir beside `path`; on success it replaces `path` in one rename, on error it vanishes."""
-    out = Path(path)
+    """Yield a temp dir beside `path`; on success it replaces `path` in one rename, on error it vanishes.
+
+    The temp dir is `.NAME.retnet-edge-tmp.PID.xxxx` (mode from the umask, not mkdtemp's 0700); a run killed
+    by SIGKILL leaves it, and the next run at the same path removes it. SIGTERM and Ctrl-C clean up. With
+    force, an existing output (directory or file) moves aside to a unique `.NAME.retnet-edge-old.PID.xxxx`
+    until the new one is in place, so a killed run never loses the previous artifact.
+    """
+    out = usable_output(path)
     if out.exists() and not force:
         raise RetNetEdgeError(f"{out} already exists", hint="pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    clean_stale_siblings(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{TMP_MARK}.{os.getpid()}.", dir=out.parent))
+    os.chmod(tmp, _umask_mode())
     try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        with _sigterm_as_exit():
+            yield tmp
+            if out.exists() or out.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{OLD_MARK}.{os.getpid()}.", dir=out.parent))
+                old.rmdir()  # a unique name; the previous output takes it
+                out.rename(old)
+                tmp.rename(out)
+                _remove(old)
+            else:
+                tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def usable_output(path: str | os.PathLike) -> Path:
+    """An output path that names something: "", "." and ".." do not (`-o ""` meant the current directory)."""
+    if not str(path).strip() or Path(path).name in ("", ".", ".."):
+        raise RetNetEdgeError(f"{str(path)!r} is not a usable output path")
+    return Path(path)
+
+
+def check_distinct(source: Path, output: str | os.PathLike) -> None:
+    """Refuse an output that is the source, inside it, or holds it (`export SRC -o SRC --force` replaced
+    the source model with its artifact)."""
+    src, out = Path(source).resolve(), usable_output(output).resolve()
+    if out == src or src in out.parents or out in src.parents:
+        raise RetNetEdgeError(f"the output {output} would overwrite or nest in the source {source}",
+                              hint="write the artifact somewhere else")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -63,8 +63,8 @@ class QuantConfig:
             raise ConfigError(f"unknown lm_head precision {self.lm_head!r}; expected auto, fp32, int8 or int4")
         if self.embedding not in ("fp32", "int8", "int4"):
             raise ConfigError(f"unknown embedding precision {self.embedding!r}; expected fp32, int8 or int4")
-        if self.group_size < 16 or self.group_size & (self.group_size - 1):
-            raise ConfigError(f"group size must be a power of two >= 16, got {self.group_size}")
+        if self.group_size < 16 or self.group_size > 4096 or self.group_size & (self.group_size - 1):
+            raise ConfigError(f"group size must be a power of two from 16 to 4096, got {self.group_size}")
 
     @property
     def head_precision(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import RetNetConfig
-from .errors import RetNetEdgeError
+from .errors import ConfigError, RetNetEdgeError
 from .checkpoints.native import save_pretrained
 from .model import RetNet
 from .tokenizer import load_tokenizer, train_bpe
@@ -41,6 +42,23 @@ class TrainConfig:
     save_every: int = 500
     seed: int = 0
     device: str = "cpu"
+
+    def check(self) -> None:
+        """Refuse absurd settings before any file is written (issue 14: they failed after training)."""
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                    "eval_every": self.eval_every, "eval_windows": self.eval_windows, "val_every": self.val_every,
+                    "save_every": self.save_every}
+        bad = [f"{k}={v}" for k, v in positive.items() if not (isinstance(v, int) and v > 0)]
+        bad += [f"{k}={v}" for k, v in {"lr": self.lr, "grad_clip": self.grad_clip}.items()
+                if not (math.isfinite(v) and v > 0)]
+        bad += [f"{k}={v}" for k, v in {"dropout": self.dropout, "min_lr_ratio": self.min_lr_ratio,
+                                        "weight_decay": self.weight_decay}.items() if not (0 <= v <= 1)]
+        bad += [f"warmup={self.warmup}"] if self.warmup < 0 else []
+        bad += [f"seed={self.seed}"] if self.seed < 0 else []
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            bad.append(f"device={self.device!r} (cpu, cuda[:N] or mps)")
+        if bad:
+            raise ConfigError("invalid training settings: " + ", ".join(bad))
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -102,8 +120,24 @@ def train(corpus: Path, output: Path, model_cfg: dict, tc: TrainConfig, tokenize
           vocab_size: int = 4096, resume: bool = True, force: bool = False,
           log: Callable[[str], None] = print) -> dict:
     """Train on a text corpus and write the native model (best validation loss) to `output`."""
+    tc.check()
+    if Path(output).exists() and not force:  # before training, not after every step of it
+        raise RetNetEdgeError(f"{output} already exists", hint="pass --force to overwrite it")
+    if not Path(corpus).is_file():
+        raise RetNetEdgeError(f"{corpus} is not a file")
     work = Path(str(output) + ".work")  # resumable state lives beside the output
+    created = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(corpus, output, work, model_cfg, tc, tokenizer, vocab_size, resume, force, log)
+    except BaseException:
+        if created and not (work / "state.pt").exists():  # nothing resumable: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _train(corpus: Path, output: Path, work: Path, model_cfg: dict, tc: TrainConfig, tokenizer: Path | None,
+           vocab_size: int, resume: bool, force: bool, log: Callable[[str], None]) -> dict:
     train_docs, val_docs = split_documents(Path(corpus).read_text(encoding="utf-8"), tc.val_every)
     tok_path = work / "tokenizer.json"
     if tokenizer is not None:

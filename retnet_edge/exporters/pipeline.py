@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import tokenizer_file
-from ..errors import ArtifactError
-from ..io_utils import atomic_output_dir
+from ..errors import ArtifactError, ConfigError
+from ..io_utils import atomic_output_dir, check_distinct
 from ..loader import load, resolve_path
 from ..quant import QuantConfig
-from ..runtimes import RUNTIMES
+from ..runtimes import RUNTIMES, check_config_matches
 from ..runtimes.eager import EagerSession
 from ..step import to_recurrent
 from ..tokenizer import load_tokenizer
@@ -36,6 +36,12 @@ def _log_report(report: ValidationReport, log) -> None:
     log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
 
 
+def check_steps(steps: int) -> None:
+    """The gate splits its tokens 3:1 between the prompt and the step paths: it needs a few of each."""
+    if not (isinstance(steps, int) and 4 <= steps <= 100_000):
+        raise ConfigError(f"--steps must be between 4 and 100000, got {steps}")
+
+
 def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
                  log=lambda s: None) -> Artifact:
@@ -45,7 +51,9 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
     `"validation": "skipped"` (for benchmarks of random weights; `verify` reruns the gate later).
     """
     tgt = TARGETS.get(target)
+    check_steps(steps)
     src = resolve_path(model_path)
+    check_distinct(src, output)
     t0 = time.time()
     model = load(src)
     step = to_recurrent(model)
@@ -80,6 +88,7 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
 def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: int = 64,
                     log=lambda s: None) -> ValidationReport:
     """Rerun the validation gate of an existing artifact against its source model."""
+    check_steps(steps)
     directory = Path(artifact)
     manifest = read_manifest(directory)
     source = model_path or manifest.get("source")
@@ -92,6 +101,7 @@ def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: 
     qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")})
     tok = manifest.get("tokenizer")
     session = RUNTIMES.get(manifest["target"])(directory, None)
+    check_config_matches(manifest, session.cfg, directory)
     report = validate(EagerSession(to_recurrent(model)), session, qc, model.cfg.vocab_size, steps,
                       tokenizer=load_tokenizer(directory / tok) if tok else None)
     _log_report(report, log)

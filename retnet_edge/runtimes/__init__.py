@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..contract import MANIFEST_FILE
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from ..io_utils import read_json
 from ..manifest import read_manifest
 from ..paths import resolve_path
@@ -36,6 +36,15 @@ def check_threads(threads: int | None) -> None:
         raise ConfigError(f"--threads must be between 1 and {MAX_THREADS}, got {threads!r}")
 
 
+def check_config_matches(manifest: dict, cfg, path: Path) -> None:
+    """The manifest's config must be the one the program carries (an edited manifest is not the artifact)."""
+    from ..config import RetNetConfig
+
+    if RetNetConfig.from_dict(manifest["config"]) != cfg:
+        raise ArtifactError(f"{path}: the manifest's config differs from the one in the exported program "
+                            "(the manifest was edited, or belongs to another artifact)")
+
+
 def load_runner(path: str | Path, threads: int | None = None, verify_files: bool = True) -> Runner:
     """A runner for a model path (`demo`, checkpoint dir) or an exported artifact directory.
 
@@ -44,7 +53,8 @@ def load_runner(path: str | Path, threads: int | None = None, verify_files: bool
     check_threads(threads)
     p = resolve_path(path)
     name = runtime_of(p)
-    if verify_files and name != "eager":
-        read_manifest(p, check_hashes=True)
+    manifest = read_manifest(p, check_hashes=verify_files) if name != "eager" else None
     session = RUNTIMES.get(name)(p, threads)
+    if manifest is not None:
+        check_config_matches(manifest, session.cfg, p)
     return Runner(session, p if p.is_dir() else None)

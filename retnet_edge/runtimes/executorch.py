@@ -8,7 +8,7 @@ import torch
 
 from ..config import RetNetConfig
 from ..contract import DELEGATION_FILE, PTE_FILE
-from ..errors import ArtifactError
+from ..errors import ArtifactError, RetNetEdgeError
 from ..io_utils import read_json
 
 
@@ -25,9 +25,14 @@ class ExecuTorchSession:
 
         self.directory = Path(directory)
         meta = read_json(self.directory / DELEGATION_FILE)
+        if meta.get("flavor") not in ("runner", "io") or not isinstance(meta.get("config"), dict):
+            raise ArtifactError(f"{self.directory / DELEGATION_FILE} needs a flavor (runner or io) and a config")
         self.flavor = meta["flavor"]
         self.state_in_program = self.flavor == "runner"
-        self.cfg = RetNetConfig.from_dict(meta["config"])
+        try:
+            self.cfg = RetNetConfig.from_dict(meta["config"])
+        except RetNetEdgeError as exc:
+            raise ArtifactError(f"{self.directory / DELEGATION_FILE}: invalid config ({exc})") from exc
         if threads:
             from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
 

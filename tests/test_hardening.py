@@ -1,0 +1,156 @@
+"""Issue 14's reproductions: bad arguments, edited manifests, killed runs, outputs that would destroy inputs.
+
+Each case: exit 1 (or the documented code), one `Error:` line naming the input, no traceback, nothing
+written or left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retnet_edge.cli import main
+from retnet_edge.errors import ArtifactError
+from retnet_edge.io_utils import atomic_output_dir
+from retnet_edge.runtimes import load_runner
+
+
+def _fails(args, message, tmp_path=None):
+    res = CliRunner().invoke(main, args)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and message in errors[0], (res.exit_code, res.output)
+    assert "Traceback" not in res.output
+    return res
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "demo", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["generate", "demo", "x", "--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["generate", "demo", "x", "--top-k", "-5"], "--top-k must be >= 0"),
+    (["generate", "demo", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["generate", "demo", "x", "--temperature", "nan"], "--temperature must be >= 0"),
+    (["generate", "demo", "x", "-n", "-1"], "--max-new-tokens must be >= 0"),
+    (["generate", "demo", "x", "--seed", "-1"], "--seed must be a non-negative integer"),
+    (["eval", "demo", "--window", "0"], "--window must be >= 2"),
+    (["eval", "demo", "--max-tokens", "0"], "--max-tokens must be >= 1"),
+    (["eval", "demo", "--max-tokens", "-1"], "--max-tokens must be >= 1"),
+    (["export", "demo", "--steps", "0", "-o", "{tmp}/out"], "--steps must be between 4 and 100000"),
+    (["export", "demo", "--steps", "-5", "-o", "{tmp}/out"], "--steps must be between 4 and 100000"),
+    (["export", "demo", "--quant", "int4", "--group-size", str(2**40), "-o", "{tmp}/out"], "group size must be"),
+    (["export", "demo", "-o", ""], "is not a usable output path"),
+    (["train", "{tmp}/corpus.txt", "-o", "{tmp}/out", "--steps", "0"], "invalid training settings: steps=0"),
+    (["train", "{tmp}/corpus.txt", "-o", "{tmp}/out", "--lr", "nan"], "lr=nan"),
+    (["train", "{tmp}/corpus.txt", "-o", "{tmp}/out", "--device", "tpu"], "device='tpu'"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, args, message):
+    (tmp_path / "corpus.txt").write_text("In the beginning.\n\nAnd the earth was without form.\n" * 50)
+    t0 = time.time()
+    _fails([a.replace("{tmp}", str(tmp_path)) for a in args], message)
+    assert time.time() - t0 < 30  # refused up front, not after an export or a training run
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_train_refuses_an_existing_output_before_training(tmp_path):
+    (tmp_path / "corpus.txt").write_text("In the beginning.\n\n" * 50)
+    (tmp_path / "out").mkdir()
+    _fails(["train", str(tmp_path / "corpus.txt"), "-o", str(tmp_path / "out"), "--preset", "tiny"], "already exists")
+    assert not (tmp_path / "out.work").exists()
+
+
+def test_export_onto_its_own_source_is_refused(tmp_path):
+    import retnet_edge
+
+    retnet_edge.save_pretrained(retnet_edge.load("demo"), tmp_path / "m")
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    for out in ("m", "m/inner"):
+        _fails(["export", str(tmp_path / "m"), "-o", str(tmp_path / out), "--force"], "would overwrite or nest")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+
+
+@pytest.fixture()
+def artifact_copy(tiny_onnx, tmp_path):
+    _, art = tiny_onnx
+    d = tmp_path / "art"
+    shutil.copytree(art.path, d)
+    return d
+
+
+def _edit_manifest(d: Path, fn) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    fn(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["config"].update(n_layers=m["config"]["n_layers"] + 1), "manifest's config differs"),
+    (lambda m: m["files"].update({"../../../etc/passwd": {"bytes": 1, "sha256": "0" * 64}}), "not a plain file name"),
+    (lambda m: m.update(files=[]), "no \"files\" table"),
+    (lambda m: m["files"]["weights.bin"].update(sha256=7), "sha256 hex digest"),
+    (lambda m: m.pop("target"), "no \"target\" string"),
+    (lambda m: m["config"].update(d_model="big"), "config is invalid"),
+])
+def test_edited_manifests_are_refused(artifact_copy, edit, message):
+    _edit_manifest(artifact_copy, edit)
+    with pytest.raises(ArtifactError, match=message.replace("(", r"\(").replace('"', '"')):
+        load_runner(artifact_copy)
+    res = CliRunner().invoke(main, ["inspect", str(artifact_copy)])
+    assert res.exit_code in (0, 1) and "Traceback" not in res.output
+
+
+def test_stale_temp_dirs_are_cleaned_and_unrelated_siblings_kept(tmp_path):
+    out = tmp_path / "art"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".art.retnet-edge-tmp.{int(dead.stdout)}.abcd"
+    stale.mkdir()
+    (stale / "weights.bin").write_bytes(b"partial")
+    unrelated = tmp_path / ".art.old"
+    unrelated.mkdir()
+    (tmp_path / "art").write_text("a file at the output path")
+    os.umask(0o022)
+    with atomic_output_dir(out, force=True) as tmp:
+        (tmp / "x").write_text("new")
+    assert not stale.exists() and unrelated.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.old", "art"]  # no .old of ours left
+    assert (out / "x").read_text() == "new" and (out.stat().st_mode & 0o777) == 0o755
+
+
+def _export_proc(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "retnet_edge", "export", "demo", "--target", "onnx",
+                             "-o", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_temp(tmp_path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not list(tmp_path.glob(".art.retnet-edge-tmp.*")):
+        assert proc.poll() is None and time.time() - t0 < timeout, "the export never started writing"
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the export
+
+
+def test_sigterm_and_sigkill_mid_export_leave_nothing_and_keep_the_previous_artifact(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "previous").write_text("the artifact a --force re-export must not lose")
+    proc = _export_proc(tmp_path, out, "--force")
+    _wait_for_temp(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (out / "previous").is_file()
+    proc = _export_proc(tmp_path, out, "--force")
+    _wait_for_temp(tmp_path, proc)
+    proc.kill()
+    proc.wait(60)
+    assert (out / "previous").is_file()  # SIGKILL cannot clean up: the temp dir stays until the next run
+    assert list(tmp_path.glob(".art.retnet-edge-tmp.*"))
+    with atomic_output_dir(tmp_path / "art", force=True) as tmp:
+        (tmp / "new").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (out / "new").is_file()

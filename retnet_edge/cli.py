@@ -180,7 +180,12 @@ def _runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None
     source = tokenizer or runner.tokenizer_dir
     if source is None:
         raise CheckpointError(f"{model} has no tokenizer", hint="pass --tokenizer FILE")
-    return runner, load_tokenizer(source)
+    tok = load_tokenizer(source)
+    if tok.vocab_size > runner.cfg.vocab_size:  # its ids past the model's vocabulary would crash the engine
+        raise CheckpointError(f"the tokenizer ({tok.vocab_size} tokens) is larger than the model's vocabulary "
+                              f"({runner.cfg.vocab_size}): it is not this model's tokenizer",
+                              hint="pass the model's own tokenizer with --tokenizer")
+    return runner, tok
 
 
 @main.command("generate")
@@ -343,7 +348,7 @@ def verify_cmd(artifact, model_path, steps, as_json):
 
     report = verify_artifact(artifact, model_path, steps, log=info)
     emit(report.to_dict(), as_json, "passed" if report.passed else "FAILED")
-    raise_if_failed(report, str(artifact))
+    raise_if_failed(report, str(artifact), exporting=False)
 
 
 @main.command("convert")

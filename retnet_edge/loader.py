@@ -10,11 +10,14 @@ from .checkpoints import FORMATS, Format
 from .checkpoints.native import build_model
 from .config import RetNetConfig
 from .errors import CheckpointError
+from .io_utils import read_json
 from .model import RetNet
 from .paths import DEMO_DIR, resolve_path  # noqa: F401  (re-exported: the loader's public names)
 
 def detect_format(path: Path) -> Format:
     """The first registered format that recognises path, else a CheckpointError naming what was found."""
+    if path.is_dir() and (path / "config.json").is_file():
+        read_json(path / "config.json")  # an unparsable config is that, not an "unrecognised format"
     for _, fmt in FORMATS.items():
         if fmt.detect(path):
             return fmt

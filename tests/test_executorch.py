@@ -118,3 +118,20 @@ def test_io_flavour_tiny(tmp_path):
     r.load_state(tmp_path / "state")
     np.testing.assert_array_equal(r.step(ids[20]), b)
     assert a.shape == (20, model.cfg.vocab_size)
+
+
+def test_native_log_noise_is_filtered(demo_pte):
+    """ExecuTorch's CPU probing lines (`[cpuinfo_utils.cpp:…]`, written to fd 2 by native code) stay off
+    the user's stderr; a real error still gets through (issue 14)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "retnet_edge", "generate", str(demo_pte.path), "And God", "-n", "4",
+                          "--temperature", "0"], capture_output=True, text=True)
+    assert res.returncode == 0 and "cpuinfo" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("3 prompt tokens")
+    code = ("import os, sys\nfrom retnet_edge.runtimes.executorch import native_log_filtered\n"
+            "with native_log_filtered():\n"
+            "    os.write(2, b'[cpuinfo_utils.cpp:71] noise\\n'); os.write(2, b'E 00:00 real error\\n')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stderr == "E 00:00 real error\n"

@@ -154,3 +154,25 @@ def test_sigterm_and_sigkill_mid_export_leave_nothing_and_keep_the_previous_arti
     with atomic_output_dir(tmp_path / "art", force=True) as tmp:
         (tmp / "new").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (out / "new").is_file()
+
+
+def test_messages_say_what_is_wrong(tmp_path, tiny_onnx):
+    import torch
+
+    from retnet_edge.paths import DEMO_DIR
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    _fails(["inspect", str(tmp_path / "m")], "config.json is not valid JSON")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    res = _fails(["inspect", str(tmp_path / "evil.pt")], "refused by the safe loader")
+    assert "weights_only=False" not in res.stderr and "references print" in res.stderr
+
+    _, art = tiny_onnx  # vocab 101; the demo tokenizer has 4096 tokens
+    _fails(["generate", str(art.path), "x", "--tokenizer", str(DEMO_DIR / "tokenizer.json")],
+           "larger than the model's vocabulary")

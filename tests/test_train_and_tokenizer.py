@@ -76,3 +76,34 @@ def test_sentencepiece_model(tmp_path):
     ids = tok.encode("And the king said unto the people", add_bos=True, add_eos=True)
     assert ids[0] == 1 and ids[-1] == 2
     assert tok.decode(ids) == "And the king said unto the people"
+    _check_streaming(tok, "And the king said unto the people, and the people said unto the king " * 30)
+
+
+class _Counting:
+    """A tokenizer wrapper counting the ids it is asked to decode."""
+
+    def __init__(self, tok):
+        self.tok, self.decoded = tok, 0
+
+    def decode(self, ids):
+        self.decoded += len(ids)
+        return self.tok.decode(ids)
+
+
+def _check_streaming(tok, text: str) -> None:
+    from retnet_edge.generate import stream_text
+
+    ids = tok.encode(text)
+    pieces: list[str] = []
+    counting = _Counting(tok)
+    assert stream_text(counting, iter(ids), pieces.append) == ids
+    assert "".join(pieces) == tok.decode(ids)  # the same text as decoding it at once, spaces included
+    assert counting.decoded < 40 * len(ids)  # constant work per token, not the whole output each time
+
+
+def test_streaming_detokenization_is_incremental():
+    """`generate` streams with a window of recent ids (issue 14: it re-decoded the whole output per token)."""
+    from retnet_edge.paths import DEMO_DIR
+
+    tok = load_tokenizer(DEMO_DIR / "tokenizer.json")
+    _check_streaming(tok, (DEMO_DIR / "heldout.txt").read_text()[:6000] + " héllo wörld — ünïcode ✓ 日本語")

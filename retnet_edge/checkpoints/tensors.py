@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -119,8 +120,11 @@ def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path} not found") from exc
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} was refused by the safe loader (weights_only=True): {first}",
+        # torch's message advises weights_only=False (running the file's code): quote only what it refused
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"it references {found.group(1)}, which is not a tensor or a plain container" if found else \
+            "it holds objects other than tensors and plain containers"
+        raise CheckpointError(f"{path} was refused by the safe loader: {what}",
                               hint="only plain tensors and containers are loaded; code in a pickle is never run") from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc

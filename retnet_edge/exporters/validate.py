@@ -130,7 +130,9 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
     return report
 
 
-def raise_if_failed(report: ValidationReport, artifact: str) -> None:
+def raise_if_failed(report: ValidationReport, artifact: str, exporting: bool = True) -> None:
     if not report.passed:
+        hint = ("nothing was written; see the numbers above or try a less aggressive --quant" if exporting else
+                "the artifact disagrees with its source model: re-export it, or check that --model is its source")
         raise ParityError(f"{artifact} failed validation ({report.quant['scheme']}): " + "; ".join(report.failures),
-                          hint="nothing was written; see the numbers above or try a less aggressive --quant")
+                          hint=hint)

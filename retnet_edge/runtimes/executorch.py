@@ -1,6 +1,10 @@
 """ExecuTorch runtime over a .pte from `retnet-edge export --target executorch` (both flavours)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,28 @@ from ..config import RetNetConfig
 from ..contract import DELEGATION_FILE, PTE_FILE
 from ..errors import ArtifactError, RetNetEdgeError
 from ..io_utils import read_json
+
+
+NATIVE_NOISE = ("cpuinfo_utils.cpp",)  # ExecuTorch's CPU probing, printed on every load on x86 and VMs
+
+
+@contextlib.contextmanager
+def native_log_filtered(noise: tuple[str, ...] = NATIVE_NOISE):
+    """Capture fd 2 (native code writes there, not to sys.stderr) while the runtime starts; pass through
+    every line but the known noise, so real errors still reach the user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(n in line for n in noise):
+                    sys.stderr.write(line)
 
 
 class ExecuTorchSession:
@@ -33,18 +59,19 @@ class ExecuTorchSession:
             self.cfg = RetNetConfig.from_dict(meta["config"])
         except RetNetEdgeError as exc:
             raise ArtifactError(f"{self.directory / DELEGATION_FILE}: invalid config ({exc})") from exc
-        if threads:
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
+        with native_log_filtered():
+            if threads:
+                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
 
-            _unsafe_reset_threadpool(threads)
-        path = self.directory / PTE_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{path} not found")
-        try:
-            self.program = Runtime.get().load_program(str(path))
-            self.method = self.program.load_method("forward")
-        except Exception as exc:  # the runtime raises RuntimeError with its own codes
-            raise ArtifactError(f"{path} could not be loaded by ExecuTorch ({exc})") from exc
+                _unsafe_reset_threadpool(threads)
+            path = self.directory / PTE_FILE
+            if not path.is_file():
+                raise ArtifactError(f"{path} not found")
+            try:
+                self.program = Runtime.get().load_program(str(path))
+                self.method = self.program.load_method("forward")
+            except Exception as exc:  # the runtime raises RuntimeError with its own codes
+                raise ArtifactError(f"{path} could not be loaded by ExecuTorch ({exc})") from exc
 
     def init_state(self, batch_size: int) -> list[np.ndarray]:
         if self.flavor == "runner":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,12 @@ ROTARY = ("torchscale", "fla")  # interleaved pairs + linspace angles | NeoX hal
 DECAYS = ("retnet", "lm")  # 1 - 2^(-5-h) | 1 - exp(linspace(log 1/32, log 1/512, H))
 NORMALIZE = ("none", "torchscale")  # torchscale's extra per-row scalings (removed by the head norm up to eps)
 GROUP_NORM_AFFINE = ("none", "shared")  # no weight | one weight [d_v] shared by all heads (fla)
+
+
+# Far beyond any published RetNet (the largest public ones: 32 layers, d_model 4096, vocab ~100k), small
+# enough that a header-only command never loops or allocates for absurd values (issue 14).
+LIMITS = {"vocab_size": 4_000_000, "d_model": 65_536, "n_layers": 1_024, "n_heads": 1_024, "value_dim": 131_072,
+          "ffn_dim": 1_048_576}
 
 
 @dataclass
@@ -56,7 +63,9 @@ class RetNetConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "value_dim", "ffn_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"config field {name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"config field {name} must be a positive integer, got {str(value)[:40]!r}")
+            if value > LIMITS[name]:  # a typo'd or hostile config must not make anything allocate or loop
+                raise ConfigError(f"config field {name}={value} is beyond any supported model (max {LIMITS[name]:,})")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.value_dim % self.n_heads:
@@ -93,6 +102,24 @@ class RetNetConfig:
         """Per-layer, per-sequence recurrent state shape (H, d_k, d_v)."""
         return (self.n_heads, self.head_dim_k, self.head_dim_v)
 
+    def parameter_count(self) -> int:
+        """Parameters of the canonical model (a tied head counted once)."""
+        D, Dv, F, V, L = self.d_model, self.value_dim, self.ffn_dim, self.vocab_size, self.n_layers
+        per_layer = 2 * D * D + 3 * D * Dv + 3 * D * F + 2 * D + (self.head_dim_v if self.group_norm_affine == "shared" else 0)
+        head = 0 if self.tie_embeddings else V * D
+        return V * D + L * per_layer + D + (D if self.embed_norm else 0) + head
+
+    def check_fits_in_memory(self, what: str) -> None:
+        """Refuse, before allocating, a model whose fp32 weights exceed this machine's physical memory."""
+        need = 4 * self.parameter_count()
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not POSIX: no check
+            return
+        if need > total:
+            raise ConfigError(f"{what} needs {need / 2**30:,.1f} GiB for its fp32 weights; this machine has "
+                              f"{total / 2**30:,.1f} GiB")
+
     def state_bytes(self, batch_size: int = 1) -> int:
         """Bytes of the whole fp32 recurrent state: L * B * H * d_k * d_v * 4."""
         return 4 * batch_size * self.n_layers * math.prod(self.state_shape)
@@ -106,7 +133,8 @@ class RetNetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            raise ConfigError(f"unknown config fields: {', '.join(unknown[:8])}{more}")
         missing = sorted(n for n in ("vocab_size", "d_model", "n_layers", "n_heads") if n not in data)
         if missing:
             raise ConfigError(f"config is missing required fields: {', '.join(missing)}")

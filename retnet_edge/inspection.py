@@ -15,10 +15,7 @@ KV_CONTEXTS = (1024, 8192)
 
 def parameter_count(cfg: RetNetConfig) -> int:
     """Parameters of the canonical model (a tied head counted once)."""
-    D, Dv, F, V, L = cfg.d_model, cfg.value_dim, cfg.ffn_dim, cfg.vocab_size, cfg.n_layers
-    per_layer = 2 * D * D + 3 * D * Dv + 3 * D * F + 2 * D + (cfg.head_dim_v if cfg.group_norm_affine == "shared" else 0)
-    head = 0 if cfg.tie_embeddings else V * D
-    return V * D + L * per_layer + D + (D if cfg.embed_norm else 0) + head
+    return cfg.parameter_count()
 
 
 def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 2) -> int:

@@ -36,6 +36,7 @@ def load(path: str | Path, format: str = "auto") -> RetNet:
     p = resolve_path(path)
     fmt = get_format(p, format)
     cfg = fmt.read_config(p)
+    cfg.check_fits_in_memory(f"{p}")
     return build_model(cfg, {k: t.read() for k, t in fmt.tensors(p, cfg).items()})
 
 

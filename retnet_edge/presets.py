@@ -30,6 +30,7 @@ def init_random(preset: str, output, seed: int = 0, std: float = 0.02, dtype: st
     """Write a random-weight native model of a preset; returns (path, parameter count)."""
     if not (math.isfinite(std) and std > 0):  # inf/NaN/negative std wrote unusable weights (issue 14)
         raise ConfigError(f"--std must be a positive finite number, got {std}")
+    preset_config(preset).check_fits_in_memory(f"the {preset} preset")
     import torch  # here, not at the top: the preset table is read by the CLI of a runtime-only install
 
     from .checkpoints.native import save_pretrained

@@ -176,3 +176,33 @@ def test_messages_say_what_is_wrong(tmp_path, tiny_onnx):
     _, art = tiny_onnx  # vocab 101; the demo tokenizer has 4096 tokens
     _fails(["generate", str(art.path), "x", "--tokenizer", str(DEMO_DIR / "tokenizer.json")],
            "larger than the model's vocabulary")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_layers": 10**9}, "n_layers=1000000000 is beyond any supported model"),
+    ({"d_model": 1e30}, "d_model must be a positive integer"),
+    ({"n_layers": 1000, "d_model": 65536, "n_heads": 64}, "needs"),  # fits the limits, not this machine
+])
+def test_absurd_configs_are_refused_before_allocating(tmp_path, change, message):
+    from retnet_edge.paths import DEMO_DIR
+
+    d = tmp_path / "m"
+    shutil.copytree(DEMO_DIR, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(change)
+    (d / "config.json").write_text(json.dumps(cfg))
+    t0 = time.time()
+    res = _fails(["generate", str(d), "x", "-n", "1"], message)
+    assert time.time() - t0 < 20 and len(res.stderr) < 600
+
+
+def test_error_lists_are_capped(tmp_path):
+    from retnet_edge.paths import DEMO_DIR
+
+    d = tmp_path / "m"
+    shutil.copytree(DEMO_DIR, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["n_layers"] = 1000  # weights for 6 layers: 994 layers of missing keys
+    (d / "config.json").write_text(json.dumps(cfg))
+    res = _fails(["inspect", str(d)], "missing keys")
+    assert "more" in res.stderr and len(res.stderr) < 1000

@@ -58,6 +58,12 @@ def _is_tied_alias(cfg: RetNetConfig, key: str) -> bool:
     return cfg.tie_embeddings and key == "lm_head.weight"
 
 
+def first_few(names: list[str], n: int = 6) -> str:
+    """A bounded list for one-line errors: the first n names, then how many more (10,000 layers of
+    missing keys made a 3.3 MB message)."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n:,} more" if len(names) > n else "")
+
+
 def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
     """Raise CheckpointError listing missing, unexpected and mis-shaped keys against the config."""
     want = expected_shapes(cfg)
@@ -65,9 +71,9 @@ def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], sour
     extra = sorted(set(shapes) - set(want))
     wrong = sorted(f"{k} {tuple(shapes[k])} (expected {want[k]})" for k in set(want) & set(shapes)
                    if tuple(shapes[k]) != want[k])
-    problems = [f"missing keys: {', '.join(missing)}" if missing else "",
-                f"unexpected keys: {', '.join(extra)}" if extra else "",
-                f"wrong shapes: {', '.join(wrong)}" if wrong else ""]
+    problems = [f"missing keys: {first_few(missing)}" if missing else "",
+                f"unexpected keys: {first_few(extra)}" if extra else "",
+                f"wrong shapes: {first_few(wrong)}" if wrong else ""]
     problems = [p for p in problems if p]
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))

@@ -155,3 +155,16 @@ def test_eval_refuses_nan_logits(tmp_path):
     shutil.copyfile(DEMO_DIR / "tokenizer.json", tmp_path / "m" / "tokenizer.json")
     res = CliRunner().invoke(main, ["eval", str(tmp_path / "m"), "--max-tokens", "64"])
     assert res.exit_code == 1 and "non-finite logits" in res.stderr, res.output
+
+
+def test_ten_thousand_steps_stay_finite_and_on_the_chunkwise_form(tiny_onnx):
+    """10,000 recurrent steps through the ONNX step graph (3-layer fp32 model, state in place): finite,
+    and the logits at steps 1,000 and 10,000 within 1e-3 relative of the eager chunkwise form. The demo
+    model's 1M-step run is benchmarks/long_run.py (issue 14)."""
+    from retnet_edge.bench.stability import long_run
+
+    model, art = tiny_onnx
+    records = long_run(load_runner(art.path, threads=1), model, 10_000, [1_000, 10_000])
+    assert [r["step"] for r in records] == [1_000, 10_000]
+    for r in records:
+        assert r["finite"] and r["max_rel"] < 1e-3, r

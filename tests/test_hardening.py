@@ -206,3 +206,23 @@ def test_error_lists_are_capped(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     res = _fails(["inspect", str(d)], "missing keys")
     assert "more" in res.stderr and len(res.stderr) < 1000
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130)])  # SIGTERM takes the same path (-> 143)
+def test_interrupting_an_executorch_lowering_stops_it_cleanly(tmp_path, sig, code):
+    """Ctrl-C / SIGTERM inside XNNPACK lowering (native code) used to be swallowed (exit 0) or abort the
+    process (exit 134): now it stops at the end of the stage, writes nothing and leaves nothing."""
+    pytest.importorskip("executorch")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "retnet_edge", "export", "demo", "--target", "executorch",
+                                 "-o", str(tmp_path / "art")], stdout=subprocess.DEVNULL, stderr=f)
+    t0 = time.time()
+    while "lowering" not in err.read_text():
+        assert proc.poll() is None and time.time() - t0 < 180, err.read_text()
+        time.sleep(0.1)
+    time.sleep(1.5)  # inside torch.export / to_edge_transform_and_lower
+    proc.send_signal(sig)
+    assert proc.wait(180) == code, err.read_text()
+    assert "Traceback" not in err.read_text() and "terminate called" not in err.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr.txt"]

@@ -25,6 +25,7 @@ from ..errors import ExportError
 from ..graph_check import position_dependent_nodes
 from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep
+from ..interrupts import deferred_interrupts
 from .target import register_target
 
 FLAVORS = ("runner", "io")
@@ -133,11 +134,12 @@ def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
     if plan.fallbacks:
         log(f"  {len(plan.fallbacks)} linears have in_features % {plan.group_size} != 0: 8da8w for those "
             f"({plan.fallbacks[0]}, ...)")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), deferred_interrupts(log) as interrupts:
         warnings.simplefilter("ignore")
         for name in ("torchao", "executorch", "torch._export"):
             logging.getLogger(name).setLevel(logging.ERROR)
         q = quantize_step(step, plan) if plan.quantizes_anything else step
+        interrupts.check()
         log(f"  lowering {flavor} program to XNNPACK ({qc.scheme.value}) ...")
         try:
             if flavor == "runner":
@@ -150,6 +152,7 @@ def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
             raise
         except Exception as exc:  # torch.export / lowering raise many types; one clear message
             raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        interrupts.check()  # an interrupt during lowering: before anything is written
     (out / PTE_FILE).write_bytes(buffer)
     (out / DELEGATION_FILE).write_text(json.dumps({"flavor": flavor, **summary, "config": step.cfg.to_dict(),
                                                    "constant_methods": constant_methods(step, max_context)}, indent=2))

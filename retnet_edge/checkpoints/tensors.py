@@ -48,14 +48,18 @@ def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
         raise CheckpointError(f"{path} not found") from exc
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     base = 8 + n
     entries = {}
     for name, meta in header.items():
         try:
             dtype, shape, (start, end) = ST_DTYPES[meta["dtype"]], tuple(meta["shape"]), meta["data_offsets"]
+            if not all(isinstance(x, int) and x >= 0 for x in (*shape, start, end)) or start > end:
+                raise ValueError("shape and offsets must be non-negative integers")
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: bad header entry for {name}") from exc
+            raise CheckpointError(f"{path}: bad header entry for {str(name)[:80]}") from exc
         numel = 1
         for d in shape:
             numel *= d

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import RetNetConfig
 from ..contract import MANIFEST_FILE
 from ..errors import ArtifactError, ConfigError
 from ..io_utils import read_json
@@ -36,10 +37,8 @@ def check_threads(threads: int | None) -> None:
         raise ConfigError(f"--threads must be between 1 and {MAX_THREADS}, got {threads!r}")
 
 
-def check_config_matches(manifest: dict, cfg, path: Path) -> None:
+def check_config_matches(manifest: dict, cfg: RetNetConfig, path: Path) -> None:
     """The manifest's config must be the one the program carries (an edited manifest is not the artifact)."""
-    from ..config import RetNetConfig
-
     if RetNetConfig.from_dict(manifest["config"]) != cfg:
         raise ArtifactError(f"{path}: the manifest's config differs from the one in the exported program "
                             "(the manifest was edited, or belongs to another artifact)")

@@ -32,7 +32,8 @@ def inspect_model(path: str) -> dict[str, Any]:
         m = read_manifest(Path(path))
         cfg, source, fmt = RetNetConfig.from_dict(m["config"]), str(path), f"artifact ({m['target']})"
         files = {"file_bytes": sum(f["bytes"] for f in m["files"].values()), "dtypes": [m["quant"]["scheme"]]}
-        artifact = {"target": m["target"], "quant": m["quant"], "files": m["files"],
+        flavor = (m.get("options") or {}).get("flavor")
+        artifact = {"target": m["target"], "flavor": flavor, "quant": m["quant"], "files": m["files"],
                     "validation": _validation_status(m["validation"]),
                     "validation_passed": _validation_status(m["validation"]) == "passed", "source_model": m.get("source")}
     else:
@@ -84,7 +85,8 @@ def render(report: dict[str, Any]) -> str:
     ]
     if "artifact" in report:
         a = report["artifact"]
-        lines.append(f"artifact      {a['target']} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
+        flavor = f" ({a['flavor']} flavour)" if a.get("flavor") else ""
+        lines.append(f"artifact      {a['target']}{flavor} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
                      f"{a['quant']['embedding']}), validation {a['validation']}: "
                      + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))
     for t, b in report["kv_cache_bytes_fp16"].items():

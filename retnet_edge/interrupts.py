@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM during native work: deferred to the next safe point, never swallowed or fatal.
+"""Signals while writing: SIGTERM as a normal exit (cleanup runs), and Ctrl-C / SIGTERM during native work
+deferred to the next safe point, never swallowed or fatal.
 
 A KeyboardInterrupt raised by Python's signal handler while torch.export, XNNPACK lowering or flatbuffer
 serialisation is inside C++ can be caught there (the export then finished and exited 0 with a traceback
@@ -31,15 +32,32 @@ class Deferred:
 
 
 @contextlib.contextmanager
-def deferred_interrupts(log: Callable[[str], None] = lambda s: None) -> Iterator[Deferred]:
-    d = Deferred(log)
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield d
+def _handling(signals: tuple[int, ...], handler) -> Iterator[None]:
+    """`handler` for `signals` inside the block, the previous handlers after (main thread only: signals
+    reach no other)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    previous = {s: signal.signal(s, d.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
-        yield d
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def sigterm_as_exit():
+    """SIGTERM raises SystemExit(143) inside the block, so `finally`/`except BaseException` cleanup runs."""
+    return _handling((signal.SIGTERM,), _exit)
+
+
+@contextlib.contextmanager
+def deferred_interrupts(log: Callable[[str], None] = lambda s: None) -> Iterator[Deferred]:
+    d = Deferred(log)
+    with _handling((signal.SIGINT, signal.SIGTERM), d.handler):
+        yield d
     d.check()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import CheckpointError, RetNetEdgeError
+from .interrupts import sigterm_as_exit
 
 if TYPE_CHECKING:
     import torch
@@ -59,26 +60,6 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM raises SystemExit(143) inside the block, so the cleanup below runs (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp dir beside `path`; on success it replaces `path` in one rename, on error it vanishes.
 
@@ -95,7 +76,7 @@ def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{TMP_MARK}.{os.getpid()}.", dir=out.parent))
     os.chmod(tmp, _umask_mode())
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             yield tmp
             if out.exists() or out.is_symlink():
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{OLD_MARK}.{os.getpid()}.", dir=out.parent))

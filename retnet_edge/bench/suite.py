@@ -23,6 +23,7 @@ from ..errors import ConfigError, RetNetEdgeError
 from ..io_utils import read_json
 from ..manifest import read_manifest
 from ..paths import resolve_path
+from ..runtimes import check_threads
 from ..quant import QuantConfig
 from .machine import machine_facts, versions
 from .measure import PROMPT
@@ -48,8 +49,10 @@ class BenchConfig:
             raise ConfigError("--contexts must be depths between 0 and 1,000,000")
         if not 1 <= self.tokens <= 100_000 or not 1 <= self.repeat <= 1000:
             raise ConfigError("--tokens must be in 1..100000 and --repeat in 1..1000")
-        if not self.threads or min(self.threads) < 1 or max(self.threads) > 256:
-            raise ConfigError("--threads must be between 1 and 256")
+        if not self.threads:
+            raise ConfigError("--threads needs at least one thread count")
+        for t in self.threads:
+            check_threads(t)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown --runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
         if self.baseline not in (None, "transformer"):

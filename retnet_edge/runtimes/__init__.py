@@ -51,9 +51,9 @@ def load_runner(path: str | Path, threads: int | None = None, verify_files: bool
     weights file would otherwise run and print different text); verify_files=False skips that (bench)."""
     check_threads(threads)
     p = resolve_path(path)
-    name = runtime_of(p)
-    manifest = read_manifest(p, check_hashes=verify_files) if name != "eager" else None
-    session = RUNTIMES.get(name)(p, threads)
+    is_artifact = p.is_dir() and (p / MANIFEST_FILE).is_file()
+    manifest = read_manifest(p, check_hashes=verify_files) if is_artifact else None
+    session = RUNTIMES.get(manifest["target"] if manifest else "eager")(p, threads)
     if manifest is not None:
         check_config_matches(manifest, session.cfg, p)
     return Runner(session, p if p.is_dir() else None)

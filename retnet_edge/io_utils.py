@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -41,9 +44,48 @@ def clean_stale_siblings(out: Path) -> list[Path]:
         parts = p.name[len(out.name) + 2:].split(".")
         if len(parts) >= 2 and parts[0] in (TMP_MARK, OLD_MARK) and parts[1].isdigit() \
                 and not _pid_alive(int(parts[1])):
+            if parts[0] == OLD_MARK and not (out.exists() or out.is_symlink()):
+                p.rename(out)  # killed between its two renames: the previous output comes back
+                continue
             _remove(p)
             removed.append(p)
     return removed
+
+
+# Run by a detached child that outlives a SIGKILLed writer: stdin reaches EOF when the writer exits;
+# without its "done" the writer died, so the temp dir goes and a moved-aside previous output comes back.
+_GUARD = """
+import os, shutil, sys
+tmp, out, old = sys.argv[1:4]
+if sys.stdin.buffer.read() == b"done":
+    sys.exit(0)
+shutil.rmtree(tmp, ignore_errors=True)
+if os.path.lexists(old):
+    if os.path.lexists(out):
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
+    else:
+        os.rename(old, out)
+"""
+
+
+def _start_guard(tmp: Path, out: Path, old: Path) -> subprocess.Popen | None:
+    """A detached guardian (own session: a terminal's Ctrl-C does not reach it) for a SIGKILLed writer."""
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARD, str(tmp), str(out), str(old)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    except OSError:  # no guardian: the next run at this path cleans up (clean_stale_siblings)
+        return None
+
+
+def _stop_guard(guard: subprocess.Popen | None) -> None:
+    if guard is not None:
+        try:
+            guard.stdin.write(b"done")
+            guard.stdin.close()
+            guard.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 def _remove(p: Path) -> None:
@@ -63,10 +105,11 @@ def _umask_mode() -> int:
 def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp dir beside `path`; on success it replaces `path` in one rename, on error it vanishes.
 
-    The temp dir is `.NAME.retnet-edge-tmp.PID.xxxx` (mode from the umask, not mkdtemp's 0700); a run killed
-    by SIGKILL leaves it, and the next run at the same path removes it. SIGTERM and Ctrl-C clean up. With
-    force, an existing output (directory or file) moves aside to a unique `.NAME.retnet-edge-old.PID.xxxx`
-    until the new one is in place, so a killed run never loses the previous artifact.
+    The temp dir is `.NAME.retnet-edge-tmp.PID.xxxx` (mode from the umask, not mkdtemp's 0700). SIGTERM and
+    Ctrl-C clean up in-process; for SIGKILL a detached guardian process removes the temp dir when this
+    process dies (and, failing that, the next run at the same path does). With force, an existing output
+    (directory or file) moves aside to a unique `.NAME.retnet-edge-old.PID.xxxx` until the new one is in
+    place, so a killed run never loses the previous artifact: the guardian puts it back.
     """
     out = usable_output(path)
     if out.exists() and not force:
@@ -75,12 +118,12 @@ def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[
     clean_stale_siblings(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{TMP_MARK}.{os.getpid()}.", dir=out.parent))
     os.chmod(tmp, _umask_mode())
+    old = out.parent / f".{out.name}.{OLD_MARK}.{os.getpid()}.{secrets.token_hex(4)}"  # taken only at the swap
+    guard = _start_guard(tmp, out, old)
     try:
         with sigterm_as_exit():
             yield tmp
             if out.exists() or out.is_symlink():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{OLD_MARK}.{os.getpid()}.", dir=out.parent))
-                old.rmdir()  # a unique name; the previous output takes it
                 out.rename(old)
                 tmp.rename(out)
                 _remove(old)
@@ -89,6 +132,8 @@ def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _stop_guard(guard)
 
 
 def usable_output(path: str | os.PathLike) -> Path:

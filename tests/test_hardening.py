@@ -136,6 +136,12 @@ def _wait_for_temp(tmp_path: Path, proc: subprocess.Popen, timeout: float = 120)
     time.sleep(1.0)  # inside the export
 
 
+def _wait_until(predicate, seconds: float = 20.0) -> None:
+    end = time.time() + seconds
+    while not predicate() and time.time() < end:
+        time.sleep(0.05)
+
+
 def test_sigterm_and_sigkill_mid_export_leave_nothing_and_keep_the_previous_artifact(tmp_path):
     out = tmp_path / "art"
     out.mkdir()
@@ -149,8 +155,9 @@ def test_sigterm_and_sigkill_mid_export_leave_nothing_and_keep_the_previous_arti
     _wait_for_temp(tmp_path, proc)
     proc.kill()
     proc.wait(60)
-    assert (out / "previous").is_file()  # SIGKILL cannot clean up: the temp dir stays until the next run
-    assert list(tmp_path.glob(".art.retnet-edge-tmp.*"))
+    assert (out / "previous").is_file()
+    _wait_until(lambda: not list(tmp_path.glob(".art.retnet-edge-*")))  # the guardian cleans up after SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
     with atomic_output_dir(tmp_path / "art", force=True) as tmp:
         (tmp / "new").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (out / "new").is_file()
@@ -226,3 +233,14 @@ def test_interrupting_an_executorch_lowering_stops_it_cleanly(tmp_path, sig, cod
     assert proc.wait(180) == code, err.read_text()
     assert "Traceback" not in err.read_text() and "terminate called" not in err.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr.txt"]
+
+
+def test_a_previous_output_moved_aside_by_a_killed_run_comes_back(tmp_path):
+    """Killed between its two renames: the output is gone and the previous one sits in the old sibling."""
+    from retnet_edge.io_utils import clean_stale_siblings
+
+    old = tmp_path / ".art.retnet-edge-old.999999999.abcd"
+    old.mkdir()
+    (old / "previous").write_text("kept")
+    clean_stale_siblings(tmp_path / "art")
+    assert (tmp_path / "art" / "previous").read_text() == "kept" and not old.exists()

@@ -283,8 +283,9 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
 
 @main.command("export")
 @click.argument("model")
-@click.option("--target", type=RegistryChoice(_target_names), default="onnx", show_default=True)
-@click.option("--quant", default="fp32", show_default=True, help=QUANT_HELP)
+@click.option("--target", default=None,
+              help="onnx, executorch, or both comma-separated (default with no --quant either: both).")
+@click.option("--quant", default=None, help=QUANT_HELP + " Comma-separated for several (default: int8,int4).")
 @click.option("--group-size", default=32, show_default=True, help="Block/group size of int4 weights.")
 @click.option("--lm-head", default="auto", show_default=True,
               help="lm_head precision: auto (int8 under int4), fp32, int8, int4.")
@@ -292,24 +293,59 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
 @click.option("--flavor", type=RegistryChoice(_flavor_names), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory (or directory of them).")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Run the parity gate before writing. --no-validate writes \"validation\": \"skipped\" into the "
                    "manifest (benchmarks of random weights); `verify` runs the gate later.")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, force, as_json):
-    """Export MODEL to a verified ONNX or ExecuTorch artifact (+ manifest.json).
+@click.option("--bench/--no-bench", default=True, show_default=True,
+              help="Several artifacts: a short bench of each in the report (decode at context 0 and 2048).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT (or the artifacts in it) if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the report) as JSON.")
+def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, bench, force,
+               as_json):
+    """Export MODEL to verified ONNX / ExecuTorch artifacts, with a report.
 
-    The artifact is run against eager PyTorch for --steps teacher-forced steps (batch 1 and 3, step and
+    MODEL is `demo`, a native model directory or any supported checkpoint. With one --target and one
+    --quant, OUTPUT is that one artifact (+ manifest.json). Otherwise (by default: both targets at int8
+    and int4) OUTPUT holds one artifact per target x quant (OUTPUT/onnx-int4/, ...), each gated, scored
+    for quality (held-out perplexity, or KL / top-1 vs fp32) and briefly benched, plus OUTPUT/report.md
+    and report.json; a failed target x quant is reported and the others still finish (exit non-zero).
+
+    Every artifact is run against eager PyTorch for --steps teacher-forced steps (batch 1 and 3, step and
     prefill paths) before it is kept; past the tolerance of the quant mode nothing is written (exit 3).
 
     \b
     Examples:
+      retnet-edge export demo -o out/demo                      # 4 artifacts + out/demo/report.md
       retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
-      retnet-edge export my-model --target executorch --quant int8 -o out/pte
+      retnet-edge export my-model --target executorch --quant int8,int4 --no-bench -o out/pte
     """
+    from .bundle import DEFAULT_QUANTS, DEFAULT_TARGETS, parse_list
+
+    targets = parse_list(target, DEFAULT_TARGETS if quant is None else ("onnx",), "--target")
+    quants = parse_list(quant, DEFAULT_QUANTS if target is None else ("fp32",), "--quant")
+    if len(targets) == 1 and len(quants) == 1 and (target is not None or quant is not None):
+        _export_one(model, targets[0], quants[0], group_size, lm_head, embedding, flavor, output, steps, validate,
+                    force, as_json)
+        return
+    if not validate:
+        raise ConfigError("--no-validate is for a single artifact (--target T --quant Q); a report needs the gate")
+    from .bundle import BundleSpec, export_bundle
+    from .progress import bar_enabled
+    from .report import render_table
+
+    spec = BundleSpec(targets=targets, quants=quants, group_size=group_size, lm_head=lm_head, embedding=embedding,
+                      flavor=flavor, steps=steps, bench=bench, force=force)
+    report = export_bundle(model, output, spec, log=info, show_bar=bar_enabled(as_json))
+    emit(report, as_json, render_table(report))
+    failed = [a for a in report["artifacts"] if a["status"] != "ok"]
+    if failed:
+        click.get_current_context().exit(max(a["exit_code"] for a in failed))
+
+
+def _export_one(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, force,
+                as_json) -> None:
     from .exporters import TARGETS, export_model
     from .quant import QuantConfig
 

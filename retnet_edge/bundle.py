@@ -26,9 +26,9 @@ from .io_utils import atomic_write_text, check_distinct, usable_output
 from .loader import load_config
 from .paths import resolve_path
 from .progress import stages
-from .quant import QuantConfig, QuantScheme
+from .quant import QuantConfig
 from .quality import agreement, heldout_text, perplexity, reference_stream
-from .report import render_markdown, render_table
+from .report import render_markdown
 
 DEFAULT_TARGETS = ("onnx", "executorch")
 DEFAULT_QUANTS = ("int8", "int4")

@@ -367,24 +367,75 @@ def _export_one(model, target, quant, group_size, lm_head, embedding, flavor, ou
 
 
 @main.command("verify")
-@click.argument("artifact", type=click.Path(file_okay=False))
-@click.option("--model", "model_path", help="Source model (default: the one recorded in the manifest).")
-@click.option("--steps", default=64, show_default=True)
+@click.argument("path")
+@click.option("--model", "model_path", help="Source model (default: the one recorded in each manifest).")
+@click.option("--steps", default=64, show_default=True, help="Teacher-forced tokens per check.")
+@click.option("--positions", default=None, help="Token counts at which the state is compared per layer "
+              "(default: 1, 4, 16, ... and --steps).")
+@click.option("--forms", is_flag=True, help="PATH is a model: compare its parallel, chunkwise and recurrent forms.")
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(artifact, model_path, steps, as_json):
-    """Rerun an artifact's validation gate against its source model (exit 3 on failure).
+def verify_cmd(path, model_path, steps, positions, forms, as_json):
+    """Re-check artifacts against their source model and show where they diverge (exit 3 on failure).
+
+    PATH is an artifact directory or a directory of them (`export -o DIR`). Each artifact's files are
+    re-hashed against its manifest, its validation gate is rerun, and the recurrent state is compared
+    with eager PyTorch layer by layer after --positions tokens: the first layer that moves away is where
+    a kernel, a quantized projection or the state hand-off goes wrong. With --forms, PATH is a model and
+    its three forms are compared the same way.
 
     \b
     Examples:
-      retnet-edge verify out/demo-onnx-int4
+      retnet-edge verify out/demo                 # every artifact of a multi-artifact export
       retnet-edge verify out/pte --model ./my-model --json
+      retnet-edge verify demo --forms --steps 128
     """
-    from .exporters import verify_artifact
+    from .exporters.divergence import default_positions
     from .exporters.validate import raise_if_failed
 
-    report = verify_artifact(artifact, model_path, steps, log=info)
-    emit(report.to_dict(), as_json, "passed" if report.passed else "FAILED")
-    raise_if_failed(report, str(artifact), exporting=False)
+    pos = _int_list(positions, "--positions") if positions else None
+    if forms:
+        _verify_forms(path, steps, pos, as_json)
+        return
+    from .exporters.pipeline import artifact_dirs, verify_artifact
+
+    results, dirs = [], artifact_dirs(path)
+    for d in dirs:
+        if len(dirs) > 1:
+            info(f"verifying {d}")
+        results.append(verify_artifact(d, model_path, steps, pos or default_positions(steps), log=info))
+    lines = [f"{'passed' if r.report.passed else 'FAILED'}  {r.path}" for r in results]
+    emit([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), as_json, "\n".join(lines))
+    for r in results:
+        raise_if_failed(r.report, str(r.path), exporting=False)
+
+
+def _verify_forms(path: str, steps: int, positions: list[int] | None, as_json: bool) -> None:
+    from .errors import ParityError
+    from .exporters.divergence import default_positions, forms_divergence
+    from .exporters.validate import validation_tokens
+    from .loader import load
+    from .paths import resolve_path
+
+    from .contract import tokenizer_file
+    from .tokenizer import load_tokenizer
+
+    if not 4 <= steps <= 4096:
+        raise ConfigError(f"--steps must be between 4 and 4096 with --forms (the parallel form is O(T^2)), got {steps}")
+    positions = positions or default_positions(steps)
+    if min(positions) < 1 or max(positions) > steps:
+        raise ConfigError(f"--positions must lie in 1..{steps} (--steps)")
+    src = resolve_path(path)
+    model = load(src)
+    tok = tokenizer_file(src) if src.is_dir() else None
+    ids = validation_tokens(model.cfg.vocab_size, 1, steps, load_tokenizer(tok) if tok else None, seed=1)
+    r = forms_divergence(model, ids, positions)
+    for t in r["tables"]:
+        info(t.render())
+    doc = {**r, "tables": [t.to_dict() for t in r["tables"]], "model": str(path)}
+    emit(doc, as_json, "\n".join(f"logits {k}: max rel {v:.2e}" for k, v in r["logits_max_rel"].items())
+         + f"\n{'passed' if r['passed'] else 'FAILED'} (tolerance {r['tolerance']:.0e})")
+    if not r["passed"]:
+        raise ParityError(f"the forms of {path} disagree past {r['tolerance']:.0e}; the tables above show where")
 
 
 @main.command("convert")

@@ -72,7 +72,7 @@ def render_table(report: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     s, c = report["source"], report["source"]["config"]
-    out = [f"# retnet-edge export report", "",
+    out = ["# retnet-edge export report", "",
            f"Source `{s['path']}`: {s['parameters']:,} parameters, L={c['n_layers']} d_model={c['d_model']} "
            f"heads={c['n_heads']} value_dim={c['value_dim']} vocab={c['vocab_size']}. Made {report['created']} "
            f"on {report['machine']['platform']} in {report['seconds']:.0f} s.", "",

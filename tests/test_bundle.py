@@ -33,6 +33,12 @@ def test_bundle_writes_each_artifact_a_report_and_a_short_bench(saved_tiny, tmp_
     assert "| onnx-fp32 | ok |" in md and "| executorch-fp32 | ok |" in md and "latency_vs_context.png" in md
     assert (out / "latency_vs_context.png").stat().st_size > 1000
     assert "onnx-fp32" in res.stdout and "state per sequence" in res.stdout  # the one-screen table
+    res = CliRunner().invoke(main, ["verify", str(out), "--steps", "8", "--json"])  # every artifact in DIR
+    assert res.exit_code == 0, res.output
+    docs = json.loads(res.stdout)
+    assert [d["passed"] for d in docs] == [True, True]
+    assert isinstance(docs[0]["state_divergence"], str)  # executorch runner flavour: state inside the program
+    assert docs[1]["state_divergence"]["first_divergence"] is None  # onnx fp32
 
 
 def test_a_failing_quant_is_reported_and_the_others_still_finish(saved_tiny, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contract import tokenizer_file
+from ..contract import MANIFEST_FILE, tokenizer_file
 from ..errors import ArtifactError, ConfigError
 from ..io_utils import atomic_output_dir, check_distinct
 from ..loader import load, resolve_path
@@ -21,7 +21,8 @@ from ..step import to_recurrent
 from ..tokenizer import load_tokenizer
 from ..manifest import read_manifest, write_manifest
 from .target import TARGETS, quant_plan
-from .validate import ValidationReport, raise_if_failed, validate
+from .divergence import LayerTable, default_positions, state_divergence
+from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
 
 
 @dataclass
@@ -85,24 +86,58 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
     return Artifact(Path(output), manifest)
 
 
+@dataclass
+class Verification:
+    """`verify` of one artifact: the gate rerun, and where its state leaves eager's (None: not readable)."""
+
+    path: Path
+    report: ValidationReport
+    states: LayerTable | None
+
+    def to_dict(self) -> dict:
+        return {"artifact": str(self.path), **self.report.to_dict(),
+                "state_divergence": self.states.to_dict() if self.states else
+                "not readable: this program keeps its state inside (ExecuTorch runner flavour); logits only"}
+
+
 def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: int = 64,
-                    log=lambda s: None) -> ValidationReport:
-    """Rerun the validation gate of an existing artifact against its source model."""
+                    positions: list[int] | None = None, log=lambda s: None) -> Verification:
+    """Re-check an artifact's files against its manifest's sha256, rerun its validation gate against the
+    source model, and compare the recurrent state layer by layer at `positions` (default: 1, 4, 16, …)."""
     check_steps(steps)
     directory = Path(artifact)
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, check_hashes=True)
     source = model_path or manifest.get("source")
     if not source or (source != "demo" and not Path(source).exists()):
         raise ArtifactError(f"the source model {source!r} of {directory} is not available",
                             hint="pass --model PATH to the model it was exported from")
     if manifest.get("validation") == "skipped":
         log(f"  {directory} was exported with --no-validate; running the gate now")
+    positions = positions or default_positions(steps)
+    if max(positions) > steps or min(positions) < 1:
+        raise ConfigError(f"--positions must lie in 1..{steps} (--steps)")
     model = load(source)
     qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")})
     tok = manifest.get("tokenizer")
+    tokenizer = load_tokenizer(directory / tok) if tok else None
     session = RUNTIMES.get(manifest["target"])(directory, None)
     check_config_matches(manifest, session.cfg, directory)
-    report = validate(EagerSession(to_recurrent(model)), session, qc, model.cfg.vocab_size, steps,
-                      tokenizer=load_tokenizer(directory / tok) if tok else None)
+    reference = EagerSession(to_recurrent(model))
+    report = validate(reference, session, qc, model.cfg.vocab_size, steps, tokenizer=tokenizer)
     _log_report(report, log)
-    return report
+    ids = validation_tokens(model.cfg.vocab_size, 1, steps, tokenizer, seed=1)
+    states = state_divergence(reference, session, ids, positions, qc.scheme.value)
+    log(states.render() if states else "    per-layer state: not readable (the state lives inside this program)")
+    return Verification(directory, report, states)
+
+
+def artifact_dirs(path: str | Path) -> list[Path]:
+    """An artifact directory itself, or the artifacts of a multi-artifact export directory (sorted)."""
+    p = Path(path)
+    if (p / MANIFEST_FILE).is_file():
+        return [p]
+    found = sorted(d for d in p.iterdir() if (d / MANIFEST_FILE).is_file()) if p.is_dir() else []
+    if not found:
+        raise ArtifactError(f"{p} is not an exported artifact (no {MANIFEST_FILE}) nor a directory of them",
+                            hint="for a model, compare its forms with `retnet-edge verify MODEL --forms`")
+    return found

@@ -244,3 +244,35 @@ def test_a_previous_output_moved_aside_by_a_killed_run_comes_back(tmp_path):
     (old / "previous").write_text("kept")
     clean_stale_siblings(tmp_path / "art")
     assert (tmp_path / "art" / "previous").read_text() == "kept" and not old.exists()
+
+
+def test_interrupted_exports_never_leave_a_half_artifact_or_a_temp_dir(saved_tiny, tmp_path):
+    """10 re-exports with --force, each hit by SIGKILL or SIGINT at a random point of its run: afterwards the
+    path always holds one complete artifact (every file matches its manifest's sha256), the previous one or
+    the new one, and no hidden temp or moved-aside directory remains."""
+    import random
+
+    from retnet_edge.manifest import read_manifest
+
+    tmp_path = tmp_path / "outputs"
+    out = tmp_path / "art"
+    cmd = [sys.executable, "-m", "retnet_edge", "export", str(saved_tiny), "--target", "onnx", "--quant", "fp32",
+           "--steps", "8", "-o", str(out), "--force"]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, capture_output=True)
+    full = time.time() - t0
+    rng = random.Random(7)
+    outcomes = []
+    for trial in range(10):
+        sig = (signal.SIGKILL, signal.SIGINT)[trial % 2]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.1, full * 1.1))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, 130, -signal.SIGKILL, -signal.SIGINT), (trial, proc.returncode, err)
+        assert "Traceback" not in err
+        _wait_until(lambda: not list(tmp_path.glob(".art.*")))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], (trial, list(tmp_path.iterdir()))
+        read_manifest(out, check_hashes=True)  # complete: raises on a missing or partial file
+        outcomes.append(proc.returncode)
+    assert any(rc != 0 for rc in outcomes)  # at least some trials really were interrupted mid-run

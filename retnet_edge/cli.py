@@ -354,8 +354,10 @@ def _export_one(model, target, quant, group_size, lm_head, embedding, flavor, ou
     if flavor is not None and flavor not in choices:
         raise ConfigError(f"--flavor {flavor} is not a {target} flavor; expected one of {', '.join(choices) or 'none'}")
     options = {"flavor": flavor or choices[0]} if choices else None
+    from .progress import bar_enabled
+
     art = export_model(model, target, qc, output, force=force, steps=steps, options=options,
-                       validate_artifact=validate, log=info)
+                       validate_artifact=validate, log=info, show_bar=bar_enabled(as_json))
     sizes = ", ".join(f"{k} {v['bytes'] / 2**20:.2f} MiB" for k, v in art.manifest["files"].items())
     if art.manifest["validation"] == "skipped":
         verdict = "validation skipped (--no-validate): not checked against eager PyTorch"

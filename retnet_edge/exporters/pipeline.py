@@ -20,6 +20,7 @@ from ..runtimes.eager import EagerSession
 from ..step import to_recurrent
 from ..tokenizer import load_tokenizer
 from ..manifest import read_manifest, write_manifest
+from ..progress import stages
 from .target import TARGETS, quant_plan
 from .divergence import LayerTable, default_positions, state_divergence
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
@@ -33,8 +34,18 @@ class Artifact:
 
 def _log_report(report: ValidationReport, log) -> None:
     for c in report.checks:
-        log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f}, KL {c.kl:.2e}")
+        conf = (f"{c.top1_confident:.3f} where eager is confident ({c.confident} positions)"
+                if c.top1_confident is not None else f"n/a where confident ({c.confident} positions)")
+        rounding = f", weight rounding alone: KL {c.rounding_kl:.2e}" if c.rounding_kl is not None else ""
+        log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f} ({conf}), KL {c.kl:.2e}{rounding}")
     log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
+
+
+def rounded_reference(step, plan) -> EagerSession | None:
+    """Eager PyTorch with the plan's rounded weights: the quantization's own error (None for fp32)."""
+    from .fake_quant import fake_quantize
+
+    return EagerSession(fake_quantize(step, plan)) if plan.quantizes_anything else None
 
 
 def check_steps(steps: int) -> None:
@@ -45,7 +56,7 @@ def check_steps(steps: int) -> None:
 
 def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
-                 log=lambda s: None) -> Artifact:
+                 log=lambda s: None, show_bar: bool = False) -> Artifact:
     """Export, validate against eager fp32, and write the artifact atomically (ParityError: nothing written).
 
     With validate_artifact=False the gate is skipped, said on the log, and the manifest records
@@ -55,34 +66,50 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
     check_steps(steps)
     src = resolve_path(model_path)
     check_distinct(src, output)
+    with stages(4, f"{target} {qc.scheme.value}", show_bar, log) as bar:
+        return _export(src, tgt, target, qc, output, force, steps, options, validate_artifact, bar)
+
+
+def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, steps: int, options: dict | None,
+            validate_artifact: bool, bar) -> Artifact:
+    log = bar.log
     t0 = time.time()
+    bar.stage("load")
     model = load(src)
     step = to_recurrent(model)
     plan = quant_plan(step, qc)
     tok_file = tokenizer_file(src) if src.is_dir() else None
     log(f"loaded {src} ({model.num_parameters():,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
         f"{qc.scheme.value}")
+    bar.done()
     with atomic_output_dir(output, force=force) as tmp:
         if tok_file:  # first: an exporter may read it (the genai flavour's tokenizer_config.json)
             shutil.copyfile(tok_file, tmp / tok_file.name)
+        bar.stage("trace, quantize, write")
         files = tgt.export(step, qc, plan, tmp, tok_file.name if tok_file else None, log, **(options or {}))
+        bar.done()
+        bar.stage("validate")
         if validate_artifact:
             log(f"  validating {steps} steps against eager fp32 ...")
             session = RUNTIMES.get(target)(tmp, None)
             report = validate(EagerSession(step), session, qc, model.cfg.vocab_size, steps,
-                              tokenizer=load_tokenizer(tok_file) if tok_file else None)
+                              tokenizer=load_tokenizer(tok_file) if tok_file else None,
+                              rounded=rounded_reference(step, plan))
             _log_report(report, log)
             raise_if_failed(report, f"{target} {qc.scheme.value} export")
             validation: dict | str = report.to_dict()
         else:
             log("  validation SKIPPED (--no-validate): this artifact was not checked against eager PyTorch")
             validation = "skipped"
+        bar.done()
+        bar.stage("manifest")
         manifest = write_manifest(tmp, {
             "target": target, "graphs": files, "quant": qc.to_dict(), "config": model.cfg.to_dict(),
             "quant_fallbacks": list(plan.fallbacks),
             "source": str(Path(src).resolve()), "tokenizer": tok_file.name if tok_file else None,
             "state_bytes_per_sequence": model.cfg.state_bytes(1), "validation": validation,
             "export_seconds": round(time.time() - t0, 1), **({"options": options} if options else {})})
+        bar.done()
     return Artifact(Path(output), manifest)
 
 
@@ -122,8 +149,10 @@ def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: 
     tokenizer = load_tokenizer(directory / tok) if tok else None
     session = RUNTIMES.get(manifest["target"])(directory, None)
     check_config_matches(manifest, session.cfg, directory)
-    reference = EagerSession(to_recurrent(model))
-    report = validate(reference, session, qc, model.cfg.vocab_size, steps, tokenizer=tokenizer)
+    step = to_recurrent(model)
+    reference = EagerSession(step)
+    report = validate(reference, session, qc, model.cfg.vocab_size, steps, tokenizer=tokenizer,
+                      rounded=rounded_reference(step, quant_plan(step, qc)))
     _log_report(report, log)
     ids = validation_tokens(model.cfg.vocab_size, 1, steps, tokenizer, seed=1)
     states = state_divergence(reference, session, ids, positions, qc.scheme.value)

@@ -22,6 +22,21 @@ VALIDATION_TEXT = (
     "little and see the watery part of the world. The quick brown fox jumps over the lazy dog; 1, 2, 3.")
 
 
+# Top-1 agreement is judged where eager is confident: its top-1 log-prob leads the runner-up by at least
+# CONFIDENT_MARGIN nats. Where eager's logits are near-flat (deep random-weight models) the argmax is a
+# coin toss that any rounding flips; with fewer than MIN_CONFIDENT such positions the check says n/a and
+# the KL limits decide.
+CONFIDENT_MARGIN = 1.0
+MIN_CONFIDENT = 8
+# A quantized artifact may reach KL_FACTOR x the KL that the same weight rounding gives in eager PyTorch
+# (`fake_quant.py`) when that is above the scheme's fixed limit: rounding noise is the model's own
+# yardstick. Measured: see quant.py's TOLERANCES and benchmarks/results/gate_small.json.
+KL_FACTOR = 4.0
+# Likewise each layer's state may differ from eager's by STATE_FACTOR x what the rounding alone does to it
+# (deep random layers at int4 reach 0.8 relative from rounding alone; a trained model's stay near 0.1).
+STATE_FACTOR = 2.0
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -31,6 +46,9 @@ class CheckResult:
     top1: float
     kl: float
     finite: bool = True
+    confident: int = 0  # positions where eager's top-1 leads by >= CONFIDENT_MARGIN nats
+    top1_confident: float | None = None  # agreement there (None: fewer than MIN_CONFIDENT positions)
+    rounding_kl: float | None = None  # KL(eager fp32 || eager with the rounded weights)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 8) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -70,18 +88,27 @@ def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, 
     return rng.integers(0, vocab_size, (batch, length), dtype=np.int64)
 
 
-def compare(name: str, ref: np.ndarray, got: np.ndarray) -> CheckResult:
-    """Metrics of logits got vs ref, both [..., V]. A non-finite logit on either side is a failure of
-    every metric (inf / top-1 0), never a NaN that compares False against its limit and passes."""
+def _kl(lp: np.ndarray, lq: np.ndarray) -> float:
+    return max(float((np.exp(lp) * (lp - lq)).sum(-1).mean()), 0.0)
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray, rounded: np.ndarray | None = None) -> CheckResult:
+    """Metrics of logits got vs ref, both [..., V] (and ref vs `rounded`, eager with the rounded weights). A
+    non-finite logit on either side is a failure of every metric (inf / top-1 0), never a NaN that
+    compares False against its limit and passes."""
     if not (np.isfinite(ref).all() and np.isfinite(got).all()):
         return CheckResult(name, int(np.prod(ref.shape[:-1])), float("inf"), float("inf"), 0.0, float("inf"),
-                           finite=False)
+                           finite=False, top1_confident=0.0)
     diff = np.abs(got.astype(np.float64) - ref)
     lp, lq = log_softmax(ref), log_softmax(got)
-    kl = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
-    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    agree = ref.argmax(-1) == got.argmax(-1)
+    top2 = np.sort(lp, axis=-1)[..., -2:]
+    confident = (top2[..., 1] - top2[..., 0]) >= CONFIDENT_MARGIN
+    n_conf = int(confident.sum())
     return CheckResult(name, int(np.prod(ref.shape[:-1])), float(diff.max() / np.abs(ref).max()), float(diff.max()),
-                       top1, max(kl, 0.0))
+                       float(agree.mean()), _kl(lp, lq), confident=n_conf,
+                       top1_confident=float(agree[confident].mean()) if n_conf >= MIN_CONFIDENT else None,
+                       rounding_kl=_kl(lp, log_softmax(rounded)) if rounded is not None else None)
 
 
 def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> tuple[np.ndarray, list]:
@@ -94,18 +121,44 @@ def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> 
     return np.concatenate(outs, axis=1), state
 
 
+def _state_rel(ref: list, got: list) -> list[float]:
+    out = []
+    for a, b in zip(ref, got):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = np.abs(a).max()
+        out.append(float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(b).max()))
+    return out
+
+
 def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vocab_size: int,
-             steps: int = 64, batches: tuple[int, ...] | None = None, tokenizer=None) -> ValidationReport:
+             steps: int = 64, batches: tuple[int, ...] | None = None, tokenizer=None,
+             rounded: StepSession | None = None) -> ValidationReport:
     """Run both sessions on the same tokens (at every batch size the candidate runs); check each result
-    against the scheme's tolerance."""
+    against the scheme's tolerance.
+
+    `rounded` is eager with the plan's rounded weights (`fake_quant.fake_quantize`): its KL to eager fp32
+    widens the KL limit of a quantized artifact to KL_FACTOR x that (never below the fixed limit). Where the
+    candidate's state is readable, each layer's state after the step loop must stay within
+    `divergence.DIVERGES_AT` of eager's (a lost or corrupted state)."""
+    from .divergence import DIVERGES_AT
+
     report = ValidationReport(quant=qc.to_dict())
     batches = batches or candidate.batch_sizes
     tol = qc.tolerance
+    state_limit = DIVERGES_AT[qc.scheme.value]
     for B in batches:
         ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)
-        ref, _ = _run_steps(reference, ids, reference.init_state(B))
-        got, _ = _run_steps(candidate, ids, candidate.init_state(B))
-        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got))
+        ref, ref_state = _run_steps(reference, ids, reference.init_state(B))
+        exp, exp_state = _run_steps(rounded, ids, rounded.init_state(B)) if rounded is not None else (None, None)
+        got, got_state = _run_steps(candidate, ids, candidate.init_state(B))
+        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got, exp))
+        if not getattr(candidate, "state_in_program", False):
+            own = _state_rel(ref_state, exp_state) if exp_state is not None else [0.0] * len(ref_state)
+            for layer, (rel, r_own) in enumerate(zip(_state_rel(ref_state, got_state), own)):
+                limit = max(state_limit, STATE_FACTOR * r_own)
+                if not rel <= limit:  # NaN fails too
+                    report.failures.append(f"step x{steps} (batch {B}): the recurrent state of layer {layer} "
+                                           f"differs from eager's by {rel:.2e} (relative; limit {limit:.1e})")
         split = (3 * steps) // 4
         pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
         ref_pre, _ = reference.run_prefill(ids[:, :split], pos, reference.init_state(B))
@@ -114,20 +167,27 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
         pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))
         rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
         report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
-                                     np.concatenate([pre, rest], axis=1)))
+                                     np.concatenate([pre, rest], axis=1), exp))
     max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:
         problems = [] if c.finite else ["non-finite logits (NaN or inf) from the model or the artifact"]
         if max_rel is not None and c.max_rel > max_rel:
             problems.append(f"logits max rel diff {c.max_rel:.2e} > {max_rel:.1e} (max abs {c.max_abs:.2e}; "
                             f"eager's own noise floor {report.noise_floor:.1e})")
-        if c.top1 < tol.min_top1:
-            problems.append(f"top-1 agreement {c.top1:.3f} < {tol.min_top1}")
-        if c.kl > tol.max_kl:
-            problems.append(f"KL {c.kl:.2e} > {tol.max_kl:.0e}")
+        if c.top1_confident is not None and c.top1_confident < tol.min_top1:
+            problems.append(f"top-1 agreement {c.top1_confident:.3f} < {tol.min_top1} where eager is confident "
+                            f"({c.confident} of {c.tokens} positions)")
+        kl_limit = kl_limit_of(tol.max_kl, c.rounding_kl)
+        if not c.kl <= kl_limit:
+            problems.append(f"KL {c.kl:.2e} > {kl_limit:.1e}" + (
+                f" ({KL_FACTOR:g} x the weight rounding's own KL {c.rounding_kl:.1e})" if kl_limit > tol.max_kl else ""))
         if problems:
             report.failures.append(f"{c.name}: " + ", ".join(problems))
     return report
+
+
+def kl_limit_of(fixed: float, rounding_kl: float | None) -> float:
+    return max(fixed, KL_FACTOR * rounding_kl) if rounding_kl is not None and np.isfinite(rounding_kl) else fixed
 
 
 def raise_if_failed(report: ValidationReport, artifact: str, exporting: bool = True) -> None:

@@ -1,0 +1,48 @@
+"""The quantization's own error, in eager PyTorch: a copy of the step module whose planned weights are
+rounded the way the targets round them (symmetric; int8 per output channel, int4 per group along the
+input), computed in fp32.
+
+Why: how far a quantized artifact may drift from eager fp32 depends on the model. A trained model has
+peaked logits and the fixed limits of `quant.TOLERANCES` fit it; a deep random-weight model (the presets
+used to benchmark realistic sizes) has near-flat logits, where a healthy int8 export already disagrees
+on most argmaxes and its KL passes the fixed limit. Measuring what the same rounding does in eager
+PyTorch gives each model its own yardstick: a healthy artifact lands near it, a broken kernel, a
+saturated int8 path or a lost state lands far beyond it.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..quant import QuantPlan
+from ..step import RetNetStep
+
+QMAX = {"int8": 127, "int4": 7}
+
+
+def round_weight(w: torch.Tensor, precision: str, group_size: int) -> torch.Tensor:
+    """Symmetric round-to-nearest of w [out, in]: int8 per row, int4 per `group_size` block of a row."""
+    qmax = QMAX[precision]
+    w = w.float()
+    if precision == "int4" and w.shape[1] % group_size == 0:
+        g = w.reshape(w.shape[0], -1, group_size)
+        scale = g.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
+        return (torch.round(g / scale).clamp(-qmax - 1, qmax) * scale).reshape_as(w)
+    scale = w.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
+    return torch.round(w / scale).clamp(-qmax - 1, qmax) * scale
+
+
+def fake_quantize(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
+    """A copy of `step` with every module the plan quantizes holding its rounded weights (fp32 compute).
+
+    Tied weights are untied where only one side is quantized (lm_head int8, embedding fp32)."""
+    q = copy.deepcopy(step)
+    with torch.no_grad():
+        for name, precision in plan.precision.items():
+            if precision == "fp32":
+                continue
+            module = q.get_submodule(name)
+            module.weight = torch.nn.Parameter(round_weight(module.weight, precision, plan.group_size),
+                                               requires_grad=False)
+    return q

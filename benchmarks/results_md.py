@@ -92,6 +92,34 @@ def runtime_section() -> list[str]:
     return out + [""]
 
 
+def export_section() -> list[str]:
+    """Peak RSS and time per export stage (`export_memory.py`), and the ARM-vs-x86 parity run."""
+    out = []
+    for name in sorted((Path(__file__).parent / "results").glob("export_memory_*.json")):
+        doc = json.loads(name.read_text())
+        out += [f"## Export memory: `{doc['preset']}` preset ({doc['checkpoint_dtype']} checkpoint, "
+                f"{doc['checkpoint_bytes'] / 2**30:.2f} GiB; `benchmarks/export_memory.py`)", "",
+                "Peak resident memory of the export process tree, sampled every 0.1 s, per stage; the gate ran "
+                "as in a user's export.", "",
+                "| target | quant | exit | wall s | peak RSS MiB | per stage (s / peak MiB) | gate |", "|---|---|---|---|---|---|---|"]
+        for r in doc["runs"]:
+            stages = ", ".join(f"{k} {v['seconds']:.0f}/{v['peak_rss_mib']:,}" for k, v in r["stages"].items())
+            out.append(f"| {r['target']} | {r['quant']} | {r['exit_code']} | {r['wall_seconds']:.0f} | "
+                       f"{r['peak_rss_mib']:,} | {stages} | {r['gate'][:90]} |")
+        out.append("")
+    arm = _load("arm64_qemu.json")
+    if arm:
+        out += ["## The .pte on linux-aarch64 under qemu (`benchmarks/device/arm64_qemu.py`)", "",
+                f"{arm['arm64']}; reference: {arm['x86']}. {arm['qemu']}.", "",
+                "| program | quant | same greedy tokens | logits max rel | top-1 | KL | verdict |", "|---|---|---|---|---|---|---|"]
+        for r in arm["results"]:
+            m = r["logits_arm64_vs_x86"]
+            out.append(f"| {r['artifact']} | {r['quant']} | {r['same_greedy_tokens']} | {m['max_rel']:.2e} | "
+                       f"{m['top1']:.3f} | {m['kl']:.2e} | {'pass' if r['passed'] else 'FAIL'} |")
+        out.append("")
+    return out
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Regenerate with `bash benchmarks/run_bench.sh` (on an idle machine; ~30 min on 2 cores). Each row is "
@@ -105,6 +133,7 @@ def main() -> None:
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     lines += runtime_section()
+    lines += export_section()
     for arg in sys.argv[1:]:
         lines += section(Path(arg))
     print("\n".join(lines))

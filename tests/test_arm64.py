@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device" / "arm64_
                     reason="needs g++-aarch64-linux-gnu and qemu-user (apt-get install g++-aarch64-linux-gnu qemu-user)")
 def test_pte_programs_give_the_same_tokens_on_arm64_under_qemu(saved_tiny, tmp_path):
     arts = []
-    for q in ("fp32", "int8", "int4"):
+    for q in ("fp32", "int4"):  # the demo at fp32 / 8da8w / 8da4w: benchmarks/results/arm64_qemu.json
         # random tiny weights: flat logits fail the eager gate at int4 (issue 12); parity here is ARM vs x86
         arts.append(export_model(str(saved_tiny), "executorch", QuantConfig(q), tmp_path / f"pte-{q}",
                                  validate_artifact=False).path)
@@ -33,7 +33,7 @@ def test_pte_programs_give_the_same_tokens_on_arm64_under_qemu(saved_tiny, tmp_p
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
     by_quant = {r["quant"]: r for r in doc["results"]}
-    assert set(by_quant) == {"fp32", "int8", "int4"} and doc["passed"]
+    assert set(by_quant) == {"fp32", "int4"} and doc["passed"]
     assert by_quant["fp32"]["same_greedy_tokens"] and by_quant["fp32"]["logits_arm64_vs_x86"]["max_rel"] < 1e-4
     for r in doc["results"]:
         assert len(r["tokens_arm64"]) == r["new_tokens"] and r["within_gate"]

@@ -98,7 +98,8 @@ def _worst(validation) -> dict | None:
     if not isinstance(validation, dict) or not validation.get("checks"):
         return None
     w = max(validation["checks"], key=lambda c: c["kl"])
-    return {"top1": w["top1"], "kl": w["kl"], "max_rel": w["max_rel"], "check": w["name"]}
+    return {"top1": w["top1"], "top1_confident": w.get("top1_confident"), "kl": w["kl"],
+            "rounding_kl": w.get("rounding_kl"), "max_rel": w["max_rel"], "check": w["name"]}
 
 
 def _source_summary(src: Path, cfg: RetNetConfig) -> dict:

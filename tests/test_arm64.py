@@ -37,3 +37,4 @@ def test_pte_programs_give_the_same_tokens_on_arm64_under_qemu(saved_tiny, tmp_p
     assert by_quant["fp32"]["same_greedy_tokens"] and by_quant["fp32"]["logits_arm64_vs_x86"]["max_rel"] < 1e-4
     for r in doc["results"]:
         assert len(r["tokens_arm64"]) == r["new_tokens"] and r["within_gate"]
+        assert r["harness_arm64_emulated"]["steps"] == 8  # retnet_bench itself, built for aarch64, runs the program

@@ -249,30 +249,39 @@ def test_a_previous_output_moved_aside_by_a_killed_run_comes_back(tmp_path):
 def test_interrupted_exports_never_leave_a_half_artifact_or_a_temp_dir(saved_tiny, tmp_path):
     """10 re-exports with --force, each hit by SIGKILL or SIGINT at a random point of its run: afterwards the
     path always holds one complete artifact (every file matches its manifest's sha256), the previous one or
-    the new one, and no hidden temp or moved-aside directory remains."""
+    the new one, and no hidden temp or moved-aside directory remains. Two output paths run side by side
+    (5 rounds of 2 trials), which halves the wall time and lets the two guardians race too."""
     import random
 
     from retnet_edge.manifest import read_manifest
 
-    tmp_path = tmp_path / "outputs"
-    out = tmp_path / "art"
-    cmd = [sys.executable, "-m", "retnet_edge", "export", str(saved_tiny), "--target", "onnx", "--quant", "fp32",
-           "--steps", "8", "-o", str(out), "--force"]
+    dirs = [tmp_path / "outputs-a", tmp_path / "outputs-b"]
+
+    def cmd(d: Path) -> list[str]:
+        return [sys.executable, "-m", "retnet_edge", "export", str(saved_tiny), "--target", "onnx", "--quant",
+                "fp32", "--steps", "8", "-o", str(d / "art"), "--force"]
+
     t0 = time.time()
-    subprocess.run(cmd, check=True, capture_output=True)
+    first = [subprocess.Popen(cmd(d), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
+    assert [p.wait(300) for p in first] == [0, 0]
     full = time.time() - t0
     rng = random.Random(7)
     outcomes = []
-    for trial in range(10):
-        sig = (signal.SIGKILL, signal.SIGINT)[trial % 2]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.1, full * 1.1))
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode in (0, 130, -signal.SIGKILL, -signal.SIGINT), (trial, proc.returncode, err)
-        assert "Traceback" not in err
-        _wait_until(lambda: not list(tmp_path.glob(".art.*")))
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], (trial, list(tmp_path.iterdir()))
-        read_manifest(out, check_hashes=True)  # complete: raises on a missing or partial file
-        outcomes.append(proc.returncode)
+    for round_ in range(5):
+        procs = [subprocess.Popen(cmd(d), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for d in dirs]
+        delays = sorted((rng.uniform(0.1, full * 1.1), i) for i in range(2))
+        start = time.time()
+        for delay, i in delays:
+            time.sleep(max(0.0, start + delay - time.time()))
+            procs[i].send_signal((signal.SIGKILL, signal.SIGINT)[(round_ + i) % 2])
+        for i, (proc, d) in enumerate(zip(procs, dirs)):
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 130, -signal.SIGKILL, -signal.SIGINT), (round_, i, proc.returncode, err)
+            assert "Traceback" not in err
+            _wait_until(lambda: not list(d.glob(".art.*")))
+            assert sorted(p.name for p in d.iterdir()) == ["art"], (round_, i, list(d.iterdir()))
+            read_manifest(d / "art", check_hashes=True)  # complete: raises on a missing or partial file
+            outcomes.append(proc.returncode)
+    assert len(outcomes) == 10
     assert any(rc != 0 for rc in outcomes)  # at least some trials really were interrupted mid-run

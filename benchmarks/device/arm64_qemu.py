@@ -6,7 +6,8 @@ compare with the x86 build — XNNPACK's arm64 kernels are different code from i
 
 Needs Debian's `g++-aarch64-linux-gnu` and `qemu-user` (`apt-get install g++-aarch64-linux-gnu qemu-user`);
 the executorch 1.5.1 manylinux aarch64 wheel is fetched from the package index once (it ships the same
-`lib/*.so` as the x86 wheel). Both builds run `retnet_parity.cpp`: the prompt token by token, then greedy
+`lib/*.so` as the x86 wheel). The device harness `retnet_bench.cpp` is cross-built too and run for a few
+steps on each program (it must load and step it on aarch64). Both builds run `retnet_parity.cpp`: the prompt token by token, then greedy
 tokens, every step's logits written out. Verdict per program: the same greedy tokens, and the logits
 within the export gate's limits of the program's quant mode (max rel / top-1 / KL, x86 as reference).
 Timing under emulation says nothing about a phone: it is recorded only as `emulated_ms_per_token`.
@@ -62,9 +63,9 @@ def arm_wheel_dir() -> Path:
     return unpacked / "executorch"
 
 
-def build(compiler: str, et: Path, out: Path) -> Path:
+def build(compiler: str, et: Path, out: Path, source: str = "retnet_parity.cpp") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([compiler, "-std=c++17", "-O2", str(HERE / "retnet_parity.cpp"), "-o", str(out),
+    subprocess.run([compiler, "-std=c++17", "-O2", str(HERE / source), "-o", str(out), "-DET_USE_THREADPOOL=1",
                     f"-I{et / 'include'}", f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}",
                     "-DC10_USING_CUSTOM_GENERATED_MACROS", f"-L{et / 'lib'}", f"-Wl,-rpath,{et / 'lib'}",
                     "-Wl,--no-as-needed", *LIBS, "-Wl,--as-needed", "-lpthread", "-w"], check=True)
@@ -121,7 +122,11 @@ def check_program(art: Path, x86: Path, arm: Path, work: Path) -> dict:
     metrics = compare(ref[:rows], got[:rows])
     within = (metrics["top1"] >= tol.min_top1 and metrics["kl"] <= tol.max_kl
               and (tol.max_rel is None or metrics["max_rel"] <= max(tol.max_rel, 1e-4)))
-    return {"artifact": str(art.relative_to(ROOT)) if art.is_relative_to(ROOT) else str(art), "quant": qc.scheme.value, "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS,
+    bench = subprocess.run(["qemu-aarch64", "-L", str(SYSROOT), str(arm.parent / "retnet_bench"),
+                            str(art / "model.pte"), "8", "1", "1"], capture_output=True, text=True, timeout=900)
+    harness = json.loads(bench.stdout.strip().splitlines()[-1]) if bench.returncode == 0 else {"error": bench.stderr[-300:]}
+    return {"harness_arm64_emulated": harness,
+            "artifact": str(art.relative_to(ROOT)) if art.is_relative_to(ROOT) else str(art), "quant": qc.scheme.value, "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS,
             "tokens_x86": ref_doc["tokens"], "tokens_arm64": arm_doc["tokens"], "same_greedy_tokens": same,
             "logits_arm64_vs_x86": metrics, "rows_compared": rows, "within_gate": within,
             "passed": same or within,
@@ -153,6 +158,7 @@ def main() -> int:
 
     x86 = build("g++", Path(list(executorch.__path__)[0]), HERE / "build" / "retnet_parity")
     arm = build("aarch64-linux-gnu-g++", arm_wheel_dir(), ARM / "retnet_parity")
+    build("aarch64-linux-gnu-g++", arm_wheel_dir(), ARM / "retnet_bench", "retnet_bench.cpp")  # the device harness
     work = ARM / "work"
     work.mkdir(parents=True, exist_ok=True)
     results = []

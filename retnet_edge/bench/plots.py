@@ -35,6 +35,7 @@ def write_plots(doc: dict, directory: Path) -> list[Path]:
             ax.set_title(f"{quant}")
             ax.set_xlabel("context (tokens already in the state / cache)")
             ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)  # from zero: flat latency looks flat, noise does not look like a trend
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         m = doc["machine"]

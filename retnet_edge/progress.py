@@ -21,7 +21,7 @@ class Stages:
 
     def __init__(self, total: int, desc: str, enabled: bool, log: Callable[[str], None]):
         self._bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
-                         bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining} {postfix}")
+                         bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, ETA {remaining}{postfix}")
         self._log = log
         self.enabled = enabled
 

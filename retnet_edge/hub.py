@@ -20,7 +20,9 @@ ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.s
 
 def is_hub_id(text: str) -> bool:
     """`org/name[@rev]` that is not an existing local path (a local directory always wins)."""
-    return bool(HUB_ID.match(text)) and not Path(text.split("@")[0]).exists() and not text.startswith(".")
+    m = HUB_ID.match(text)
+    return (bool(m) and ".." not in (m["rev"] or "") and not Path(m["repo"]).exists()
+            and not text.startswith("."))
 
 
 def offline() -> bool:
@@ -30,7 +32,7 @@ def offline() -> bool:
 def resolve_hub_id(text: str) -> Path:
     """Download (or find in the cache) the snapshot of a hub id; one-line errors for every failure."""
     m = HUB_ID.match(text)
-    if not m:
+    if not m or ".." in (m["rev"] or ""):
         raise CheckpointError(f"{text!r} is not a Hugging Face Hub id (org/name or org/name@revision)")
     repo, rev = m["repo"], m["rev"]
     try:

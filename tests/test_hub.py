@@ -38,7 +38,7 @@ def test_hub_ids_are_told_from_local_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert is_hub_id("fla-hub/retnet-1.3B-100B") and is_hub_id("acme/tiny@v1.0") and is_hub_id("acme/tiny@" + COMMIT)
     assert not is_hub_id("demo") and not is_hub_id("/abs/path") and not is_hub_id("./acme/tiny")
-    assert not is_hub_id("a/b/c") and not is_hub_id("out/x y")
+    assert not is_hub_id("a/b/c") and not is_hub_id("out/x y") and not is_hub_id("acme/x@../../etc")
     (tmp_path / "acme" / "tiny").mkdir(parents=True)
     assert not is_hub_id("acme/tiny")  # an existing local directory wins
     assert not any(p.endswith((".py", ".bin", ".pt", ".pth")) for p in ALLOW_PATTERNS)  # never code or pickles

@@ -100,7 +100,8 @@ def export_section() -> list[str]:
         out += [f"## Export memory: `{doc['preset']}` preset ({doc['checkpoint_dtype']} checkpoint, "
                 f"{doc['checkpoint_bytes'] / 2**30:.2f} GiB; `benchmarks/export_memory.py`)", "",
                 "Peak resident memory of the export process tree, sampled every 0.1 s, per stage; the gate ran "
-                "as in a user's export.", "",
+                f"as in a user's export. Torch {doc.get('torch', '?')}; machine: "
+                f"{doc['machine'].get('where') or str(doc['machine']['cpus']) + ' cores, ' + str(doc['machine']['memory_gib']) + ' GiB'}.", "",
                 "| target | quant | exit | wall s | peak RSS MiB | per stage (s / peak MiB) | gate |", "|---|---|---|---|---|---|---|"]
         for r in doc["runs"]:
             stages = ", ".join(f"{k} {v['seconds']:.0f}/{v['peak_rss_mib']:,}" for k, v in r["stages"].items())

@@ -64,9 +64,11 @@ class LayerTable:
         return "\n".join([head, cols, *rows, tail])
 
 
-def _rel(ref: np.ndarray, got: np.ndarray) -> float:
+def relative_difference(ref, got) -> float:
+    """max |got - ref| / max |ref| (the difference itself when ref is all zeros); NaN propagates."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
     scale = float(np.abs(ref).max())
-    diff = float(np.abs(ref.astype(np.float64) - got).max())
+    diff = float(np.abs(ref - got).max())
     return diff / scale if scale > 0 else diff
 
 
@@ -87,7 +89,7 @@ def state_divergence(reference: StepSession, candidate: StepSession, ids: np.nda
         _, s_got = candidate.run_step(ids[:, t : t + 1], pos, s_got)
         if t + 1 in positions:
             for layer, (a, b) in enumerate(zip(s_ref, s_got)):
-                table.rel[layer].append(_rel(np.asarray(a), np.asarray(b)))
+                table.rel[layer].append(relative_difference(a, b))
     return table
 
 
@@ -135,24 +137,19 @@ def forms_divergence(model, ids: np.ndarray, positions: list[int], chunk_size: i
         rec_logits = torch.cat(rec_logits, 1)
         chunk_states = {p: model.forward_chunkwise(x[:, :p], chunk_size, return_state=True)[1] for p in positions}
 
-    def per_layer_outputs(outputs, stepwise: bool) -> list[torch.Tensor]:  # L x [T, H, Dv]
-        if not stepwise:
-            return outputs
-        return [torch.cat(outputs[layer::L], 0) for layer in range(L)]
-
-    ref_o = per_layer_outputs(rec.outputs, True)
+    ref_o = [torch.cat(rec.outputs[layer::L], 0) for layer in range(L)]  # the step calls, L x [T, H, Dv]
     tables = []
     for name, outs in (("retention output, parallel vs recurrent", par.outputs),
                        ("retention output, chunkwise vs recurrent", chk.outputs)):
         t = LayerTable(name, positions)
-        t.rel = [[_rel(ref_o[layer][p - 1].numpy(), outs[layer][p - 1].numpy()) for p in positions] for layer in range(L)]
+        t.rel = [[relative_difference(ref_o[layer][p - 1], outs[layer][p - 1]) for p in positions] for layer in range(L)]
         tables.append(t)
     st = LayerTable(f"recurrent state S, chunkwise (chunk {chunk_size}) vs recurrent", positions)
-    st.rel = [[_rel(rec_states[p][layer].numpy(), chunk_states[p][layer].numpy()) for p in positions]
+    st.rel = [[relative_difference(rec_states[p][layer], chunk_states[p][layer]) for p in positions]
               for layer in range(L)]
     tables.append(st)
     ref = rec_logits.numpy()
-    logits = {"parallel vs recurrent": _rel(ref, par_logits.numpy()),
-              "chunkwise vs recurrent": _rel(ref, chk_logits.numpy())}
+    logits = {"parallel vs recurrent": relative_difference(ref, par_logits),
+              "chunkwise vs recurrent": relative_difference(ref, chk_logits)}
     return {"tokens": T, "chunk_size": chunk_size, "logits_max_rel": logits, "tables": tables,
             "passed": all(v <= FORMS_TOLERANCE for v in logits.values()), "tolerance": FORMS_TOLERANCE}

@@ -14,6 +14,7 @@ import numpy as np
 from ..contract import StepSession, log_softmax
 from ..errors import ParityError
 from ..quant import QuantConfig
+from .divergence import DIVERGES_AT, relative_difference
 
 VALIDATION_TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
@@ -121,15 +122,6 @@ def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> 
     return np.concatenate(outs, axis=1), state
 
 
-def _state_rel(ref: list, got: list) -> list[float]:
-    out = []
-    for a, b in zip(ref, got):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        scale = np.abs(a).max()
-        out.append(float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(b).max()))
-    return out
-
-
 def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vocab_size: int,
              steps: int = 64, batches: tuple[int, ...] | None = None, tokenizer=None,
              rounded: StepSession | None = None) -> ValidationReport:
@@ -140,8 +132,6 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
     widens the KL limit of a quantized artifact to KL_FACTOR x that (never below the fixed limit). Where the
     candidate's state is readable, each layer's state after the step loop must stay within
     `divergence.DIVERGES_AT` of eager's (a lost or corrupted state)."""
-    from .divergence import DIVERGES_AT
-
     report = ValidationReport(quant=qc.to_dict())
     batches = batches or candidate.batch_sizes
     tol = qc.tolerance
@@ -153,8 +143,8 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
         got, got_state = _run_steps(candidate, ids, candidate.init_state(B))
         report.checks.append(compare(f"step x{steps} (batch {B})", ref, got, exp))
         if not getattr(candidate, "state_in_program", False):
-            own = _state_rel(ref_state, exp_state) if exp_state is not None else [0.0] * len(ref_state)
-            for layer, (rel, r_own) in enumerate(zip(_state_rel(ref_state, got_state), own)):
+            own = [relative_difference(a, b) for a, b in zip(ref_state, exp_state)] if exp_state is not None else [0.0] * len(ref_state)
+            for layer, (rel, r_own) in enumerate(zip((relative_difference(a, b) for a, b in zip(ref_state, got_state)), own)):
                 limit = max(state_limit, STATE_FACTOR * r_own)
                 if not rel <= limit:  # NaN fails too
                     report.failures.append(f"step x{steps} (batch {B}): the recurrent state of layer {layer} "

@@ -72,7 +72,12 @@ class FeedForward(nn.Module):
 
 
 class RetNetLayer(nn.Module):
-    """Pre-norm block: x += MSR(norm x); x += FFN(norm x)."""
+    """Pre-norm block: x += MSR(norm x); x += FFN(norm x).
+
+    Its whole computation, retention core included, runs inside this module's call, so every node an
+    exporter traces from it carries the layer's scope (`layers.3/...`): the streamed ONNX export
+    (`exporters/stamp.py`) finds one layer's nodes by that scope and stamps them out per layer.
+    """
 
     def __init__(self, cfg: RetNetConfig):
         super().__init__()
@@ -80,6 +85,15 @@ class RetNetLayer(nn.Module):
         self.retention = MultiScaleRetention(cfg)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, core: "RetentionCore", S: Tensor | None,
+                drop=lambda y: y) -> tuple[Tensor, Tensor | None]:
+        """x [B,T,D], state [B,H,Dk,Dv] (or None) -> (x', state'); `drop` is the stack's residual dropout."""
+        h = self.retention_norm(x)
+        o, S = core(*self.retention.qkv(h, cos, sin), S)  # o [B, T, H, Dv]
+        x = x + drop(self.retention.gate_out(h, o))
+        x = x + drop(self.ffn(self.ffn_norm(x)))
+        return x, S
 
 
 class DecoderStack(nn.Module):
@@ -132,10 +146,7 @@ class DecoderStack(nn.Module):
         cos, sin = rotary_cos_sin(positions, self.freqs)  # [..., T, 1, Dk/2], broadcast over heads
         present = []
         for layer, S in zip(self.layers, past):
-            h = layer.retention_norm(x)
-            o, S = core(*layer.retention.qkv(h, cos, sin), S)  # o [B, T, H, Dv]
-            x = x + self._drop(layer.retention.gate_out(h, o))
-            x = x + self._drop(layer.ffn(layer.ffn_norm(x)))
+            x, S = layer(x, cos, sin, core, S, self._drop)
             present.append(S)
         return self.lm_head(self.norm(x)), present  # [B, T, V]
 

@@ -15,7 +15,7 @@ import copy
 
 from torch import Tensor, nn
 
-from .model import DecoderStack, RetNet
+from .model import DecoderStack, RetNet, RetNetLayer
 from .retention import ChunkCore, StepCore
 
 
@@ -27,6 +27,17 @@ def _permute_rows(linear: nn.Linear, n_heads: int, perm: Tensor) -> None:
     linear.weight = nn.Parameter(W.clone())
 
 
+def rewrite_layer(layer: RetNetLayer, n_heads: int) -> RetNetLayer:
+    """The step rewrite of one layer, in place: interleaved rotary becomes half-split by permuting W_q/W_k
+    rows once (the gather leaves the graph). The streamed export applies it to each layer as it is read."""
+    msr = layer.retention
+    if msr.half_split is not None:
+        _permute_rows(msr.q_proj, n_heads, msr.half_split)
+        _permute_rows(msr.k_proj, n_heads, msr.half_split)
+        msr.half_split = None
+    return layer
+
+
 class RetNetStep(DecoderStack):
     """Recurrent-only step module over a RetNet's weights (shared, not copied, except permuted W_q/W_k)."""
 
@@ -35,11 +46,7 @@ class RetNetStep(DecoderStack):
         self.adopt(copy.deepcopy(model, memo=shared))  # fresh modules, same tensors
         cfg = self.cfg
         for layer in self.layers:
-            msr = layer.retention
-            if msr.half_split is not None:  # interleaved rotary: permute the rows once, drop the gather
-                _permute_rows(msr.q_proj, cfg.n_heads, msr.half_split)
-                _permute_rows(msr.k_proj, cfg.n_heads, msr.half_split)
-                msr.half_split = None
+            rewrite_layer(layer, cfg.n_heads)
         self.register_buffer("gamma", self.log_gamma.exp().view(1, cfg.n_heads, 1, 1), persistent=False)
 
     def init_state(self, batch_size: int = 1) -> tuple[Tensor, ...]:  # type: ignore[override]

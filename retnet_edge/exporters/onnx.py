@@ -19,6 +19,7 @@ import torch
 from onnx.external_data_helper import set_external_data
 
 from .. import __version__
+from ..config import RetNetConfig
 from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT, io_names
 from ..errors import ExportError
 from ..quant import QuantConfig, QuantPlan
@@ -121,8 +122,7 @@ def position_dependent_nodes(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
-def _metadata(model: onnx.ModelProto, step: RetNetStep, qc: QuantConfig, graph: str, tokenizer: str | None) -> None:
-    cfg = step.cfg
+def _metadata(model: onnx.ModelProto, cfg: RetNetConfig, qc: QuantConfig, graph: str, tokenizer: str | None) -> None:
     props = {"retnet_edge.version": __version__, "retnet_edge.graph": graph, "retnet_edge.config": cfg.to_json(),
              "retnet_edge.quant": json.dumps(qc.to_dict()), "retnet_edge.state_layout": STATE_LAYOUT,
              "bos_id": str(cfg.bos_id), "eos_id": str(cfg.eos_id), "tokenizer": tokenizer or ""}
@@ -132,27 +132,57 @@ def _metadata(model: onnx.ModelProto, step: RetNetStep, qc: QuantConfig, graph: 
     model.producer_name, model.producer_version = "retnet-edge", __version__
 
 
-def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
-    """Save the graphs with one shared external weights file: each distinct initializer is stored once.
+class SharedWeights:
+    """weights.bin, written as initializers arrive: each distinct one (by content) stored once, 64-byte
+    aligned, in the order the graphs first use them; the TensorProto then points at it (external data).
 
-    The step and prefill graphs hold the same (quantized) weights; without sharing an artifact would
-    carry them twice. Initializers are matched by content, so graph-specific names do not matter.
-    onnxruntime memory-maps the external file.
+    The step and prefill graphs hold the same (quantized) weights; without sharing an artifact would carry
+    them twice. Content, not names, decides, so graph-specific names do not matter, and the order of first
+    use makes the file the same whether a graph was traced whole or stamped out layer by layer
+    (`stamp.py`). onnxruntime memory-maps the file.
     """
-    offsets: dict[str, tuple[int, int]] = {}
-    with open(out / ONNX_WEIGHTS_FILE, "wb") as f:
+
+    def __init__(self, out: Path):
+        self.file = open(out / ONNX_WEIGHTS_FILE, "wb")
+        self.offsets: dict[str, tuple[int, int]] = {}
+
+    def add(self, t: onnx.TensorProto) -> onnx.TensorProto:
+        if not t.HasField("raw_data") or len(t.raw_data) < SHARE_MIN_BYTES:
+            return t  # small initializers stay inline
+        key = hashlib.sha256(t.raw_data).hexdigest()
+        if key not in self.offsets:
+            self.file.write(b"\0" * (-self.file.tell() % 64))  # 64-byte alignment for mmap'ed reads
+            self.offsets[key] = (self.file.tell(), len(t.raw_data))
+            self.file.write(t.raw_data)
+        offset, length = self.offsets[key]
+        set_external_data(t, location=ONNX_WEIGHTS_FILE, offset=offset, length=length)
+        t.ClearField("raw_data")
+        return t
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def first_use_order(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The graph's initializers in the order its nodes first read them (unread ones last)."""
+    by_name = {t.name: t for t in graph.initializer}
+    order: dict[str, None] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in by_name:
+                order.setdefault(name)
+    return [by_name[n] for n in [*order, *(n for n in by_name if n not in order)]]
+
+
+def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
+    """Save whole graphs with one shared external weights file (`SharedWeights`, first-use order)."""
+    weights = SharedWeights(out)
+    try:
         for model in models.values():
-            for t in model.graph.initializer:
-                if not t.HasField("raw_data") or len(t.raw_data) < SHARE_MIN_BYTES:
-                    continue
-                key = hashlib.sha256(t.raw_data).hexdigest()
-                if key not in offsets:
-                    f.write(b"\0" * (-f.tell() % 64))  # 64-byte alignment for mmap'ed reads
-                    offsets[key] = (f.tell(), len(t.raw_data))
-                    f.write(t.raw_data)
-                offset, length = offsets[key]
-                set_external_data(t, location=ONNX_WEIGHTS_FILE, offset=offset, length=length)
-                t.ClearField("raw_data")
+            for t in first_use_order(model.graph):
+                weights.add(t)
+    finally:
+        weights.close()
     for fname, model in models.items():
         onnx.save_model(model, str(out / fname))
 
@@ -194,7 +224,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
             model = quantize_onnx(model, plan)
         if graph == "genai":
             to_genai_io(model, cfg.n_layers)
-        _metadata(model, step, qc, graph, tokenizer)
+        _metadata(model, cfg, qc, graph, tokenizer)
         protos[fname] = model
     _save_shared(protos, out)
     extra = write_genai_files(out, cfg, tokenizer) if flavor == "genai" else []

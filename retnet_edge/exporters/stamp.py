@@ -1,0 +1,392 @@
+"""Streamed ONNX export: trace a two-layer template once, stamp its layer out n_layers times, and stream
+each layer's (quantized) weights into weights.bin while only that layer is in memory.
+
+Why: tracing the whole model holds the fp32 model, the exported program and the ONNX proto's copy of
+every weight at once (1.3B: 17.5 GB). A RetNet's layers are one graph repeated, so:
+
+1. **Template.** A step (and a prefill) module of the model's shape with 2 layers, layer 1 tying layer
+   0's tensors, every tensor random: `torch.onnx` traces it (`onnx._trace`). Its initializers are
+   recognised by content — each template tensor is random, so an initializer equal to a tensor (or its
+   transpose, the exporter folds W -> Wᵀ for MatMul) *is* that tensor. Whatever matches none is a
+   constant shared by all layers (γ, frequencies, shapes).
+2. **Stamp.** Node scopes (`/model/layers.0/...`, `model.RetNetLayer`) split the template into prefix,
+   layer 0, layer 1 and suffix. The one value layer 1 reads from layer 0 is the residual stream; layers
+   2.. are copies of layer 1 with their own value names, state I/O `past.{i}` / `present.{i}` and weights.
+3. **Weights, in the order the graph first reads them.** For each node, its weights come from the
+   checkpoint (`streaming.ModelWeights`, one layer resident at a time, upcast per tensor); a planned MatMul /
+   Gather is quantized through onnxruntime's own MatMulNBitsQuantizer on a one-node graph, the same
+   library call per node as quantizing the whole graph, so weights.bin is byte-for-byte the whole-model
+   path's (tests/test_stamp.py).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE
+from ..errors import ExportError
+from ..model import RetNet
+from ..quant import QuantConfig, QuantPlan
+from ..step import RetNetStep, to_prefill, to_recurrent
+from ..streaming import ModelWeights
+from .genai import to_genai_io, write_genai_files
+from .onnx import (BITS, FLAVORS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, name_nodes,
+                   position_dependent_nodes)
+
+TEMPLATE_LAYERS = 2
+_SCOPE = re.compile(r"^/model/layers\.(\d+)/")
+
+
+def template_step(weights: ModelWeights, seed: int = 0) -> RetNetStep:
+    """A 2-layer step module of the checkpoint's shape; layer 1 shares layer 0's tensors; all random."""
+    cfg = dataclasses.replace(weights.cfg, n_layers=TEMPLATE_LAYERS)
+    model = RetNet.empty(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():  # norms too: every tensor's content must be unique to find it again
+            p.normal_(0.0, 0.02, generator=g)
+    for name, p in list(model.layers[0].named_parameters()):
+        owner, attr = name.rsplit(".", 1)
+        setattr(model.layers[1].get_submodule(owner), attr, p)
+    return to_recurrent(model)
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """An initializer that is (a view of) a checkpoint tensor: `layers.L.<local>` or an outer tensor."""
+
+    local: str  # "retention.q_proj.weight" for layer tensors, else the full name ("embed.weight")
+    layer: int | None  # None: outside the layers
+    transposed: bool
+
+    def fqn(self) -> str:
+        return self.local if self.layer is None else f"layers.{self.layer}.{self.local}"
+
+    def at(self, layer: int) -> "WeightRef":
+        return self if self.layer is None else dataclasses.replace(self, layer=layer)
+
+
+def _digest(a: np.ndarray) -> tuple:
+    return (str(a.dtype), tuple(a.shape), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+
+
+def _weight_table(template: RetNetStep) -> dict[tuple, WeightRef]:
+    """Content digest -> WeightRef for every template tensor (as stored and, for matrices, transposed)."""
+    table: dict[tuple, WeightRef] = {}
+    for name, p in template.named_parameters():
+        if name.startswith("layers.1."):
+            continue  # tied to layer 0 (the rotary rewrite made fresh copies of W_q/W_k: same content)
+        m = re.match(r"layers\.(\d+)\.(.+)$", name)
+        ref = WeightRef(m.group(2), int(m.group(1)), False) if m else WeightRef(name, None, False)
+        a = p.detach().numpy()
+        table[_digest(a)] = ref
+        if a.ndim == 2:
+            table[_digest(a.T)] = dataclasses.replace(ref, transposed=True)
+    return table
+
+
+@dataclass
+class Template:
+    """A traced template graph split into prefix / layer 0 / layer 1 / suffix, its weights named."""
+
+    proto: onnx.ModelProto
+    prefix: list[onnx.NodeProto]
+    layer0: list[onnx.NodeProto]
+    layer1: list[onnx.NodeProto]
+    suffix: list[onnx.NodeProto]
+    refs: dict[str, WeightRef]  # initializer name -> checkpoint tensor it holds
+    shared: dict[str, TensorProto]  # initializers shared by every layer (constants)
+    resid0: str  # layer 0's residual output (what layer 1 reads)
+    resid1: str  # layer 1's residual output (what the suffix reads)
+
+
+def split_template(proto: onnx.ModelProto, table: dict[tuple, WeightRef], graph: str) -> Template:
+    """Recognise weights by content and the layers by node scope; fail loudly on anything unexpected."""
+    refs, shared = {}, {}
+    for t in proto.graph.initializer:
+        ref = table.get(_digest(numpy_helper.to_array(t))) if t.data_type == TensorProto.FLOAT else None
+        if ref is not None:
+            refs[t.name] = ref
+        else:
+            shared[t.name] = t
+    wanted = {r.fqn() for r in table.values()}
+    missing = sorted(wanted - {r.fqn() for r in refs.values()})
+    if missing:
+        raise ExportError(f"streamed export: the traced {graph} template folds {', '.join(missing[:4])} into other "
+                          "constants; export with streamed=False (the whole-model path)")
+    parts: dict[str, list] = {"prefix": [], "layer0": [], "layer1": [], "suffix": []}
+    order = ("prefix", "layer0", "layer1", "suffix")
+    at = 0
+    for node in proto.graph.node:
+        m = _SCOPE.match(node.name)
+        part = "suffix" if m is None and at >= 1 else "prefix" if m is None else f"layer{m.group(1)}"
+        if part not in parts or order.index(part) < at:
+            raise ExportError(f"streamed export: the {graph} template's node {node.name} is out of layer order")
+        at = order.index(part)
+        parts[part].append(node)
+    l0, l1 = parts["layer0"], parts["layer1"]
+    made = {o: 0 for n in l0 for o in n.output} | {o: 1 for n in l1 for o in n.output}
+    outputs = {o.name for o in proto.graph.output}
+    dep = _weight_dependent(proto, set(refs))
+    # layer 1 may also read what the exporter computed once in layer 0 from shapes and positions alone
+    # (the prefill's decay masks): those stay layer 0's values in every stamped layer
+    from0 = {x for n in l1 for x in n.input if made.get(x) == 0 and x in dep}
+    from1 = {x for n in parts["suffix"] for x in n.input if made.get(x) == 1 and x in dep and x not in outputs}
+    if len(from0) != 1 or len(from1) != 1 or any(made.get(x) is not None for n in parts["prefix"] for x in n.input):
+        raise ExportError(f"streamed export: the {graph} template's layers are not linked by one residual stream")
+    return Template(proto, parts["prefix"], l0, l1, parts["suffix"], refs, shared, from0.pop(), from1.pop())
+
+
+def _weight_dependent(proto: onnx.ModelProto, weights: set[str]) -> set[str]:
+    """Values computed from a weight or a state (not from shapes and positions alone); Shape cuts the chain."""
+    dep = set(weights) | {i.name for i in proto.graph.input if i.name.startswith("past.")}
+    for node in proto.graph.node:
+        if node.op_type not in ("Shape", "Size") and any(x in dep for x in node.input):
+            dep.update(node.output)
+    return dep
+
+
+class _Stamper:
+    """Names of one stamped layer: its own values get a suffix, its state I/O its index."""
+
+    def __init__(self, tpl: Template, source: int, layer: int, resid_in: str | None):
+        self.tpl, self.source, self.layer, self.resid_in = tpl, source, layer, resid_in
+        nodes = tpl.layer0 if source == 0 else tpl.layer1
+        self.own = {o for n in nodes for o in n.output}
+
+    def value(self, name: str) -> str:
+        for kind in ("past", "present"):
+            if name == f"{kind}.{self.source}.recurrent":
+                return f"{kind}.{self.layer}.recurrent"
+        if self.source == 1 and name == self.tpl.resid0:
+            return self.resid_in
+        if name in self.own and self.layer != self.source:
+            return f"{name}__{self.layer}"
+        return name
+
+    def node_name(self, name: str) -> str:
+        return re.sub(rf"layers\.{self.source}(?=[./])", f"layers.{self.layer}", name)
+
+
+@dataclass
+class StampedNode:
+    node: onnx.NodeProto
+    weights: dict[int, WeightRef]  # input slot -> the checkpoint tensor it reads
+
+
+def stamp(tpl: Template, n_layers: int) -> Iterator[StampedNode]:
+    """The n-layer graph's nodes in order; weight inputs named by WeightRef (materialised later). With one
+    layer the suffix reads layer 0's residual output directly."""
+
+    def emit(node: onnx.NodeProto, names, layer: int | None) -> StampedNode:
+        n = copy.deepcopy(node)
+        weights = {}
+        for slot, x in enumerate(node.input):
+            ref = tpl.refs.get(x)
+            if ref is not None:
+                weights[slot] = ref.at(layer) if layer is not None else ref
+                n.input[slot] = ""  # filled in when the weight is written
+            elif names is not None:
+                n.input[slot] = names.value(x)
+        if names is not None:
+            n.output[:] = [names.value(o) for o in node.output]
+            n.name = names.node_name(node.name)
+        return StampedNode(n, weights)
+
+    for node in tpl.prefix:
+        yield emit(node, None, None)
+    resid = tpl.resid0
+    for i in range(n_layers):
+        names = _Stamper(tpl, min(i, 1), i, resid)
+        for node in (tpl.layer0 if i == 0 else tpl.layer1):
+            yield emit(node, names, i)
+        resid = names.value(tpl.resid0 if i == 0 else tpl.resid1)
+    for node in tpl.suffix:
+        sn = emit(node, None, None)
+        sn.node.input[:] = [resid if x == tpl.resid1 else x for x in sn.node.input]
+        yield sn
+
+
+def _io(tpl: Template, n_layers: int) -> tuple[list, list]:
+    """Graph inputs / outputs for n layers: the template's, with layer 1's state I/O cloned per layer."""
+    def expand(values, kind):
+        fixed = [v for v in values if not v.name.startswith(f"{kind}.")]
+        state = next(v for v in values if v.name == f"{kind}.1.recurrent")
+        out = []
+        for i in range(n_layers):
+            v = copy.deepcopy(state)
+            v.name = f"{kind}.{i}.recurrent"
+            out.append(v)
+        return fixed + out
+
+    return expand(tpl.proto.graph.input, "past"), expand(tpl.proto.graph.output, "present")
+
+
+class WeightSource:
+    """Checkpoint tensors for the graph writer, one layer resident at a time, and quantized nodes cached
+    by (tensor, precision) so the prefill graph reuses what the step graph wrote."""
+
+    def __init__(self, weights: ModelWeights, plan: QuantPlan, writer: SharedWeights, log):
+        self.weights, self.plan, self.writer, self.log = weights, plan, writer, log
+        self._layer: tuple[int, dict] | None = None
+        self._outer: dict | None = None
+        self.cache: dict[tuple, tuple[onnx.NodeProto | None, list[TensorProto]]] = {}
+
+    def tensor(self, ref: WeightRef) -> np.ndarray:
+        if ref.layer is None:
+            if self._outer is None:
+                self._outer = {k: v.numpy() for k, v in self.weights.outer().items()}
+            a = self._outer[ref.local]
+        else:
+            if self._layer is None or self._layer[0] != ref.layer:
+                self._layer = None  # release the previous layer before reading the next
+                module = self.weights.layer(ref.layer)
+                self._layer = (ref.layer, {k: v.detach().numpy() for k, v in module.named_parameters()})
+                self.log(f"  layer {ref.layer + 1}/{self.weights.cfg.n_layers} ...")
+            a = self._layer[1][ref.local]
+        return np.ascontiguousarray(a.T) if ref.transposed else a
+
+    def release(self) -> None:
+        self._layer = self._outer = None
+
+
+def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits: int, block: int,
+                        name: str) -> tuple[onnx.NodeProto, list[TensorProto]]:
+    """Quantize one MatMul (weight [K, N]) or Gather (table [V, D]) through MatMulNBitsQuantizer on a graph
+    holding just that node: the per-node call quantizing a whole graph makes, so the bytes are the same."""
+    w = numpy_helper.from_array(data, name)
+    if node.op_type == "MatMul":
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, data.shape[0]])
+        inputs, op_types = (["x", name]), ("MatMul",)
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.INT64, [1])
+        inputs, op_types = ([name, "x"]), ("Gather",)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    one = helper.make_node(node.op_type, inputs, ["y"], name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+    model = helper.make_model(helper.make_graph([one], "q", [x], [y], [w]), opset_imports=[helper.make_opsetid("", OPSET)])
+    q = _quantize(model, bits, block, exclude=[], op_types=op_types)
+    (qnode,) = q.graph.node
+    return qnode, list(q.graph.initializer)
+
+
+def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -> onnx.ModelProto:
+    """The n-layer graph with every weight written to weights.bin as its first reader is reached."""
+    plan = source.plan
+    nodes, inits = [], []
+    seen: set[str] = set()
+
+    def add_init(t: TensorProto) -> None:
+        if t.name not in seen:
+            seen.add(t.name)
+            inits.append(source.writer.add(t))
+
+    for sn in stamp(tpl, n_layers):
+        node = sn.node
+        for slot in range(len(node.input)):
+            if slot not in sn.weights:
+                x = node.input[slot]
+                if x in tpl.shared:
+                    add_init(copy.deepcopy(tpl.shared[x]))
+                continue
+            ref = sn.weights[slot]
+            module = _module_of(node.name)
+            precision = "fp32"
+            if node.op_type == "MatMul" and slot == 1:
+                precision = plan.precision.get(module, "fp32")
+            elif node.op_type == "Gather" and slot == 0 and module == plan.embedding:
+                precision = plan.precision.get(plan.embedding, "fp32")
+            key = (ref, precision, node.op_type)
+            if key not in source.cache:
+                name = ref.fqn() + (".T" if ref.transposed else "")
+                data = source.tensor(ref)
+                if precision == "fp32":
+                    source.cache[key] = (None, [source.writer.add(numpy_helper.from_array(data, name))])
+                else:
+                    qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name)
+                    source.cache[key] = (qnode, [source.writer.add(t) for t in qinits])
+            qnode, tensors = source.cache[key]
+            for t in tensors:
+                add_init(t)
+            if qnode is None:
+                node.input[slot] = tensors[0].name
+            else:  # the quantized node in place of this one: its weights, this node's data input and output
+                new = copy.deepcopy(qnode)
+                data_in = node.input[0] if node.op_type == "MatMul" else node.input[1]
+                new.input[:] = [data_in if x == "x" else x for x in new.input]
+                new.output[:] = list(node.output)
+                node = new
+        nodes.append(node)
+    inputs, outputs = _io(tpl, n_layers)
+    graph = helper.make_graph(nodes, tpl.proto.graph.name or kind, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=list(tpl.proto.opset_import), ir_version=tpl.proto.ir_version)
+    model.functions.extend(tpl.proto.functions)
+    return model
+
+
+def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], log) -> dict[str, Template]:
+    """Trace each template graph once ({file: (kind, dynamic T)}) and split it; the template's own tensors
+    are dropped as soon as it is split."""
+    step = template_step(weights)
+    table = _weight_table(step)
+    modules = {"step": step, "prefill": to_prefill(step), "genai": to_prefill(step)}
+    out = {}
+    for fname, (kind, dynamic) in graphs.items():
+        log(f"  tracing the {kind} template (2 layers) ...")
+        try:
+            proto = _trace(modules[kind], TEMPLATE_LAYERS, step.init_state(2), dynamic)
+        except Exception as exc:  # the exporter raises many types; one clear message
+            raise ExportError(f"torch.onnx export of the {kind} template failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        name_nodes(proto)
+        tpl = split_template(proto, table, kind)
+        for t in proto.graph.initializer:  # the template's random weights are not needed any more
+            if t.name in tpl.refs:
+                t.ClearField("raw_data")
+        out[fname] = tpl
+    return out
+
+
+def export_onnx_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path,
+                         tokenizer: str | None = None, log=lambda s: None, flavor: str = "standard") -> list[str]:
+    """The ONNX target's files from a checkpoint read layer by layer (same files, same contract as
+    `onnx.export_onnx` on the whole model; weights.bin byte-identical)."""
+    if flavor not in FLAVORS:
+        raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+    cfg = weights.cfg
+    graphs = ({ONNX_STEP_FILE: ("genai", True)} if flavor == "genai" else
+              {ONNX_STEP_FILE: ("step", False), ONNX_PREFILL_FILE: ("prefill", True)})
+    templates = trace_templates(weights, graphs, log)
+    if flavor != "genai":
+        bad = position_dependent_nodes(templates[ONNX_STEP_FILE].proto)
+        if bad:
+            raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")
+    writer = SharedWeights(out)
+    source = WeightSource(weights, plan, writer, log)
+    try:
+        protos = {}
+        for fname, (kind, _) in graphs.items():
+            log(f"  writing the {kind} graph ({cfg.n_layers} layers"
+                + (f", {qc.scheme.value}, lm_head {qc.head_precision}, embedding {qc.embedding}" if plan.quantizes_anything else "")
+                + ") ...")
+            model = write_graph(templates[fname], source, cfg.n_layers, kind)
+            if kind == "genai":
+                to_genai_io(model, cfg.n_layers)
+            _metadata(model, cfg, qc, kind, tokenizer)
+            protos[fname] = model
+    finally:
+        source.release()
+        writer.close()
+    for fname, model in protos.items():
+        onnx.save_model(model, str(out / fname))
+    extra = write_genai_files(out, cfg, tokenizer) if flavor == "genai" else []
+    return [*graphs, ONNX_WEIGHTS_FILE, *extra]

@@ -1,0 +1,121 @@
+"""A checkpoint read one module at a time: what the streamed export and its gate work from.
+
+`load()` materialises the whole fp32 model (4 bytes a parameter: 5.3 GB for 1.3B, 27 GB for 7B). The
+streamed ONNX export (`exporters/stamp.py`) and the layer-streamed validation reference
+(`exporters/reference.py`) instead read each layer's tensors from the memory-mapped / lazily read
+checkpoint when they reach it, upcast per tensor (bf16/fp16 checkpoints are read as they are), apply the
+step rewrite to that layer alone (`step.rewrite_layer`), and drop it before the next one. Peak memory is
+then one layer plus the embedding and head, independent of the number of layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import Format
+from .checkpoints.native import check_state_dict
+from .checkpoints.tensors import LazyTensor
+from .config import RetNetConfig
+from .loader import get_format, resolve_path
+from .model import DecoderStack, RetNetLayer
+from .ops import RMSNorm, interleaved_to_half_split, log_decay, rotary_freqs
+from .step import rewrite_layer
+
+OUTER = ("embed.weight", "embed_norm.weight", "norm.weight", "lm_head.weight")  # everything outside the layers
+
+
+@dataclass
+class ModelWeights:
+    """A checkpoint's config and canonical tensors (lazy: nothing is read until asked for)."""
+
+    path: Path
+    format: str
+    cfg: RetNetConfig
+    tensors: dict[str, LazyTensor]
+
+    def num_parameters(self) -> int:
+        return self.cfg.parameter_count()
+
+    def read(self, name: str) -> Tensor:
+        """One canonical tensor as fp32 (the tied head reads the embedding)."""
+        if name == "lm_head.weight" and self.cfg.tie_embeddings:
+            name = "embed.weight"
+        return self.tensors[name].read().float()
+
+    def layer(self, i: int) -> RetNetLayer:
+        """Layer i as an fp32 module with the step rewrite applied (W_q/W_k rows in half-split order)."""
+        prefix = f"layers.{i}."
+        with torch.device("meta"):
+            layer = RetNetLayer(self.cfg)
+        layer.load_state_dict({k[len(prefix):]: self.read(k) for k in self.tensors if k.startswith(prefix)},
+                              strict=True, assign=True)
+        if self.cfg.rotary == "torchscale":  # the buffer was built on meta: the real permutation, then the rewrite
+            layer.retention.half_split = interleaved_to_half_split(self.cfg.head_dim_k)
+        return rewrite_layer(layer, self.cfg.n_heads).eval()
+
+    def outer(self) -> dict[str, Tensor]:
+        """The tensors outside the layers (embedding, norms, head), fp32."""
+        return {k: self.read(k) for k in OUTER if k in self.tensors or (k == "lm_head.weight" and self.cfg.tie_embeddings)}
+
+
+def open_weights(path: str | Path, format: str = "auto") -> ModelWeights:
+    """A checkpoint's weights, checked against its config from headers alone; no tensor is read."""
+    p = resolve_path(path)
+    fmt: Format = get_format(p, format)
+    cfg = fmt.read_config(p)
+    tensors = fmt.tensors(p, cfg)
+    check_state_dict(cfg, {k: t.shape for k, t in tensors.items()}, str(p))
+    return ModelWeights(p, fmt.name, cfg, tensors)
+
+
+class LazyLayers:
+    """The layers of a checkpoint as an iterable: each one is read when the loop reaches it and released
+    when it moves on. `transform` edits a layer after reading (the gate's weight rounding)."""
+
+    def __init__(self, weights: ModelWeights, transform: Callable[[int, RetNetLayer], RetNetLayer] | None = None):
+        self.weights, self.transform = weights, transform
+
+    def __len__(self) -> int:
+        return self.weights.cfg.n_layers
+
+    def __iter__(self) -> Iterator[RetNetLayer]:
+        for i in range(len(self)):
+            layer = self.weights.layer(i)
+            yield self.transform(i, layer) if self.transform else layer
+            del layer
+
+
+def _linear(weight: Tensor) -> nn.Linear:
+    with torch.device("meta"):
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    return lin
+
+
+class StreamedStack(DecoderStack):
+    """The decoder body over a checkpoint whose layers stream (`LazyLayers`): `run` is the same one
+    layer loop as every other form, each layer resident only while the loop is inside it."""
+
+    def __init__(self, weights: ModelWeights, outer_transform: Callable[[str, Tensor], Tensor] | None = None,
+                 layer_transform: Callable[[int, RetNetLayer], RetNetLayer] | None = None):
+        nn.Module.__init__(self)
+        cfg = weights.cfg
+        self.cfg, self.dropout_p = cfg, 0.0
+        fix = outer_transform or (lambda name, t: t)
+        outer = weights.outer()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=fix("embed.weight", outer["embed.weight"]))
+        self.embed_norm = None
+        if cfg.embed_norm:
+            self.embed_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.embed_norm.weight = nn.Parameter(outer["embed_norm.weight"], requires_grad=False)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm.weight = nn.Parameter(outer["norm.weight"], requires_grad=False)
+        self.lm_head = _linear(fix("lm_head.weight", outer["lm_head.weight"]))
+        self.layers = LazyLayers(weights, layer_transform)  # type: ignore[assignment]  (not a ModuleList)
+        self.register_buffer("log_gamma", log_decay(cfg), persistent=False)
+        self.register_buffer("freqs", rotary_freqs(cfg), persistent=False)
+        self.eval()

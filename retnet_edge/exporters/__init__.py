@@ -5,7 +5,7 @@ executorch, torchao) only when it runs.
 """
 from __future__ import annotations
 
-from . import executorch, onnx  # noqa: F401  (each registers its target)
+from . import executorch, onnx, stamp  # noqa: F401  (each registers its target; stamp ONNX's streamed export)
 from .pipeline import Artifact, export_model, verify_artifact
 from .target import TARGETS, Target
 

@@ -46,3 +46,23 @@ def fake_quantize(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
             module.weight = torch.nn.Parameter(round_weight(module.weight, precision, plan.group_size),
                                                requires_grad=False)
     return q
+
+
+def rounding_transforms(plan: QuantPlan):
+    """(outer, layer) transforms for `streaming.StreamedStack`: the same rounding as `fake_quantize`, applied
+    to each tensor as it is read (the layer-streamed gate never holds a second copy of the model)."""
+    def outer(name: str, t: torch.Tensor) -> torch.Tensor:
+        module = name.rsplit(".", 1)[0]
+        precision = plan.precision.get(module, "fp32")
+        return t if precision == "fp32" else round_weight(t, precision, plan.group_size)
+
+    def layer(i: int, module: torch.nn.Module) -> torch.nn.Module:
+        with torch.no_grad():
+            for name, sub in module.named_modules():
+                precision = plan.precision.get(f"layers.{i}.{name}", "fp32")
+                if precision != "fp32":
+                    sub.weight = torch.nn.Parameter(round_weight(sub.weight, precision, plan.group_size),
+                                                    requires_grad=False)
+        return module
+
+    return outer, layer

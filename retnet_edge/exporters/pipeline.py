@@ -21,7 +21,8 @@ from ..step import to_recurrent
 from ..tokenizer import load_tokenizer
 from ..manifest import read_manifest, write_manifest
 from ..progress import stages
-from .target import TARGETS, quant_plan
+from ..streaming import open_weights
+from .target import STREAMED, TARGETS, config_quant_plan, quant_plan
 from .divergence import LayerTable, default_positions, state_divergence
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
 
@@ -56,45 +57,80 @@ def check_steps(steps: int) -> None:
 
 def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
-                 log=lambda s: None, show_bar: bool = False) -> Artifact:
+                 log=lambda s: None, show_bar: bool = False, streamed: bool | None = None) -> Artifact:
     """Export, validate against eager fp32, and write the artifact atomically (ParityError: nothing written).
 
     With validate_artifact=False the gate is skipped, said on the log, and the manifest records
     `"validation": "skipped"` (for benchmarks of random weights; `verify` reruns the gate later).
+    `streamed` (default: wherever the target has one, `target.STREAMED`) reads the checkpoint one layer at
+    a time — export and gate alike — so peak memory does not grow with the depth; False loads the whole
+    fp32 model and traces it (the reference path the streamed one is tested against).
     """
     tgt = TARGETS.get(target)
     check_steps(steps)
     src = resolve_path(model_path)
     check_distinct(src, output)
+    if streamed is None:
+        streamed = target in STREAMED
+    elif streamed and target not in STREAMED:
+        raise ConfigError(f"the {target} target has no streamed export")
     with stages(4, f"{target} {qc.scheme.value}", show_bar, log) as bar:
-        return _export(src, tgt, target, qc, output, force, steps, options, validate_artifact, bar)
+        return _export(src, tgt, target, qc, output, force, steps, options, validate_artifact, bar, streamed)
 
 
-def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, steps: int, options: dict | None,
-            validate_artifact: bool, bar) -> Artifact:
-    log = bar.log
-    t0 = time.time()
-    bar.stage("load")
+@dataclass
+class _Prepared:
+    """What the export and the gate start from: the whole model, or a checkpoint read layer by layer."""
+
+    cfg: object
+    plan: object
+    parameters: int
+    export: object  # () -> the target's file writer bound to its input
+    reference: object
+    rounded: object
+    streamed: bool = False
+
+
+def _prepare(src: Path, tgt, target: str, qc: QuantConfig, streamed: bool) -> _Prepared:
+    weights = open_weights(src) if streamed else None
+    if weights is not None and weights.cfg.n_layers >= 2:  # the stamp's template has two layers
+        from .reference import StreamedReference
+
+        plan = config_quant_plan(weights.cfg, qc)
+        fn = STREAMED[target]
+        return _Prepared(weights.cfg, plan, weights.num_parameters(),
+                         lambda *a, **k: fn(weights, qc, plan, *a, **k), StreamedReference(weights),
+                         StreamedReference(weights, plan) if plan.quantizes_anything else None, streamed=True)
     model = load(src)
     step = to_recurrent(model)
     plan = quant_plan(step, qc)
+    return _Prepared(model.cfg, plan, model.num_parameters(), lambda *a, **k: tgt.export(step, qc, plan, *a, **k),
+                     EagerSession(step), rounded_reference(step, plan))
+
+
+def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, steps: int, options: dict | None,
+            validate_artifact: bool, bar, streamed: bool) -> Artifact:
+    log = bar.log
+    t0 = time.time()
+    bar.stage("load")
+    prep = _prepare(src, tgt, target, qc, streamed)
+    cfg, plan = prep.cfg, prep.plan
     tok_file = tokenizer_file(src) if src.is_dir() else None
-    log(f"loaded {src} ({model.num_parameters():,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
-        f"{qc.scheme.value}")
+    log(f"loaded {src} ({prep.parameters:,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
+        f"{qc.scheme.value}" + (" (streamed: one layer at a time)" if prep.streamed else ""))
     bar.done()
     with atomic_output_dir(output, force=force) as tmp:
         if tok_file:  # first: an exporter may read it (the genai flavour's tokenizer_config.json)
             shutil.copyfile(tok_file, tmp / tok_file.name)
         bar.stage("trace, quantize, write")
-        files = tgt.export(step, qc, plan, tmp, tok_file.name if tok_file else None, log, **(options or {}))
+        files = prep.export(tmp, tok_file.name if tok_file else None, log, **(options or {}))
         bar.done()
         bar.stage("validate")
         if validate_artifact:
             log(f"  validating {steps} steps against eager fp32 ...")
             session = RUNTIMES.get(target)(tmp, None)
-            report = validate(EagerSession(step), session, qc, model.cfg.vocab_size, steps,
-                              tokenizer=load_tokenizer(tok_file) if tok_file else None,
-                              rounded=rounded_reference(step, plan))
+            report = validate(prep.reference, session, qc, cfg.vocab_size, steps,
+                              tokenizer=load_tokenizer(tok_file) if tok_file else None, rounded=prep.rounded)
             _log_report(report, log)
             raise_if_failed(report, f"{target} {qc.scheme.value} export")
             validation: dict | str = report.to_dict()
@@ -104,11 +140,11 @@ def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, s
         bar.done()
         bar.stage("manifest")
         manifest = write_manifest(tmp, {
-            "target": target, "graphs": files, "quant": qc.to_dict(), "config": model.cfg.to_dict(),
+            "target": target, "graphs": files, "quant": qc.to_dict(), "config": cfg.to_dict(),
             "quant_fallbacks": list(plan.fallbacks),
             "source": str(Path(src).resolve()), "tokenizer": tok_file.name if tok_file else None,
-            "state_bytes_per_sequence": model.cfg.state_bytes(1), "validation": validation,
-            "export_seconds": round(time.time() - t0, 1), **({"options": options} if options else {})})
+            "state_bytes_per_sequence": cfg.state_bytes(1), "validation": validation,
+            "export_seconds": round(time.time() - t0, 1), "streamed": prep.streamed, **({"options": options} if options else {})})
         bar.done()
     return Artifact(Path(output), manifest)
 

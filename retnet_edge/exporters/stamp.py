@@ -4,8 +4,8 @@ each layer's (quantized) weights into weights.bin while only that layer is in me
 Why: tracing the whole model holds the fp32 model, the exported program and the ONNX proto's copy of
 every weight at once (1.3B: 17.5 GB). A RetNet's layers are one graph repeated, so:
 
-1. **Template.** A step (and a prefill) module of the model's shape with 2 layers, layer 1 tying layer
-   0's tensors, every tensor random: `torch.onnx` traces it (`onnx._trace`). Its initializers are
+1. **Template.** A step (and a prefill) module of the model's shape with 2 layers, every tensor
+   random: `torch.onnx` traces it (`onnx._trace`). Its initializers are
    recognised by content — each template tensor is random, so an initializer equal to a tensor (or its
    transpose, the exporter folds W -> Wᵀ for MatMul) *is* that tensor. Whatever matches none is a
    constant shared by all layers (γ, frequencies, shapes).
@@ -40,6 +40,7 @@ from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep, to_prefill, to_recurrent
 from ..streaming import ModelWeights
 from .genai import to_genai_io, write_genai_files
+from .target import register_streamed
 from .onnx import (BITS, FLAVORS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, name_nodes,
                    position_dependent_nodes)
 
@@ -48,16 +49,15 @@ _SCOPE = re.compile(r"^/model/layers\.(\d+)/")
 
 
 def template_step(weights: ModelWeights, seed: int = 0) -> RetNetStep:
-    """A 2-layer step module of the checkpoint's shape; layer 1 shares layer 0's tensors; all random."""
+    """A 2-layer step module of the checkpoint's shape, every tensor random and distinct. (Layers tied to one
+    tensor would be cheaper, but the exporter then keeps W -> Wᵀ as a shared Transpose node instead of
+    folding it, and the graph no longer has the whole-model export's shape.)"""
     cfg = dataclasses.replace(weights.cfg, n_layers=TEMPLATE_LAYERS)
     model = RetNet.empty(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():  # norms too: every tensor's content must be unique to find it again
             p.normal_(0.0, 0.02, generator=g)
-    for name, p in list(model.layers[0].named_parameters()):
-        owner, attr = name.rsplit(".", 1)
-        setattr(model.layers[1].get_submodule(owner), attr, p)
     return to_recurrent(model)
 
 
@@ -84,8 +84,6 @@ def _weight_table(template: RetNetStep) -> dict[tuple, WeightRef]:
     """Content digest -> WeightRef for every template tensor (as stored and, for matrices, transposed)."""
     table: dict[tuple, WeightRef] = {}
     for name, p in template.named_parameters():
-        if name.startswith("layers.1."):
-            continue  # tied to layer 0 (the rotary rewrite made fresh copies of W_q/W_k: same content)
         m = re.match(r"layers\.(\d+)\.(.+)$", name)
         ref = WeightRef(m.group(2), int(m.group(1)), False) if m else WeightRef(name, None, False)
         a = p.detach().numpy()
@@ -142,7 +140,9 @@ def split_template(proto: onnx.ModelProto, table: dict[tuple, WeightRef], graph:
     # (the prefill's decay masks): those stay layer 0's values in every stamped layer
     from0 = {x for n in l1 for x in n.input if made.get(x) == 0 and x in dep}
     from1 = {x for n in parts["suffix"] for x in n.input if made.get(x) == 1 and x in dep and x not in outputs}
-    if len(from0) != 1 or len(from1) != 1 or any(made.get(x) is not None for n in parts["prefix"] for x in n.input):
+    foreign = [n.name for i, nodes in enumerate((l0, l1)) for n in nodes
+               if any(refs[x].layer not in (None, i) for x in n.input if x in refs)]
+    if foreign or len(from0) != 1 or len(from1) != 1 or any(made.get(x) is not None for n in parts["prefix"] for x in n.input):
         raise ExportError(f"streamed export: the {graph} template's layers are not linked by one residual stream")
     return Template(proto, parts["prefix"], l0, l1, parts["suffix"], refs, shared, from0.pop(), from1.pop())
 
@@ -356,6 +356,7 @@ def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], 
     return out
 
 
+@register_streamed("onnx")
 def export_onnx_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path,
                          tokenizer: str | None = None, log=lambda s: None, flavor: str = "standard") -> list[str]:
     """The ONNX target's files from a checkpoint read layer by layer (same files, same contract as

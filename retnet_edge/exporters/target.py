@@ -15,7 +15,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..quant import QuantConfig, QuantPlan, plan_quantization
 from ..registry import Registry
-from ..step import RetNetStep
+from ..config import RetNetConfig
+from ..model import DecoderStack, RetNet
 
 ExportFn = Callable[..., list[str]]
 
@@ -28,6 +29,10 @@ class Target:
 
 
 TARGETS: Registry[Target] = Registry("export target", ConfigError)
+# target -> its streamed export `(weights: streaming.ModelWeights, qc, plan, out_dir, tokenizer_name, log,
+# **options) -> [file names]`: the same files from a checkpoint read layer by layer (memory independent of
+# the depth). A target without one exports from the whole model.
+STREAMED: dict[str, ExportFn] = {}
 
 
 def register_target(name: str, **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
@@ -39,7 +44,24 @@ def register_target(name: str, **options: tuple[str, ...]) -> Callable[[ExportFn
     return add
 
 
-def quant_plan(step: RetNetStep, qc: QuantConfig) -> QuantPlan:
+def register_streamed(name: str) -> Callable[[ExportFn], ExportFn]:
+    """Decorator: the streamed export of target `name`."""
+    def add(fn: ExportFn) -> ExportFn:
+        STREAMED[name] = fn
+        return fn
+
+    return add
+
+
+def quant_plan(step: DecoderStack, qc: QuantConfig) -> QuantPlan:
     """qc resolved over the step's linears (module name -> precision), the same for every target."""
     linears = {n: m.in_features for n, m in step.named_modules() if isinstance(m, nn.Linear)}
     return plan_quantization(qc, linears, embedding="embed")
+
+
+def config_quant_plan(cfg: RetNetConfig, qc: QuantConfig) -> QuantPlan:
+    """The same plan from a config alone (a model on the meta device: nothing allocated)."""
+    import torch
+
+    with torch.device("meta"):
+        return quant_plan(RetNet(cfg), qc)

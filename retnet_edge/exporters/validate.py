@@ -122,24 +122,46 @@ def _run_steps(session: StepSession, ids: np.ndarray, state, start: int = 0) -> 
     return np.concatenate(outs, axis=1), state
 
 
-def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vocab_size: int,
+class SessionReference:
+    """A StepSession as the gate's reference: `steps` (the step loop from a zero state) and `prompt`."""
+
+    def __init__(self, session: StepSession):
+        self.session = session
+
+    def steps(self, ids: np.ndarray) -> tuple[np.ndarray, list]:
+        return _run_steps(self.session, ids, self.session.init_state(ids.shape[0]))
+
+    def prompt(self, ids: np.ndarray) -> np.ndarray:
+        B, T = ids.shape
+        pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy()
+        return self.session.run_prefill(ids, pos, self.session.init_state(B))[0]
+
+
+def as_reference(x):
+    """A reference with steps()/prompt() (exporters/reference.py) as it is; a StepSession wrapped."""
+    return x if x is None or hasattr(x, "steps") else SessionReference(x)
+
+
+def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int,
              steps: int = 64, batches: tuple[int, ...] | None = None, tokenizer=None,
-             rounded: StepSession | None = None) -> ValidationReport:
+             rounded=None) -> ValidationReport:
     """Run both sessions on the same tokens (at every batch size the candidate runs); check each result
     against the scheme's tolerance.
 
     `rounded` is eager with the plan's rounded weights (`fake_quant.fake_quantize`): its KL to eager fp32
-    widens the KL limit of a quantized artifact to KL_FACTOR x that (never below the fixed limit). Where the
+    widens the KL limit of a quantized artifact to KL_FACTOR x that (never below the fixed limit). `reference`
+    and `rounded` are StepSessions (eager) or layer-streamed references (`reference.StreamedReference`). Where the
     candidate's state is readable, each layer's state after the step loop must stay within
     `divergence.DIVERGES_AT` of eager's (a lost or corrupted state)."""
     report = ValidationReport(quant=qc.to_dict())
+    reference, rounded = as_reference(reference), as_reference(rounded)
     batches = batches or candidate.batch_sizes
     tol = qc.tolerance
     state_limit = DIVERGES_AT[qc.scheme.value]
     for B in batches:
         ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)
-        ref, ref_state = _run_steps(reference, ids, reference.init_state(B))
-        exp, exp_state = _run_steps(rounded, ids, rounded.init_state(B)) if rounded is not None else (None, None)
+        ref, ref_state = reference.steps(ids)
+        exp, exp_state = rounded.steps(ids) if rounded is not None else (None, None)
         got, got_state = _run_steps(candidate, ids, candidate.init_state(B))
         report.checks.append(compare(f"step x{steps} (batch {B})", ref, got, exp))
         if not getattr(candidate, "state_in_program", False):
@@ -151,7 +173,7 @@ def validate(reference: StepSession, candidate: StepSession, qc: QuantConfig, vo
                                            f"differs from eager's by {rel:.2e} (relative; limit {limit:.1e})")
         split = (3 * steps) // 4
         pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
-        ref_pre, _ = reference.run_prefill(ids[:, :split], pos, reference.init_state(B))
+        ref_pre = reference.prompt(ids[:, :split])
         noise = compare("noise", ref[:, :split], ref_pre)
         report.noise_floor = max(report.noise_floor, noise.max_rel if noise.finite else 0.0)
         pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))

@@ -16,6 +16,9 @@ PRESETS: dict[str, dict] = {
     # fla-hub/retnet-1.3B-100B's shape (fla rotary, shared group-norm weight, no embedding scale)
     "1.3b": dict(vocab_size=32000, d_model=2048, n_layers=24, n_heads=8, value_dim=4096, ffn_dim=2816,
                  rotary="fla", group_norm_affine="shared"),
+    # issue 12's 7B shape (8.6B parameters as specified: 17.3 GB in bf16): the large-model export check
+    "7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=16, value_dim=8192, ffn_dim=11008,
+               rotary="fla", group_norm_affine="shared"),
 }
 
 
@@ -27,15 +30,34 @@ def preset_config(name: str) -> RetNetConfig:
 
 
 def init_random(preset: str, output, seed: int = 0, std: float = 0.02, dtype: str = "fp32", force: bool = False):
-    """Write a random-weight native model of a preset; returns (path, parameter count)."""
+    """Write a random-weight native model of a preset; returns (path, parameter count).
+
+    Streamed: each tensor is drawn (in `RetNet.init_weights`' order, from one generator, so the values are
+    the ones a materialised model would get), cast and written before the next, so a 7B preset needs no
+    more memory than its largest tensor."""
     if not (math.isfinite(std) and std > 0):  # inf/NaN/negative std wrote unusable weights (issue 14)
         raise ConfigError(f"--std must be a positive finite number, got {std}")
-    preset_config(preset).check_fits_in_memory(f"the {preset} preset")
+    cfg = preset_config(preset)
     import torch  # here, not at the top: the preset table is read by the CLI of a runtime-only install
 
-    from .checkpoints.native import save_pretrained
+    from .checkpoints.native import DTYPES, FORMAT_NAME, WEIGHTS_FILE, write_native_config
+    from .checkpoints.tensors import LazyTensor, write_safetensors_streaming
+    from .io_utils import atomic_output_dir
     from .model import RetNet
 
-    model = RetNet.empty(preset_config(preset))
-    model.init_weights(std, generator=torch.Generator().manual_seed(seed))
-    return save_pretrained(model, output, dtype=dtype, force=force), model.num_parameters()
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    with torch.device("meta"):
+        shapes = [(n, tuple(p.shape)) for n, p in RetNet(cfg).named_parameters()]  # tied head listed once
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        t = torch.empty(shape)
+        return t.normal_(0.0, std, generator=gen) if len(shape) == 2 else t.fill_(1.0)
+
+    items = [(n, LazyTensor(torch.float32, s, lambda s=s: draw(s))) for n, s in shapes]
+    with atomic_output_dir(output, force=force) as tmp:
+        write_native_config(tmp, cfg)
+        write_safetensors_streaming(tmp / WEIGHTS_FILE, items, DTYPES[dtype],
+                                    metadata={"format": FORMAT_NAME, "dtype": dtype})
+    return output, cfg.parameter_count()

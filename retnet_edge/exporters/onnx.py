@@ -52,12 +52,14 @@ def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bo
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
-    """Hierarchical node names from the exporter's module namespace: /model/layers.0.retention.q_proj/MatMul."""
+    """Node names from the exporter's module namespace, by the innermost module: /model/layers.0.retention.q_proj/MatMul,
+    /model/layers.0/Mul_3 (an op of the layer itself), /model/lm_head/MatMul."""
     seen: dict[str, int] = {}
     for node in model.graph.node:
         ns = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
         path = [seg.split(":")[0].strip() for seg in ns.split("/")[1:-1]]
-        base = "/model/" + "/".join(p for p in path if p) + ("/" if path else "") + node.op_type
+        inner = next((p for p in reversed(path) if p), "")
+        base = "/model/" + (f"{inner}/" if inner else "") + node.op_type
         seen[base] = seen.get(base, -1) + 1
         node.name = base if seen[base] == 0 else f"{base}_{seen[base]}"
         del node.metadata_props[:]  # the exporter's FX provenance: now in the name, and most of the file
@@ -84,7 +86,7 @@ BITS = {"int8": 8, "int4": 4}
 def _module_of(node_name: str) -> str:
     """The fqn of the module a node came from: its innermost scope (see name_nodes).
 
-    `/model/layers.0.ffn/layers.0.ffn.fc1/MatMul` -> `layers.0.ffn.fc1`; `/model/lm_head/MatMul_Q8` -> `lm_head`.
+    `/model/layers.0.ffn.fc1/MatMul` -> `layers.0.ffn.fc1`; `/model/lm_head/MatMul_Q8` -> `lm_head`.
     """
     return node_name.rsplit("/", 2)[-2]
 

@@ -9,7 +9,7 @@ every weight at once (1.3B: 17.5 GB). A RetNet's layers are one graph repeated, 
    recognised by content — each template tensor is random, so an initializer equal to a tensor (or its
    transpose, the exporter folds W -> Wᵀ for MatMul) *is* that tensor. Whatever matches none is a
    constant shared by all layers (γ, frequencies, shapes).
-2. **Stamp.** Node scopes (`/model/layers.0/...`, `model.RetNetLayer`) split the template into prefix,
+2. **Stamp.** Node scopes (`/model/layers.0.../`, `model.RetNetLayer`) split the template into prefix,
    layer 0, layer 1 and suffix. The one value layer 1 reads from layer 0 is the residual stream; layers
    2.. are copies of layer 1 with their own value names, state I/O `past.{i}` / `present.{i}` and weights.
 3. **Weights, in the order the graph first reads them.** For each node, its weights come from the
@@ -45,7 +45,7 @@ from .onnx import (BITS, FLAVORS, OPSET, SharedWeights, _metadata, _module_of, _
                    position_dependent_nodes)
 
 TEMPLATE_LAYERS = 2
-_SCOPE = re.compile(r"^/model/layers\.(\d+)/")
+_SCOPE = re.compile(r"^/model/layers\.(\d+)[./]")  # a node of layer N (see onnx.name_nodes)
 
 
 def template_step(weights: ModelWeights, seed: int = 0) -> RetNetStep:

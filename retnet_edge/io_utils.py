@@ -183,3 +183,16 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     from safetensors.torch import save_file  # here: the runtime-only install has no torch
 
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a dropped session back to the OS (glibc keeps freed heap pages otherwise)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only; a no-op elsewhere
+        trim(0)

@@ -98,24 +98,35 @@ def _linear(weight: Tensor) -> nn.Linear:
 
 class StreamedStack(DecoderStack):
     """The decoder body over a checkpoint whose layers stream (`LazyLayers`): `run` is the same one
-    layer loop as every other form, each layer resident only while the loop is inside it."""
+    layer loop as every other form, each layer resident only while the loop is inside it, and the
+    embedding and head only while `run` runs (the gate keeps two of these: plain and rounded)."""
 
     def __init__(self, weights: ModelWeights, outer_transform: Callable[[str, Tensor], Tensor] | None = None,
                  layer_transform: Callable[[int, RetNetLayer], RetNetLayer] | None = None):
         nn.Module.__init__(self)
         cfg = weights.cfg
         self.cfg, self.dropout_p = cfg, 0.0
-        fix = outer_transform or (lambda name, t: t)
-        outer = weights.outer()
+        self.weights, self.outer_transform = weights, outer_transform or (lambda name, t: t)
+        self.embed = self.embed_norm = self.norm = self.lm_head = None
+        self.layers = LazyLayers(weights, layer_transform)  # type: ignore[assignment]  (not a ModuleList)
+        self.register_buffer("log_gamma", log_decay(cfg), persistent=False)
+        self.register_buffer("freqs", rotary_freqs(cfg), persistent=False)
+        self.eval()
+
+    def _load_outer(self) -> None:
+        cfg, fix = self.cfg, self.outer_transform
+        outer = self.weights.outer()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=fix("embed.weight", outer["embed.weight"]))
-        self.embed_norm = None
         if cfg.embed_norm:
             self.embed_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.embed_norm.weight = nn.Parameter(outer["embed_norm.weight"], requires_grad=False)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.norm.weight = nn.Parameter(outer["norm.weight"], requires_grad=False)
         self.lm_head = _linear(fix("lm_head.weight", outer["lm_head.weight"]))
-        self.layers = LazyLayers(weights, layer_transform)  # type: ignore[assignment]  (not a ModuleList)
-        self.register_buffer("log_gamma", log_decay(cfg), persistent=False)
-        self.register_buffer("freqs", rotary_freqs(cfg), persistent=False)
-        self.eval()
+
+    def run(self, input_ids, positions, core, past):
+        self._load_outer()
+        try:
+            return super().run(input_ids, positions, core, past)
+        finally:
+            self.embed = self.embed_norm = self.norm = self.lm_head = None

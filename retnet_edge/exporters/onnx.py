@@ -149,6 +149,7 @@ class SharedWeights:
         self.offsets: dict[str, tuple[int, int]] = {}
 
     def add(self, t: onnx.TensorProto) -> onnx.TensorProto:
+        """Write t's data (once per content) and point t at it; returns a copy of t without the data."""
         if not t.HasField("raw_data") or len(t.raw_data) < SHARE_MIN_BYTES:
             return t  # small initializers stay inline
         key = hashlib.sha256(t.raw_data).hexdigest()
@@ -159,7 +160,9 @@ class SharedWeights:
         offset, length = self.offsets[key]
         set_external_data(t, location=ONNX_WEIGHTS_FILE, offset=offset, length=length)
         t.ClearField("raw_data")
-        return t
+        slim = onnx.TensorProto()  # a fresh message: a cleared field keeps its memory until the message goes
+        slim.CopyFrom(t)
+        return slim
 
     def close(self) -> None:
         self.file.close()

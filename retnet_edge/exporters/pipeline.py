@@ -93,7 +93,7 @@ class _Prepared:
 
 def _prepare(src: Path, tgt, target: str, qc: QuantConfig, streamed: bool) -> _Prepared:
     weights = open_weights(src) if streamed else None
-    if weights is not None and weights.cfg.n_layers >= 2:  # the stamp's template has two layers
+    if weights is not None:
         from .reference import StreamedReference
 
         plan = config_quant_plan(weights.cfg, qc)

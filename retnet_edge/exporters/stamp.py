@@ -1,17 +1,20 @@
-"""Streamed ONNX export: trace a two-layer template once, stamp its layer out n_layers times, and stream
+"""Streamed ONNX export: trace a one-layer template once, stamp its layer out n_layers times, and stream
 each layer's (quantized) weights into weights.bin while only that layer is in memory.
 
 Why: tracing the whole model holds the fp32 model, the exported program and the ONNX proto's copy of
 every weight at once (1.3B: 17.5 GB). A RetNet's layers are one graph repeated, so:
 
-1. **Template.** A step (and a prefill) module of the model's shape with 2 layers, every tensor
-   random: `torch.onnx` traces it (`onnx._trace`). Its initializers are
-   recognised by content — each template tensor is random, so an initializer equal to a tensor (or its
-   transpose, the exporter folds W -> Wᵀ for MatMul) *is* that tensor. Whatever matches none is a
-   constant shared by all layers (γ, frequencies, shapes).
-2. **Stamp.** Node scopes (`/model/layers.0.../`, `model.RetNetLayer`) split the template into prefix,
-   layer 0, layer 1 and suffix. The one value layer 1 reads from layer 0 is the residual stream; layers
-   2.. are copies of layer 1 with their own value names, state I/O `past.{i}` / `present.{i}` and weights.
+1. **Template.** A step (and a prefill) module of the model's shape with one layer, every tensor
+   random: `torch.onnx` traces it (`onnx._trace`). Its initializers are recognised by content — each
+   template tensor is random, so an initializer equal to a tensor (or its transpose: the exporter folds
+   W -> Wᵀ for MatMul) *is* that tensor. Whatever matches none is a constant shared by all layers (γ,
+   frequencies, shapes).
+2. **Stamp.** Node scopes (`/model/layers.0.../`: `model.RetNetLayer` runs a layer's whole computation)
+   split the template into prefix, layer and suffix. The residual stream is the one weight-dependent
+   value crossing each boundary; layer i is a copy of the layer with its own value names, state I/O
+   `past.{i}` / `present.{i}` and weights, reading layer i-1's residual output. (A whole-model trace
+   computes the prefill's decay masks once and shares them; here each layer computes its own: the same
+   values, a few more small nodes.)
 3. **Weights, in the order the graph first reads them.** For each node, its weights come from the
    checkpoint (`streaming.ModelWeights`, one layer resident at a time, upcast per tensor); a planned MatMul /
    Gather is quantized through onnxruntime's own MatMulNBitsQuantizer on a one-node graph, the same
@@ -23,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +48,13 @@ from .target import register_streamed
 from .onnx import (BITS, FLAVORS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, name_nodes,
                    position_dependent_nodes)
 
-TEMPLATE_LAYERS = 2
+TEMPLATE_LAYERS = 1
 _SCOPE = re.compile(r"^/model/layers\.(\d+)[./]")  # a node of layer N (see onnx.name_nodes)
 
 
 def template_step(weights: ModelWeights, seed: int = 0) -> RetNetStep:
-    """A 2-layer step module of the checkpoint's shape, every tensor random and distinct. (Layers tied to one
-    tensor would be cheaper, but the exporter then keeps W -> Wᵀ as a shared Transpose node instead of
-    folding it, and the graph no longer has the whole-model export's shape.)"""
+    """A one-layer step module of the checkpoint's shape, every tensor random and distinct. (Zeros or ones
+    would be cheaper to make but not to find: the exporter merges equal constants.)"""
     cfg = dataclasses.replace(weights.cfg, n_layers=TEMPLATE_LAYERS)
     model = RetNet.empty(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -95,24 +98,50 @@ def _weight_table(template: RetNetStep) -> dict[tuple, WeightRef]:
 
 @dataclass
 class Template:
-    """A traced template graph split into prefix / layer 0 / layer 1 / suffix, its weights named."""
+    """A traced one-layer template graph split into prefix / layer / suffix, its weights named."""
 
     proto: onnx.ModelProto
     prefix: list[onnx.NodeProto]
-    layer0: list[onnx.NodeProto]
-    layer1: list[onnx.NodeProto]
+    layer: list[onnx.NodeProto]
     suffix: list[onnx.NodeProto]
     refs: dict[str, WeightRef]  # initializer name -> checkpoint tensor it holds
     shared: dict[str, TensorProto]  # initializers shared by every layer (constants)
-    resid0: str  # layer 0's residual output (what layer 1 reads)
-    resid1: str  # layer 1's residual output (what the suffix reads)
+    resid_in: str  # the residual stream into the layer (the prefix's embedding output)
+    resid_out: str  # and out of it (what the suffix reads)
+
+
+def _ref_of(t: TensorProto, table: dict[tuple, WeightRef]) -> WeightRef | None:
+    if t.data_type != TensorProto.FLOAT or not t.HasField("raw_data") and not t.float_data:
+        return None
+    return table.get(_digest(numpy_helper.to_array(t)))
+
+
+def _without_weights(proto: onnx.ModelProto, table: dict[tuple, WeightRef]) -> onnx.ModelProto:
+    """A fresh copy of the traced graph whose template weights are empty placeholders (same name, dtype,
+    dims). Clearing them in place would not do: protobuf keeps a message's memory until the whole message
+    goes, and the template's weights are the size of a layer plus the embedding and head."""
+    weights = []
+    for t in proto.graph.initializer:
+        ref = _ref_of(t, table)
+        if ref is not None:
+            weights.append((t.name, ref))
+    keep = [copy.deepcopy(t) for t in proto.graph.initializer if t.name not in dict(weights)]
+    del proto.graph.initializer[:]
+    slim = copy.deepcopy(proto)
+    slim.graph.initializer.extend(keep)
+    slim.metadata_props.add(key="retnet_edge.template_weights",
+                            value=json.dumps({name: dataclasses.asdict(ref) for name, ref in weights}))
+    return slim
 
 
 def split_template(proto: onnx.ModelProto, table: dict[tuple, WeightRef], graph: str) -> Template:
-    """Recognise weights by content and the layers by node scope; fail loudly on anything unexpected."""
+    """Recognise weights by content (or from `_without_weights`' record) and the layers by node scope;
+    fail loudly on anything unexpected."""
     refs, shared = {}, {}
+    recorded = next((json.loads(p.value) for p in proto.metadata_props if p.key == "retnet_edge.template_weights"), {})
+    refs = {name: WeightRef(**r) for name, r in recorded.items()}
     for t in proto.graph.initializer:
-        ref = table.get(_digest(numpy_helper.to_array(t))) if t.data_type == TensorProto.FLOAT else None
+        ref = _ref_of(t, table)
         if ref is not None:
             refs[t.name] = ref
         else:
@@ -122,29 +151,26 @@ def split_template(proto: onnx.ModelProto, table: dict[tuple, WeightRef], graph:
     if missing:
         raise ExportError(f"streamed export: the traced {graph} template folds {', '.join(missing[:4])} into other "
                           "constants; export with streamed=False (the whole-model path)")
-    parts: dict[str, list] = {"prefix": [], "layer0": [], "layer1": [], "suffix": []}
-    order = ("prefix", "layer0", "layer1", "suffix")
+    parts: dict[str, list] = {"prefix": [], "layer": [], "suffix": []}
     at = 0
     for node in proto.graph.node:
         m = _SCOPE.match(node.name)
-        part = "suffix" if m is None and at >= 1 else "prefix" if m is None else f"layer{m.group(1)}"
-        if part not in parts or order.index(part) < at:
+        part = "layer" if m else "prefix" if at == 0 else "suffix"
+        if m and m.group(1) != "0" or list(parts).index(part) < at:
             raise ExportError(f"streamed export: the {graph} template's node {node.name} is out of layer order")
-        at = order.index(part)
+        at = list(parts).index(part)
         parts[part].append(node)
-    l0, l1 = parts["layer0"], parts["layer1"]
-    made = {o: 0 for n in l0 for o in n.output} | {o: 1 for n in l1 for o in n.output}
+    layer = parts["layer"]
+    made = {o: part for part, nodes in parts.items() for n in nodes for o in n.output}
     outputs = {o.name for o in proto.graph.output}
     dep = _weight_dependent(proto, set(refs))
-    # layer 1 may also read what the exporter computed once in layer 0 from shapes and positions alone
-    # (the prefill's decay masks): those stay layer 0's values in every stamped layer
-    from0 = {x for n in l1 for x in n.input if made.get(x) == 0 and x in dep}
-    from1 = {x for n in parts["suffix"] for x in n.input if made.get(x) == 1 and x in dep and x not in outputs}
-    foreign = [n.name for i, nodes in enumerate((l0, l1)) for n in nodes
-               if any(refs[x].layer not in (None, i) for x in n.input if x in refs)]
-    if foreign or len(from0) != 1 or len(from1) != 1 or any(made.get(x) is not None for n in parts["prefix"] for x in n.input):
-        raise ExportError(f"streamed export: the {graph} template's layers are not linked by one residual stream")
-    return Template(proto, parts["prefix"], l0, l1, parts["suffix"], refs, shared, from0.pop(), from1.pop())
+    # the residual stream is the one weight-dependent value crossing each boundary (cos/sin, masks and
+    # shapes cross too, but they depend on positions and shapes alone)
+    into = {x for n in layer for x in n.input if made.get(x) == "prefix" and x in dep}
+    out = {x for n in parts["suffix"] for x in n.input if made.get(x) == "layer" and x in dep and x not in outputs}
+    if len(into) != 1 or len(out) != 1 or any(made.get(x) in ("layer", "suffix") for n in parts["prefix"] for x in n.input):
+        raise ExportError(f"streamed export: the {graph} template's layer is not linked by one residual stream")
+    return Template(proto, parts["prefix"], layer, parts["suffix"], refs, shared, into.pop(), out.pop())
 
 
 def _weight_dependent(proto: onnx.ModelProto, weights: set[str]) -> set[str]:
@@ -157,25 +183,25 @@ def _weight_dependent(proto: onnx.ModelProto, weights: set[str]) -> set[str]:
 
 
 class _Stamper:
-    """Names of one stamped layer: its own values get a suffix, its state I/O its index."""
+    """Names of stamped layer i: its own values get a suffix (layer 0 keeps the template's), its state I/O
+    its index, its residual input the previous layer's output."""
 
-    def __init__(self, tpl: Template, source: int, layer: int, resid_in: str | None):
-        self.tpl, self.source, self.layer, self.resid_in = tpl, source, layer, resid_in
-        nodes = tpl.layer0 if source == 0 else tpl.layer1
-        self.own = {o for n in nodes for o in n.output}
+    def __init__(self, tpl: Template, layer: int, resid_in: str):
+        self.tpl, self.layer, self.resid_in = tpl, layer, resid_in
+        self.own = {o for n in tpl.layer for o in n.output}
 
     def value(self, name: str) -> str:
         for kind in ("past", "present"):
-            if name == f"{kind}.{self.source}.recurrent":
+            if name == f"{kind}.0.recurrent":
                 return f"{kind}.{self.layer}.recurrent"
-        if self.source == 1 and name == self.tpl.resid0:
+        if name == self.tpl.resid_in:
             return self.resid_in
-        if name in self.own and self.layer != self.source:
+        if name in self.own and self.layer:
             return f"{name}__{self.layer}"
         return name
 
     def node_name(self, name: str) -> str:
-        return re.sub(rf"layers\.{self.source}(?=[./])", f"layers.{self.layer}", name)
+        return re.sub(r"layers\.0(?=[./])", f"layers.{self.layer}", name)
 
 
 @dataclass
@@ -185,8 +211,7 @@ class StampedNode:
 
 
 def stamp(tpl: Template, n_layers: int) -> Iterator[StampedNode]:
-    """The n-layer graph's nodes in order; weight inputs named by WeightRef (materialised later). With one
-    layer the suffix reads layer 0's residual output directly."""
+    """The n-layer graph's nodes in order; weight inputs named by WeightRef (materialised later)."""
 
     def emit(node: onnx.NodeProto, names, layer: int | None) -> StampedNode:
         n = copy.deepcopy(node)
@@ -205,23 +230,23 @@ def stamp(tpl: Template, n_layers: int) -> Iterator[StampedNode]:
 
     for node in tpl.prefix:
         yield emit(node, None, None)
-    resid = tpl.resid0
+    resid = tpl.resid_in
     for i in range(n_layers):
-        names = _Stamper(tpl, min(i, 1), i, resid)
-        for node in (tpl.layer0 if i == 0 else tpl.layer1):
+        names = _Stamper(tpl, i, resid)
+        for node in tpl.layer:
             yield emit(node, names, i)
-        resid = names.value(tpl.resid0 if i == 0 else tpl.resid1)
+        resid = names.value(tpl.resid_out)
     for node in tpl.suffix:
         sn = emit(node, None, None)
-        sn.node.input[:] = [resid if x == tpl.resid1 else x for x in sn.node.input]
+        sn.node.input[:] = [resid if x == tpl.resid_out else x for x in sn.node.input]
         yield sn
 
 
 def _io(tpl: Template, n_layers: int) -> tuple[list, list]:
-    """Graph inputs / outputs for n layers: the template's, with layer 1's state I/O cloned per layer."""
+    """Graph inputs / outputs for n layers: the template's, with its state I/O cloned per layer."""
     def expand(values, kind):
         fixed = [v for v in values if not v.name.startswith(f"{kind}.")]
-        state = next(v for v in values if v.name == f"{kind}.1.recurrent")
+        state = next(v for v in values if v.name == f"{kind}.0.recurrent")
         out = []
         for i in range(n_layers):
             v = copy.deepcopy(state)
@@ -275,8 +300,10 @@ def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits:
     one = helper.make_node(node.op_type, inputs, ["y"], name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     model = helper.make_model(helper.make_graph([one], "q", [x], [y], [w]), opset_imports=[helper.make_opsetid("", OPSET)])
     q = _quantize(model, bits, block, exclude=[], op_types=op_types)
-    (qnode,) = q.graph.node
-    return qnode, list(q.graph.initializer)
+    # copies, not references: a protobuf sub-message keeps its whole parent alive, and the parent still
+    # holds the fp32 weight (7B: ~1 GB a layer kept for the rest of the export)
+    (qnode,) = [copy.deepcopy(n) for n in q.graph.node]
+    return qnode, [copy.deepcopy(t) for t in q.graph.initializer]
 
 
 def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -> onnx.ModelProto:
@@ -341,18 +368,15 @@ def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], 
     modules = {"step": step, "prefill": to_prefill(step), "genai": to_prefill(step)}
     out = {}
     for fname, (kind, dynamic) in graphs.items():
-        log(f"  tracing the {kind} template (2 layers) ...")
+        log(f"  tracing the {kind} template (one layer) ...")
         try:
             proto = _trace(modules[kind], TEMPLATE_LAYERS, step.init_state(2), dynamic)
         except Exception as exc:  # the exporter raises many types; one clear message
             raise ExportError(f"torch.onnx export of the {kind} template failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0]}") from exc
         name_nodes(proto)
-        tpl = split_template(proto, table, kind)
-        for t in proto.graph.initializer:  # the template's random weights are not needed any more
-            if t.name in tpl.refs:
-                t.ClearField("raw_data")
-        out[fname] = tpl
+        out[fname] = split_template(_without_weights(proto, table), table, kind)
+        del proto
     return out
 
 

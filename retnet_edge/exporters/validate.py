@@ -158,12 +158,30 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
     batches = batches or candidate.batch_sizes
     tol = qc.tolerance
     state_limit = DIVERGES_AT[qc.scheme.value]
+    split = (3 * steps) // 4
+    release = getattr(candidate, "release", lambda: None)  # sessions that can drop and reopen their graphs
+    # the candidate first, one graph at a time, then the reference: at scale (7B) the artifact's sessions
+    # and the eager side's working memory are never resident together
+    got: dict[int, tuple] = {}
     for B in batches:
         ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)
+        got[B] = (ids, *_run_steps(candidate, ids, candidate.init_state(B)))
+    release()
+    prompt: dict[int, tuple] = {}
+    for B in batches:
+        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
+        prompt[B] = candidate.run_prefill(got[B][0][:, :split], pos, candidate.init_state(B))
+    release()
+    for B in batches:
+        pre, state = prompt[B]
+        rest, _ = _run_steps(candidate, got[B][0][:, split:], state, start=split)
+        prompt[B] = np.concatenate([pre, rest], axis=1)
+    release()
+    for B in batches:
+        ids, got_logits, got_state = got[B]
         ref, ref_state = reference.steps(ids)
         exp, exp_state = rounded.steps(ids) if rounded is not None else (None, None)
-        got, got_state = _run_steps(candidate, ids, candidate.init_state(B))
-        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got, exp))
+        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got_logits, exp))
         if not getattr(candidate, "state_in_program", False):
             own = [relative_difference(a, b) for a, b in zip(ref_state, exp_state)] if exp_state is not None else [0.0] * len(ref_state)
             for layer, (rel, r_own) in enumerate(zip((relative_difference(a, b) for a, b in zip(ref_state, got_state)), own)):
@@ -171,15 +189,11 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
                 if not rel <= limit:  # NaN fails too
                     report.failures.append(f"step x{steps} (batch {B}): the recurrent state of layer {layer} "
                                            f"differs from eager's by {rel:.2e} (relative; limit {limit:.1e})")
-        split = (3 * steps) // 4
-        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
-        ref_pre = reference.prompt(ids[:, :split])
-        noise = compare("noise", ref[:, :split], ref_pre)
+        del ref_state, exp_state, got_state
+        noise = compare("noise", ref[:, :split], reference.prompt(ids[:, :split]))
         report.noise_floor = max(report.noise_floor, noise.max_rel if noise.finite else 0.0)
-        pre, state = candidate.run_prefill(ids[:, :split], pos, candidate.init_state(B))
-        rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
-        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
-                                     np.concatenate([pre, rest], axis=1), exp))
+        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref, prompt[B], exp))
+        got[B] = None
     max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:
         problems = [] if c.finite else ["non-finite logits (NaN or inf) from the model or the artifact"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io_utils import release_freed_memory  # noqa: F401  (re-exported: runners call it)
 from ..config import RetNetConfig
 from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE,
                         POSITION_IDS, flavor_names)
@@ -39,19 +40,6 @@ def session_options(threads: int | None = None, arena: bool = True):
     return so
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by a dropped session back to the OS (glibc keeps freed heap pages otherwise)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
-    if trim is not None:  # glibc only; a no-op elsewhere
-        trim(0)
-
-
 class OnnxSession:
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate.
 
@@ -68,8 +56,8 @@ class OnnxSession:
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
         self._threads, self._ort = threads, ort
         self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
-        self.step_session = self._open(ONNX_STEP_FILE)
-        self._prefill = self.step_session if self.flavor == "genai" else None  # genai: one graph, one session
+        self._step = self._open(ONNX_STEP_FILE)
+        self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
         # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
         self.prompt_run_options = ort.RunOptions()
         if self.flavor == "genai":
@@ -94,10 +82,24 @@ class OnnxSession:
             raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc})") from exc
 
     @property
+    def step_session(self):
+        if self._step is None:
+            self._step = self._open(ONNX_STEP_FILE)
+            if self.flavor == "genai":
+                self._prefill = self._step
+        return self._step
+
+    @property
     def prefill_session(self):
         if self._prefill is None:
-            self._prefill = self._open(ONNX_PREFILL_FILE, arena=False)
+            self._prefill = self.step_session if self.flavor == "genai" else self._open(ONNX_PREFILL_FILE, arena=False)
         return self._prefill
+
+    def release(self) -> None:
+        """Drop every session and its prepacked weights; the next call reopens what it needs. The gate
+        holds one graph's session at a time this way (7B int4: each one is several GB)."""
+        self._step = self._prefill = None
+        release_freed_memory()
 
     def drop_prefill(self) -> None:
         """Release the prefill session and its prepacked weight copy: decode-only memory until the next

@@ -48,6 +48,7 @@ class BundleSpec:
     steps: int = 64
     bench: bool = True
     force: bool = False
+    streamed: bool | None = None  # None: one layer at a time where the target can (export_model's streamed)
 
     def check(self) -> None:
         """Every name and number is checked before the first export starts (not after an hour of work)."""
@@ -133,6 +134,7 @@ def export_bundle(model: str, output: str | Path, spec: BundleSpec, log: Callabl
             rec: dict = {"name": name, "target": target, "quant": quant, "path": str(out / name)}
             try:
                 art = export_model(src, target, spec.quant_config(quant), out / name, force=True, steps=spec.steps,
+                                   streamed=spec.streamed,
                                    options=spec.options(target), log=lambda s: bar.log(f"[{name}] {s}"))
                 files = art.manifest["files"]
                 rec.update(status="ok", bytes=sum(f["bytes"] for f in files.values()),

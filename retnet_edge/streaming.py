@@ -130,3 +130,27 @@ class StreamedStack(DecoderStack):
             return super().run(input_ids, positions, core, past)
         finally:
             self.embed = self.embed_norm = self.norm = self.lm_head = None
+
+
+def build_step(weights: ModelWeights, layer_transform: Callable[[int, RetNetLayer], RetNetLayer] | None = None):
+    """The whole step module, built layer by layer: each layer is read (fp32), handed to `layer_transform`
+    (the ExecuTorch export quantizes it there) and kept as that returns it, so the fp32 model never
+    exists whole."""
+    from .model import RetNet
+    from .step import to_recurrent
+
+    cfg = weights.cfg
+    with torch.device("meta"):
+        model = RetNet(cfg)
+    outer = weights.outer()
+    model.embed.weight = nn.Parameter(outer["embed.weight"], requires_grad=False)
+    if cfg.embed_norm:
+        model.embed_norm.weight = nn.Parameter(outer["embed_norm.weight"], requires_grad=False)
+    model.norm.weight = nn.Parameter(outer["norm.weight"], requires_grad=False)
+    model.lm_head.weight = (model.embed.weight if cfg.tie_embeddings else
+                            nn.Parameter(outer["lm_head.weight"], requires_grad=False))
+    model.log_gamma, model.freqs = log_decay(cfg), rotary_freqs(cfg)
+    for i in range(cfg.n_layers):
+        layer = weights.layer(i)
+        model.layers[i] = layer_transform(i, layer) if layer_transform else layer
+    return to_recurrent(model.eval())

@@ -1,13 +1,17 @@
 """Issue 14's fuzz corpus: 200 seeded hostile inputs, and hypothesis on the header parser and the config.
 
 Every case: exit 0 (a harmless mutation), 1 (one `Error:` line naming the problem) or 2 (usage); never a
-traceback, never a crash; an artifact whose hashed files changed is always refused; nothing written.
+traceback, never a crash; an artifact whose hashed files changed is always refused; nothing written; and
+the process's peak resident memory during the case grows by at most 2x the input's size + 300 MB (the
+kernel's peak-RSS counter is reset before each case, so a runaway allocation anywhere is seen).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,6 +26,28 @@ from retnet_edge.errors import RetNetEdgeError
 from retnet_edge.runtimes import load_runner
 
 CHECKPOINTS, ARTIFACTS, ARGUMENTS = list(checkpoint_cases()), list(artifact_cases()), list(argument_cases())
+MEMORY_SLACK = 300 * 2**20
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+@contextlib.contextmanager
+def bounded_memory(input_path: Path | None):
+    """Fail if peak RSS during the block exceeds RSS before it by more than 2 x input + 300 MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM (Linux >= 4.0)
+    except OSError:
+        yield  # not Linux, or not allowed: the bound cannot be measured here
+        return
+    size = sum(p.stat().st_size for p in input_path.rglob("*") if p.is_file()) if input_path else 0
+    before = _status_kib("VmRSS") * 1024
+    yield
+    grown = _status_kib("VmHWM") * 1024 - before
+    assert grown <= 2 * size + MEMORY_SLACK, f"peak RSS grew by {grown / 2**20:.0f} MiB (input {size / 2**20:.1f} MiB)"
 
 
 def test_the_corpus_has_at_least_200_cases():
@@ -41,7 +67,8 @@ def test_checkpoint_mutations(saved_tiny, tmp_path, category, name, apply):
     shutil.copytree(saved_tiny, d)
     apply(d)
     for args in (["inspect", str(d), "--json"], ["convert", str(d), "-o", str(tmp_path / "out")]):
-        res = CliRunner().invoke(main, args)
+        with bounded_memory(d):
+            res = CliRunner().invoke(main, args)
         _clean_exit(res)
         if res.exit_code != 0:
             assert not (tmp_path / "out").exists()
@@ -55,17 +82,19 @@ def test_artifact_mutations(tiny_onnx, tmp_path, category, name, apply):
     shutil.copytree(art.path, d)
     apply(d)
     hashed = not name.startswith(("manifest_field", "flip_manifest"))
-    try:
-        runner = load_runner(d, threads=1)
-    except RetNetEdgeError:
-        return  # refused with a known error: the CLI turns it into one line
-    assert not hashed, f"{name}: a changed artifact file was run"
-    runner.prefill([1, 2, 3])  # a harmless manifest edit (e.g. a digit of export_seconds): it still runs right
+    with bounded_memory(d):
+        try:
+            runner = load_runner(d, threads=1)
+        except RetNetEdgeError:
+            return  # refused with a known error: the CLI turns it into one line
+        assert not hashed, f"{name}: a changed artifact file was run"
+        runner.prefill([1, 2, 3])  # a harmless manifest edit (e.g. a digit of export_seconds): it still runs right
 
 
 @pytest.mark.parametrize("category, name, args", ARGUMENTS, ids=[c[1] for c in ARGUMENTS])
 def test_absurd_arguments(tmp_path, category, name, args):
-    res = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    with bounded_memory(None):
+        res = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
     _clean_exit(res)
     assert not (tmp_path / "out").exists() or res.exit_code == 0
 

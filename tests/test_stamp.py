@@ -146,3 +146,28 @@ def test_streamed_gate_catches_a_broken_kernel_and_a_lost_state(checkpoint):
     assert validate(ref, EagerSession(step), qc, model.cfg.vocab_size, steps=24, rounded=rounded).passed
     for candidate in (EagerSession(broken), Perturbed(step, drop_state=True)):
         assert not validate(ref, candidate, qc, model.cfg.vocab_size, steps=24, rounded=rounded).passed
+
+
+def test_streamed_executorch_export_gives_the_same_program_outputs(tmp_path):
+    """ExecuTorch: each layer quantized as it is read (build_step) lowers to a program with the
+    whole-model path's logits, bit for bit (the .pte bytes differ only in flatbuffer offsets)."""
+    from retnet_edge.exporters.executorch import export_executorch, export_executorch_streamed
+    from retnet_edge.runtimes.executorch import open_executorch
+
+    model = make_model(seed=5, std=0.08, n_layers=3, rotary="torchscale")
+    save_pretrained(model, tmp_path / "m")
+    qc = QuantConfig("int4")
+    step = to_recurrent(model)
+    plan = quant_plan(step, qc)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    export_executorch(step, qc, plan, tmp_path / "a")
+    export_executorch_streamed(open_weights(tmp_path / "m"), qc, plan, tmp_path / "b")
+    outs = []
+    for d in ("a", "b"):
+        s = open_executorch(tmp_path / d)
+        state, logits = s.init_state(1), []
+        for t in range(12):
+            out, state = s.run_step(np.array([[t * 7 % 101]]), np.array([[t]]), state)
+            logits.append(out)
+        outs.append(np.concatenate(logits, axis=1))
+    np.testing.assert_array_equal(outs[0], outs[1])

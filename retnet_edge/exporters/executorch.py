@@ -26,7 +26,8 @@ from ..graph_check import position_dependent_nodes
 from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep
 from ..interrupts import deferred_interrupts
-from .target import register_target
+from ..streaming import ModelWeights, build_step
+from .target import register_streamed, register_target
 
 FLAVORS = ("runner", "io")
 DEFAULT_MAX_CONTEXT = 8192  # what the runner may fill; the state itself has no limit
@@ -65,29 +66,37 @@ def constant_methods(step: RetNetStep, max_context: int = DEFAULT_MAX_CONTEXT) -
             "get_head_dim_v": cfg.head_dim_v, "get_state_bytes": cfg.state_bytes(1)}
 
 
-def quantize_step(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
-    """A copy quantized per the plan (new modules, same fp32 tensors until torchao swaps them).
-
-    8-bit dynamic activations with int8 per-channel (8da8w) or int4 group-wise (8da4w) weights; the
-    embedding weight-only. The original step is untouched.
-    """
+def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: str | None = None) -> None:
+    """Quantize, in place, the modules of `root` the plan quantizes (their names are `prefix` + the name
+    under root): 8-bit dynamic activations with int8 per-channel (8da8w) or int4 group-wise (8da4w)
+    weights; the embedding weight-only. The streamed export calls it per layer as each one is read, then
+    on the whole step with `skip="layers."` (the embedding and head)."""
     # torchao only when quantizing: it is slow to import and noisy
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 
-    q = copy.deepcopy(step, memo={id(t): t for t in [*step.parameters(), *step.buffers()]})
     linear = {"int8": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
               "int4": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                            weight_granularity=PerGroup(plan.group_size))}
     embedding = {"int8": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
                  "int4": IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(plan.group_size))}
     for precision in ("int8", "int4"):
-        names = set(plan.modules(precision))
-        if names:
-            quantize_(q, linear[precision], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n in names)
-        if plan.modules(precision, kind="embedding"):
-            quantize_(q, embedding[precision], filter_fn=lambda m, n: n == plan.embedding)
+        names = {n[len(prefix):] for n in plan.modules(precision)
+                 if n.startswith(prefix) and not (skip and n.startswith(skip))}
+        if any(isinstance(m, nn.Linear) and n in names for n, m in root.named_modules()):
+            quantize_(root, linear[precision], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n in names)
+        if plan.modules(precision, kind="embedding") and plan.embedding.startswith(prefix):
+            emb = plan.embedding[len(prefix):]
+            if any(n == emb for n, _ in root.named_modules()):
+                quantize_(root, embedding[precision], filter_fn=lambda m, n: n == emb)
+
+
+def quantize_step(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
+    """A copy quantized per the plan (new modules, same fp32 tensors until torchao swaps them); the
+    original step is untouched."""
+    q = copy.deepcopy(step, memo={id(t): t for t in [*step.parameters(), *step.buffers()]})
+    quantize_modules(q, plan)
     return q
 
 
@@ -129,6 +138,30 @@ def _lower(module: nn.Module, args: tuple, methods: dict | None, mutable: bool, 
 def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                       log=lambda s: None, flavor: str = "runner", max_context: int = DEFAULT_MAX_CONTEXT) -> list[str]:
     """Write model.pte (+ delegation.json) into `out`; returns the file names."""
+    return _export_program(lambda: quantize_step(step, plan) if plan.quantizes_anything else step,
+                           qc, plan, out, log, flavor, max_context)
+
+
+@register_streamed("executorch")
+def export_executorch_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path,
+                               tokenizer: str | None = None, log=lambda s: None, flavor: str = "runner",
+                               max_context: int = DEFAULT_MAX_CONTEXT) -> list[str]:
+    """The same program from a checkpoint read layer by layer: each layer is quantized as soon as it is
+    read, so the fp32 model never exists whole (1.3B: one fp32 layer, not 5.3 GB, beside the quantized rest)."""
+    def build() -> RetNetStep:
+        def layer(i: int, module: nn.Module) -> nn.Module:
+            log(f"  layer {i + 1}/{weights.cfg.n_layers}: read and quantized ({qc.scheme.value})")
+            quantize_modules(module, plan, prefix=f"layers.{i}.")
+            return module
+
+        step = build_step(weights, layer)
+        quantize_modules(step, plan, skip="layers.")  # the embedding and the head (the layers are done)
+        return step
+
+    return _export_program(build, qc, plan, out, log, flavor, max_context)
+
+
+def _export_program(build, qc: QuantConfig, plan: QuantPlan, out: Path, log, flavor: str, max_context: int) -> list[str]:
     if flavor not in FLAVORS:
         raise ExportError(f"unknown ExecuTorch flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
     if plan.fallbacks:
@@ -138,7 +171,7 @@ def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
         warnings.simplefilter("ignore")
         for name in ("torchao", "executorch", "torch._export"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        q = quantize_step(step, plan) if plan.quantizes_anything else step
+        q = build()
         interrupts.check()
         log(f"  lowering {flavor} program to XNNPACK ({qc.scheme.value}) ...")
         try:
@@ -147,13 +180,13 @@ def export_executorch(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
             else:
                 module, args = q, (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
                                    *q.init_state(1))
-            buffer, summary = _lower(module, args, constant_methods(step, max_context), flavor == "runner", log)
+            buffer, summary = _lower(module, args, constant_methods(q, max_context), flavor == "runner", log)
         except ExportError:
             raise
         except Exception as exc:  # torch.export / lowering raise many types; one clear message
             raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
         interrupts.check()  # an interrupt during lowering: before anything is written
     (out / PTE_FILE).write_bytes(buffer)
-    (out / DELEGATION_FILE).write_text(json.dumps({"flavor": flavor, **summary, "config": step.cfg.to_dict(),
-                                                   "constant_methods": constant_methods(step, max_context)}, indent=2))
+    (out / DELEGATION_FILE).write_text(json.dumps({"flavor": flavor, **summary, "config": q.cfg.to_dict(),
+                                                   "constant_methods": constant_methods(q, max_context)}, indent=2))
     return [PTE_FILE]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..contract import MANIFEST_FILE, tokenizer_file
 from ..errors import ArtifactError, ConfigError
-from ..io_utils import atomic_output_dir, check_distinct
+from ..io_utils import atomic_output_dir, check_distinct, release_freed_memory
 from ..loader import load, resolve_path
 from ..quant import QuantConfig
 from ..runtimes import RUNTIMES, check_config_matches
@@ -127,6 +127,7 @@ def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, s
         bar.done()
         bar.stage("validate")
         if validate_artifact:
+            release_freed_memory()  # what the export freed goes back before the gate's sessions grow
             log(f"  validating {steps} steps against eager fp32 ...")
             session = RUNTIMES.get(target)(tmp, None)
             report = validate(prep.reference, session, qc, cfg.vocab_size, steps,

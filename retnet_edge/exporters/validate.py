@@ -13,6 +13,7 @@ import numpy as np
 
 from ..contract import StepSession, log_softmax
 from ..errors import ParityError
+from ..io_utils import release_freed_memory
 from ..quant import QuantConfig
 from .divergence import DIVERGES_AT, relative_difference
 
@@ -26,7 +27,10 @@ VALIDATION_TEXT = (
 # Top-1 agreement is judged where eager is confident: its top-1 log-prob leads the runner-up by at least
 # CONFIDENT_MARGIN nats. Where eager's logits are near-flat (deep random-weight models) the argmax is a
 # coin toss that any rounding flips; with fewer than MIN_CONFIDENT such positions the check says n/a and
-# the KL limits decide.
+# the KL limits decide. With a rounded reference (quantized exports), only the confident positions where eager
+# with the rounded weights keeps eager's argmax count: on a trained model that is nearly all of them, while
+# a deep random 7B-shaped network is chaotic enough that rounding alone flips its few "confident" argmaxes
+# (measured: 11 such positions, rounding kept 0), which no artifact of those weights can be asked to keep.
 CONFIDENT_MARGIN = 1.0
 MIN_CONFIDENT = 8
 # A quantized artifact may reach KL_FACTOR x the KL that the same weight rounding gives in eager PyTorch
@@ -47,7 +51,7 @@ class CheckResult:
     top1: float
     kl: float
     finite: bool = True
-    confident: int = 0  # positions where eager's top-1 leads by >= CONFIDENT_MARGIN nats
+    confident: int = 0  # positions where eager's top-1 leads by >= CONFIDENT_MARGIN nats (and rounding keeps it)
     top1_confident: float | None = None  # agreement there (None: fewer than MIN_CONFIDENT positions)
     rounding_kl: float | None = None  # KL(eager fp32 || eager with the rounded weights)
 
@@ -105,6 +109,8 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rounded: np.ndarray | N
     agree = ref.argmax(-1) == got.argmax(-1)
     top2 = np.sort(lp, axis=-1)[..., -2:]
     confident = (top2[..., 1] - top2[..., 0]) >= CONFIDENT_MARGIN
+    if rounded is not None:  # and where the weight rounding alone keeps eager's choice (see CONFIDENT_MARGIN)
+        confident &= rounded.argmax(-1) == ref.argmax(-1)
     n_conf = int(confident.sum())
     return CheckResult(name, int(np.prod(ref.shape[:-1])), float(diff.max() / np.abs(ref).max()), float(diff.max()),
                        float(agree.mean()), _kl(lp, lq), confident=n_conf,
@@ -160,40 +166,49 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
     state_limit = DIVERGES_AT[qc.scheme.value]
     split = (3 * steps) // 4
     release = getattr(candidate, "release", lambda: None)  # sessions that can drop and reopen their graphs
-    # the candidate first, one graph at a time, then the reference: at scale (7B) the artifact's sessions
-    # and the eager side's working memory are never resident together
-    got: dict[int, tuple] = {}
+    check_state = not getattr(candidate, "state_in_program", False)
+    # the eager side first, then the candidate one graph at a time: at scale (7B) the artifact's sessions
+    # and the reference's working memory are never resident together; of the reference only its logits,
+    # its final states and the rounding's own state error are kept
+    release()
+    refs: dict[int, tuple] = {}
     for B in batches:
         ids = validation_tokens(vocab_size, B, steps, tokenizer, seed=B)
-        got[B] = (ids, *_run_steps(candidate, ids, candidate.init_state(B)))
-    release()
-    prompt: dict[int, tuple] = {}
-    for B in batches:
-        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
-        prompt[B] = candidate.run_prefill(got[B][0][:, :split], pos, candidate.init_state(B))
-    release()
-    for B in batches:
-        pre, state = prompt[B]
-        rest, _ = _run_steps(candidate, got[B][0][:, split:], state, start=split)
-        prompt[B] = np.concatenate([pre, rest], axis=1)
-    release()
-    for B in batches:
-        ids, got_logits, got_state = got[B]
         ref, ref_state = reference.steps(ids)
         exp, exp_state = rounded.steps(ids) if rounded is not None else (None, None)
-        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got_logits, exp))
-        if not getattr(candidate, "state_in_program", False):
-            own = [relative_difference(a, b) for a, b in zip(ref_state, exp_state)] if exp_state is not None else [0.0] * len(ref_state)
+        own = ([relative_difference(a, b) for a, b in zip(ref_state, exp_state)] if exp_state is not None
+               else [0.0] * len(ref_state))
+        del exp_state
+        noise = compare("noise", ref[:, :split], reference.prompt(ids[:, :split]))
+        report.noise_floor = max(report.noise_floor, noise.max_rel if noise.finite else 0.0)
+        refs[B] = (ids, ref, ref_state if check_state else None, exp, own)
+    release_freed_memory()
+    for B in batches:
+        ids, ref, ref_state, exp, own = refs[B]
+        got, got_state = _run_steps(candidate, ids, candidate.init_state(B))
+        report.checks.append(compare(f"step x{steps} (batch {B})", ref, got, exp))
+        if ref_state is not None:
             for layer, (rel, r_own) in enumerate(zip((relative_difference(a, b) for a, b in zip(ref_state, got_state)), own)):
                 limit = max(state_limit, STATE_FACTOR * r_own)
                 if not rel <= limit:  # NaN fails too
                     report.failures.append(f"step x{steps} (batch {B}): the recurrent state of layer {layer} "
                                            f"differs from eager's by {rel:.2e} (relative; limit {limit:.1e})")
-        del ref_state, exp_state, got_state
-        noise = compare("noise", ref[:, :split], reference.prompt(ids[:, :split]))
-        report.noise_floor = max(report.noise_floor, noise.max_rel if noise.finite else 0.0)
-        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref, prompt[B], exp))
-        got[B] = None
+        refs[B] = (ids, ref, None, exp, own)
+        del got_state
+    release()
+    prompts = {}
+    for B in batches:
+        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
+        prompts[B] = candidate.run_prefill(refs[B][0][:, :split], pos, candidate.init_state(B))
+    release()
+    for B in batches:
+        ids, ref, _, exp, _ = refs[B]
+        pre, state = prompts.pop(B)
+        rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
+        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
+                                     np.concatenate([pre, rest], axis=1), exp))
+    release()
+    report.checks.sort(key=lambda c: (c.name.split("(batch ")[1], not c.name.startswith("step")))
     max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:
         problems = [] if c.finite else ["non-finite logits (NaN or inf) from the model or the artifact"]

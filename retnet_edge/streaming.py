@@ -85,8 +85,10 @@ class LazyLayers:
     def __iter__(self) -> Iterator[RetNetLayer]:
         for i in range(len(self)):
             layer = self.weights.layer(i)
-            yield self.transform(i, layer) if self.transform else layer
-            del layer
+            layer = self.transform(i, layer) if self.transform else layer
+            yield layer
+            # the loop that consumes us still names this layer while the next one is read: empty it first
+            layer.to_empty(device="meta")
 
 
 def _linear(weight: Tensor) -> nn.Linear:

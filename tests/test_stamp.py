@@ -171,3 +171,18 @@ def test_streamed_executorch_export_gives_the_same_program_outputs(tmp_path):
             logits.append(out)
         outs.append(np.concatenate(logits, axis=1))
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_cli_whole_model_flag(checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from retnet_edge.cli import main
+    from retnet_edge.manifest import read_manifest
+
+    _, path = checkpoint
+    for flag, streamed in (([], True), (["--whole-model"], False)):
+        out = tmp_path / f"o{len(flag)}"
+        res = CliRunner().invoke(main, ["export", str(path), "--target", "onnx", "--quant", "int4", "-o", str(out), *flag])
+        assert res.exit_code == 0, res.output
+        assert read_manifest(out)["streamed"] is streamed
+    assert _sha(tmp_path / "o0" / "weights.bin") == _sha(tmp_path / "o1" / "weights.bin")

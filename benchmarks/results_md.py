@@ -97,8 +97,9 @@ def export_section() -> list[str]:
     out = []
     for name in sorted((Path(__file__).parent / "results").glob("export_memory_*.json")):
         doc = json.loads(name.read_text())
-        out += [f"## Export memory: `{doc['preset']}` preset ({doc['checkpoint_dtype']} checkpoint, "
-                f"{doc['checkpoint_bytes'] / 2**30:.2f} GiB; `benchmarks/export_memory.py`)", "",
+        out += [f"## Export memory: `{doc['preset']}` preset, {doc.get('path', 'whole model')} "
+                f"({doc['checkpoint_dtype']} checkpoint, {doc['checkpoint_bytes'] / 2**30:.2f} GiB; "
+                "`benchmarks/export_memory.py`)", "",
                 "Peak resident memory of the export process tree, sampled every 0.1 s, per stage; the gate ran "
                 f"as in a user's export. Torch {doc.get('torch', '?')}; machine: "
                 f"{doc['machine'].get('where') or str(doc['machine']['cpus']) + ' cores, ' + str(doc['machine']['memory_gib']) + ' GiB'}.", "",

@@ -91,7 +91,7 @@ def argument_cases(seed: int = 2, n: int = 60):
         opt = rng.choice(options[cmd])
         value = rng.choice(ABSURD_NUMBERS)
         # cheap defaults, so that a value that happens to be valid still finishes in a second or two
-        base = {"generate": ["generate", "demo", "x", "-n", "2"], "eval": ["eval", "demo", "--max-tokens", "64"],
+        base = {"generate": ["generate", "demo", "x", "-n", "2"], "eval": ["eval", "demo", "--text", "{tmp}/t.txt", "--max-tokens", "64"],
                 "export": ["export", "demo", "--target", "onnx", "--quant", "fp32", "-o", "{tmp}/out"],
                 "bench": ["bench", "demo", "--baseline", "none", "--contexts", "0", "--tokens", "2", "--repeat", "1",
                           "--threads", "1"]}[cmd]

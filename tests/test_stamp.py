@@ -28,6 +28,8 @@ VARIANTS = {
 }
 QUANTS = {"fp32": QuantConfig("fp32"), "int8": QuantConfig("int8"), "int4": QuantConfig("int4"),
           "int4-all": QuantConfig("int4", lm_head="int4", embedding="int4", group_size=16)}
+# each variant against two schemes (the suite's time): together every graph shape and every quantizer path
+PAIRS = [("fla", "int8"), ("fla", "int4-all"), ("torchscale", "fp32"), ("torchscale", "int4")]
 
 
 def _sha(path) -> str:
@@ -46,21 +48,39 @@ def _run(directory, graph: str, cfg, T: int):
     return sess.run(None, feed)
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def checkpoint(request, tmp_path_factory):
-    model = make_model(seed=3, std=0.08, vocab_size=160, **VARIANTS[request.param])
+def _checkpoint(variant: str, tmp_path_factory):
+    model = make_model(seed=3, std=0.08, vocab_size=160, **VARIANTS[variant])
     with __import__("torch").no_grad():  # norms away from 1: distinct tensors, as in a trained model
         for n, p in model.named_parameters():
             if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp(request.param) / "model"
+    path = tmp_path_factory.mktemp(variant) / "model"
     save_pretrained(model, path)
     return model, path
 
 
-@pytest.mark.parametrize("quant", list(QUANTS))
-def test_streamed_export_writes_the_whole_model_paths_artifact(checkpoint, quant, tmp_path):
-    model, path = checkpoint
+_MADE: dict = {}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def checkpoint(request, tmp_path_factory):
+    if request.param not in _MADE:
+        _MADE[request.param] = _checkpoint(request.param, tmp_path_factory)
+    return _MADE[request.param]
+
+
+@pytest.fixture(scope="module")
+def torchscale_checkpoint(tmp_path_factory):
+    if "torchscale" not in _MADE:
+        _MADE["torchscale"] = _checkpoint("torchscale", tmp_path_factory)
+    return _MADE["torchscale"]
+
+
+@pytest.mark.parametrize("variant, quant", PAIRS)
+def test_streamed_export_writes_the_whole_model_paths_artifact(variant, quant, tmp_path, tmp_path_factory):
+    if variant not in _MADE:
+        _MADE[variant] = _checkpoint(variant, tmp_path_factory)
+    model, path = _MADE[variant]
     qc = QUANTS[quant]
     step = to_recurrent(model)
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
@@ -77,10 +97,10 @@ def test_streamed_export_writes_the_whole_model_paths_artifact(checkpoint, quant
             np.testing.assert_array_equal(x, y)
 
 
-def test_streamed_genai_flavour_matches(checkpoint, tmp_path):
+def test_streamed_genai_flavour_matches(torchscale_checkpoint, tmp_path):
     import onnx
 
-    model, path = checkpoint
+    model, path = torchscale_checkpoint
     qc = QUANTS["int4"]
     step = to_recurrent(model)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
@@ -111,11 +131,11 @@ def test_streamed_reference_matches_eager(checkpoint):
         assert np.abs(streamed.prompt(ids) - ref).max() / scale < 1e-5
 
 
-def test_export_streams_by_default_and_gates_with_the_streamed_reference(checkpoint, tmp_path):
+def test_export_streams_by_default_and_gates_with_the_streamed_reference(torchscale_checkpoint, tmp_path):
     from retnet_edge.exporters import export_model
     from retnet_edge.manifest import read_manifest
 
-    model, path = checkpoint
+    model, path = torchscale_checkpoint
     art = export_model(str(path), "onnx", QuantConfig("int8"), tmp_path / "a")
     m = read_manifest(art.path)
     assert m["streamed"] is True and m["validation"]["passed"]
@@ -127,14 +147,14 @@ def test_export_streams_by_default_and_gates_with_the_streamed_reference(checkpo
     assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-3 * max(want[k], 1e-6) + 1e-9 for k in got)
 
 
-def test_streamed_gate_catches_a_broken_kernel_and_a_lost_state(checkpoint):
+def test_streamed_gate_catches_a_broken_kernel_and_a_lost_state(torchscale_checkpoint):
     import copy
 
     import torch
 
     from test_validate import Perturbed
 
-    model, path = checkpoint
+    model, path = torchscale_checkpoint
     step = to_recurrent(model)
     broken = copy.deepcopy(step)
     with torch.no_grad():
@@ -173,13 +193,13 @@ def test_streamed_executorch_export_gives_the_same_program_outputs(tmp_path):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-def test_cli_whole_model_flag(checkpoint, tmp_path):
+def test_cli_whole_model_flag(torchscale_checkpoint, tmp_path):
     from click.testing import CliRunner
 
     from retnet_edge.cli import main
     from retnet_edge.manifest import read_manifest
 
-    _, path = checkpoint
+    _, path = torchscale_checkpoint
     for flag, streamed in (([], True), (["--whole-model"], False)):
         out = tmp_path / f"o{len(flag)}"
         res = CliRunner().invoke(main, ["export", str(path), "--target", "onnx", "--quant", "int4", "-o", str(out), *flag])

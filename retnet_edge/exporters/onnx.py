@@ -195,6 +195,14 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
 FLAVORS = ("standard", "genai")
 
 
+def graph_plan(flavor: str) -> dict[str, tuple[str, bool]]:
+    """The graphs a flavour writes: {file: (kind, dynamic sequence)} (both the traced and the streamed export)."""
+    if flavor not in FLAVORS:
+        raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+    return ({ONNX_STEP_FILE: ("genai", True)} if flavor == "genai" else
+            {ONNX_STEP_FILE: ("step", False), ONNX_PREFILL_FILE: ("prefill", True)})
+
+
 @register_target("onnx", flavor=FLAVORS)
 def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                 log=lambda s: None, flavor: str = "standard") -> list[str]:
@@ -204,14 +212,12 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
     genai: one model.onnx (the chunk graph, any length) with onnxruntime-genai's I/O names, plus
     genai_config.json and tokenizer_config.json (see exporters/genai.py).
     """
-    if flavor not in FLAVORS:
-        raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+    graphs = graph_plan(flavor)
     cfg = step.cfg
     state = step.init_state(2)
-    graphs = ({ONNX_STEP_FILE: ("genai", to_prefill(step), True)} if flavor == "genai" else
-              {ONNX_STEP_FILE: ("step", step, False), ONNX_PREFILL_FILE: ("prefill", to_prefill(step), True)})
     protos: dict[str, onnx.ModelProto] = {}
-    for fname, (graph, module, dynamic) in graphs.items():
+    for fname, (graph, dynamic) in graphs.items():
+        module = step if graph == "step" else to_prefill(step)
         log(f"  tracing {graph} graph ...")
         try:
             model = _trace(module, cfg.n_layers, state, dynamic)

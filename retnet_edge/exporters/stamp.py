@@ -38,7 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE
+from ..contract import ONNX_STEP_FILE, ONNX_WEIGHTS_FILE
 from ..config import RetNetConfig
 from ..errors import ExportError, RetNetEdgeError
 from ..model import RetNet
@@ -47,7 +47,7 @@ from ..step import RetNetStep, to_prefill, to_recurrent
 from ..streaming import ModelWeights
 from .genai import to_genai_io, write_genai_files
 from .target import register_streamed
-from .onnx import (BITS, FLAVORS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, name_nodes,
+from .onnx import (BITS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_plan, name_nodes,
                    position_dependent_nodes)
 
 TEMPLATE_LAYERS = 1
@@ -430,11 +430,8 @@ def export_onnx_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan
                          tokenizer: str | None = None, log=lambda s: None, flavor: str = "standard") -> list[str]:
     """The ONNX target's files from a checkpoint read layer by layer (same files, same contract as
     `onnx.export_onnx` on the whole model; weights.bin byte-identical)."""
-    if flavor not in FLAVORS:
-        raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
+    graphs = graph_plan(flavor)
     cfg = weights.cfg
-    graphs = ({ONNX_STEP_FILE: ("genai", True)} if flavor == "genai" else
-              {ONNX_STEP_FILE: ("step", False), ONNX_PREFILL_FILE: ("prefill", True)})
     templates = trace_templates(weights, graphs, log, out)
     if flavor != "genai":
         bad = position_dependent_nodes(templates[ONNX_STEP_FILE].proto)

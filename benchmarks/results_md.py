@@ -57,31 +57,63 @@ def _load(name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def runtime_section() -> list[str]:
-    """Issue 11's before/after table and the llama.cpp / onnxruntime-genai comparisons, from their JSON."""
-    ab, ll, ge = _load("runtime_ab.json"), _load("llamacpp_small.json"), _load("genai_small.json")
-    if not ab:
-        return []
-    out = ["## Runtime efficiency: before / after (`benchmarks/runtime_ab.py`, `small` preset, 270M)", "",
-           "One interleaved run: each variant in its own process, rounds alternating, the same 512-token prompt "
-           "then timed single-token steps (median of rounds). `before` is the runtime at commit 213868b (numpy "
-           "state in and out, torch imported, the prompt graph resident with onnxruntime's arena); `after` "
-           "this tree (IOBinding state, no torch, prompt graph arena-free and released after the prompt, "
-           "worker spinning on). RSS is over the interpreter baseline.", "",
-           "| variant | threads | ms/token | per round | RSS after prompt MiB | RSS decoding MiB | import s | torch |",
-           "|---|---|---|---|---|---|---|---|"]
+def _ab_table(ab: dict, title: str) -> list[str]:
+    out = [title, "", ab.get("note") or "", ""]
+    if ab.get("machine"):
+        out += [f"Machine: {ab['machine']}.", ""]
+    wide = any("prompt_512_ms_median" in v for v in ab["variants"].values())
+    if wide:
+        out += ["| variant | threads | ms/token | per round | prompt 512 ms | prefill vs step loop | RSS peak (load + "
+                "prompt) MiB | RSS after prompt MiB | RSS decoding MiB | import s | torch |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        out += ["| variant | threads | ms/token | per round | RSS after prompt MiB | RSS decoding MiB | import s | torch |",
+                "|---|---|---|---|---|---|---|---|"]
     for name, v in ab["variants"].items():
-        out.append(f"| {name} | {v['threads']} | {v['ms_per_token_median']} | {v['ms_per_round']} | "
+        mid = (f"{v['prompt_512_ms_median']} | {v['prefill_vs_step_loop']}x | {v['rss_peak_prompt_mb']} | "
+               if wide else "")
+        out.append(f"| {name} | {v['threads']} | {v['ms_per_token_median']} | {v['ms_per_round']} | {mid}"
                    f"{v['rss_after_prompt_mb']} | {v['rss_decode_mb']} | {v['import_s']} | "
                    f"{'yes' if v['torch_imported'] else 'no'} |")
+    return out
+
+
+def _llamacpp_table(ll: dict) -> list[str]:
+    out = ["", f"llama.cpp (llama-cpp-python {ll['llama_cpp_python']}, {ll['system_info']}) on a same-shape "
+           "Llama (d 1024, 12 layers, ffn 2816, vocab 32000; `benchmarks/llamacpp_compare.py`), same machine, "
+           "right after:", "",
+           "| quant | threads | ms/token | tok/s | MB read/token | effective GB/s |", "|---|---|---|---|---|---|"]
+    for r in ll["records"]:
+        out.append(f"| {r['quant']} | {r['threads']} | {r['ms_per_token_median']} | {r['tok_per_s']} | "
+                   f"{(r['weight_bytes_per_token'] + r['kv_bytes']) / 1e6:.1f} | {r['effective_gb_s']} |")
+    return out
+
+
+def runtime_section() -> list[str]:
+    """Issue 11's before/after tables and the llama.cpp / onnxruntime-genai comparisons, from their JSON:
+    the newest run (runtime_ab_xeon.json, llamacpp_xeon.json) first, then the AVX2 EPYC run."""
+    out = []
+    new_ab, new_ll = _load("runtime_ab_xeon.json"), _load("llamacpp_xeon.json")
+    if new_ab:
+        out += _ab_table(new_ab, "## Runtime efficiency: before / after, Xeon run (`benchmarks/runtime_ab.py`, "
+                         "`small` preset, 270M)")
+        if new_ll:
+            out += _llamacpp_table(new_ll)
+        out.append("")
+    ab, ll, ge = _load("runtime_ab.json"), _load("llamacpp_small.json"), _load("genai_small.json")
+    if not ab:
+        return out
+    ab = {**ab, "note": ab.get("note") or (
+        "One interleaved run: each variant in its own process, rounds alternating, the same 512-token prompt "
+        "then timed single-token steps (median of rounds). `before` is the runtime at commit 213868b (numpy "
+        "state in and out, torch imported, the prompt graph resident with onnxruntime's arena); `after` "
+        "that session's tree (IOBinding state, no torch, prompt graph arena-free and released after the "
+        "prompt, worker spinning on). RSS is over the interpreter baseline. Machine: the 2-core AMD EPYC "
+        "(AVX2, no AVX-512).")}
+    out += _ab_table(ab, "## Runtime efficiency: before / after, EPYC run of 2026-11-29 (`benchmarks/runtime_ab.py`, "
+                     "`small` preset, 270M)")
     if ll:
-        out += ["", f"llama.cpp (llama-cpp-python {ll['llama_cpp_python']}, {ll['system_info']}) on a same-shape "
-                "Llama (d 1024, 12 layers, ffn 2816, vocab 32000; `benchmarks/llamacpp_compare.py`), same machine, "
-                "right after:", "",
-                "| quant | threads | ms/token | tok/s | MB read/token | effective GB/s |", "|---|---|---|---|---|---|"]
-        for r in ll["records"]:
-            out.append(f"| {r['quant']} | {r['threads']} | {r['ms_per_token_median']} | {r['tok_per_s']} | "
-                       f"{(r['weight_bytes_per_token'] + r['kv_bytes']) / 1e6:.1f} | {r['effective_gb_s']} |")
+        out += _llamacpp_table(ll)
     if ge:
         out += ["", f"onnxruntime-genai {ge['onnxruntime_genai']} generator vs retnet-edge's runner "
                 f"(`benchmarks/genai_compare.py`, {ge['threads']} thread, {ge['prompt']}-token prompt, "

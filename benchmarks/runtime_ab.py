@@ -6,8 +6,8 @@ Settings: `functional` (the pre-IOBinding runner: numpy state in and out each to
 intra-op spinning on/off; default: what the runtime sets), `threads=N`, `before=DIR` (import retnet_edge from DIR,
 e.g. a git worktree of an older commit, for a before/after table from one run). Each variant runs in its own process;
 rounds alternate the variants so drift of a shared machine hits all of them alike. Reported: median
-ms/token over rounds (each round: `tokens` steps after a 512-token prompt), RSS after the prompt and
-after decoding (the prefill graph released, as `generate` does), and seconds to import the runtime.
+ms/token over rounds (each round: `tokens` steps after a 512-token prompt), the prompt's time and its
+ratio to 512 steps, the peak RSS through load and prompt, RSS after the prompt and after decoding (the prefill graph released, as `generate` does), and seconds to import the runtime.
 """
 from __future__ import annotations
 
@@ -45,8 +45,11 @@ if spec["functional"]:
 base = memory_mb()
 r = load_runner(spec["path"], threads=spec["threads"])
 rng = np.random.default_rng(0)
+t = time.perf_counter()
 r.prefill(rng.integers(3, r.cfg.vocab_size, 512).tolist(), all_logits=False)
+prompt_ms = (time.perf_counter() - t) * 1e3
 after_prompt = memory_mb()["rss"] - base["rss"]
+peak_prompt = memory_mb()["peak"] - base["rss"]  # the process's high-water mark: load and prompt
 if hasattr(r, "release_prefill"):  # the pre-issue-11 runner (`before`) kept the prompt graph resident
     r.release_prefill()
 rounds = []
@@ -58,10 +61,23 @@ for _ in range(spec["rounds"]):
         r.step(int(rng.integers(3, r.cfg.vocab_size)))
     rounds.append((time.perf_counter() - t) / spec["tokens"] * 1e3)
 import retnet_edge
-print(json.dumps({"from": retnet_edge.__file__, "ms": rounds, "rss_after_prompt_mb": round(after_prompt, 1),
+print(json.dumps({"from": retnet_edge.__file__, "ms": rounds, "prompt_ms": round(prompt_ms, 1),
+                  "rss_peak_prompt_mb": round(peak_prompt, 1), "rss_after_prompt_mb": round(after_prompt, 1),
                   "rss_decode_mb": round(memory_mb()["rss"] - base["rss"], 1), "import_s": round(import_s, 3),
                   "torch_imported": torch_imported}))
 """
+
+
+def machine_line() -> str:
+    """CPU model, cores and ISA flags that matter here, from /proc/cpuinfo (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(isa)}"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -80,6 +96,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=5, help="alternations of all variants")
     ap.add_argument("-o", "--output")
+    ap.add_argument("--note", default="", help="what before / after are (kept in the JSON, shown in RESULTS.md)")
     a = ap.parse_args()
     variants = dict(map(parse_variant, a.variants))
     runs: dict[str, list[dict]] = {k: [] for k in variants}
@@ -92,18 +109,24 @@ def main() -> None:
     table = {}
     for name, rs in runs.items():
         ms = [r["ms"][0] for r in rs]
+        prompt = statistics.median(r["prompt_ms"] for r in rs)
         table[name] = {**variants[name], "ms_per_token_median": round(statistics.median(ms), 2),
-                       "ms_per_round": [round(m, 2) for m in ms],
+                       "ms_per_round": [round(m, 2) for m in ms], "prompt_512_ms_median": round(prompt, 1),
+                       "prefill_vs_step_loop": round(512 * statistics.median(ms) / prompt, 2),
+                       "rss_peak_prompt_mb": max(r["rss_peak_prompt_mb"] for r in rs),
                        "rss_after_prompt_mb": max(r["rss_after_prompt_mb"] for r in rs),
                        "rss_decode_mb": max(r["rss_decode_mb"] for r in rs),
                        "import_s": statistics.median(r["import_s"] for r in rs),
                        "torch_imported": any(r["torch_imported"] for r in rs), "code": rs[0]["from"]}
         print(f"{name:14s} {table[name]['ms_per_token_median']:7.2f} ms/token  rounds {table[name]['ms_per_round']}  "
-              f"RSS prompt {table[name]['rss_after_prompt_mb']} MB decode {table[name]['rss_decode_mb']} MB  "
+              f"prompt {table[name]['prompt_512_ms_median']} ms ({table[name]['prefill_vs_step_loop']}x the step loop)  "
+              f"RSS peak {table[name]['rss_peak_prompt_mb']} after prompt {table[name]['rss_after_prompt_mb']} "
+              f"decode {table[name]['rss_decode_mb']} MB  "
               f"import {table[name]['import_s']} s", flush=True)
     if a.output:
         Path(a.output).write_text(json.dumps({"tool": "benchmarks/runtime_ab.py", "tokens": a.tokens,
-                                              "rounds": a.rounds, "variants": table}, indent=2) + "\n")
+                                              "rounds": a.rounds, "note": a.note, "machine": machine_line(),
+                                              "variants": table}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

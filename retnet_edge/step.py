@@ -55,7 +55,15 @@ class RetNetStep(DecoderStack):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         """input_ids, position_ids [B,1] int64; past L x [B,H,Dk,Dv] -> (logits [B,1,V], *present)."""
-        core = StepCore(self.gamma, self.log_gamma, position_ids, self.cfg.normalize)
+        return self.step_from(input_ids, position_ids, past)
+
+    def step_from(self, input_ids: Tensor, position_ids: Tensor, past, keep: Tensor | None = None) -> tuple[Tensor, ...]:
+        """forward, with `keep` (a [1,1,1,1] 0/1 tensor) scaling the decay: keep = 0 starts a new sequence
+        whatever `past` holds, inside the pass over S the decay makes anyway (S·(γ·keep) + kᵀv). The
+        ExecuTorch runner program resets this way; a separate S·keep pass cost 2 MB read + written per
+        layer per token on `small`."""
+        gamma = self.gamma if keep is None else self.gamma * keep
+        core = StepCore(gamma, self.log_gamma, position_ids, self.cfg.normalize)
         logits, present = self.run(input_ids, position_ids, core, past)
         return (logits, *present)
 

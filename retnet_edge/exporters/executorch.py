@@ -44,11 +44,12 @@ class RunnerProgram(nn.Module):
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """tokens [1,1] int64, input_pos [1] int64 -> logits [1,1,V]; position 0 starts a new sequence."""
-        # keep = 0 at position 0. A multiply (not torch.where, which XNNPACK does not lower) is safe here:
-        # the buffers start as zeros and only ever hold finite states written by this method.
+        # keep = 0 at position 0, folded into the decay (S·(γ·keep) + kᵀv). A multiply (not torch.where,
+        # which XNNPACK does not lower) is safe: the buffers start as zeros and only ever hold finite
+        # states written by this method.
         keep = (input_pos != 0).to(torch.float32).view(1, 1, 1, 1)
-        past = [getattr(self, f"state_{i}") * keep for i in range(self.step.cfg.n_layers)]
-        logits, *present = self.step(tokens, input_pos.view(1, 1), *past)
+        past = [getattr(self, f"state_{i}") for i in range(self.step.cfg.n_layers)]
+        logits, *present = self.step.step_from(tokens, input_pos.view(1, 1), past, keep=keep)
         with torch.no_grad():
             for i, s in enumerate(present):
                 getattr(self, f"state_{i}").copy_(s)

@@ -100,6 +100,9 @@ def runtime_section() -> list[str]:
         if new_ll:
             out += _llamacpp_table(new_ll)
         out.append("")
+    single = _load("runtime_ab_xeon_single_session.json")
+    if single:
+        out += _ab_table(single, "## Tried, not adopted: decoding through the prefill graph in one session (Xeon run)") + [""]
     ab, ll, ge = _load("runtime_ab.json"), _load("llamacpp_small.json"), _load("genai_small.json")
     if not ab:
         return out

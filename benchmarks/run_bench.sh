@@ -24,7 +24,7 @@ retnet-edge bench "$work"/demo-onnx-int8 "$work"/demo-onnx-int4 "$work"/demo-pte
 retnet-edge bench "$work"/small-onnx-int8 "$work"/small-onnx-int4 "$work"/small-pte-int4 \
   --contexts 0,4096,8192 --threads 1 --tokens 64 --repeat 3 --work-dir "$work/baselines" \
   -o "$res/bench_small.json" --plot "$res/plots/small"
-python benchmarks/results_md.py "$res/bench_demo.json" "$res/bench_small.json" $(ls "$res"/bench_small_runtime.json 2>/dev/null) > benchmarks/RESULTS.md
+python benchmarks/results_md.py $(ls "$res"/bench_small_xeon.json 2>/dev/null) "$res/bench_demo.json" "$res/bench_small.json" $(ls "$res"/bench_small_runtime.json 2>/dev/null) > benchmarks/RESULTS.md
 # issue 11/15 comparisons (their own commands, see each script's docstring): benchmarks/runtime_ab.py,
 # benchmarks/llamacpp_compare.py (in a llama-cpp-python venv), benchmarks/genai_compare.py
 echo "wrote benchmarks/RESULTS.md" >&2

@@ -72,9 +72,8 @@ def generate_ids(runner: Runner, prompt_ids: list[int], max_new_tokens: int, sc:
                  release_prefill: bool = False) -> Iterator[int]:
     """Yield new token ids; stops at max_new_tokens or eos. Fills `stats` as it goes.
 
-    release_prefill frees a prompt graph held beside the decoding one once the prompt is in (one prompt per
-    process, as in the CLI). The ONNX runner never holds two (its one session moves to the prefill graph
-    at the first prompt); the call is kept for runners that may."""
+    release_prefill frees the prompt graph once the prompt is in (one prompt per process, as in the CLI):
+    decoding then holds one copy of the weights. A caller generating again keeps it for speed."""
     if max_new_tokens < 0:
         raise ConfigError(f"-n/--max-new-tokens must be >= 0, got {max_new_tokens}")
     stats = stats if stats is not None else GenerationStats()

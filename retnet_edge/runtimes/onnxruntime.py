@@ -3,9 +3,7 @@
 `OnnxSession` is the functional view (numpy state in, numpy state out) the validator compares;
 `BoundDecoder` is what a Runner decodes with: the state lives in two sets of buffers that onnxruntime
 reads and writes in place through IOBinding (past from one set, present into the other, then swap), so a
-token costs no state allocation or copy. A runner holds one session at a time (`OnnxSession.resident`):
-model.onnx until its first prompt, then prefill.onnx for the prompt and every later token, because each
-onnxruntime session prepacks its own copy of the weights and the Python API cannot share them."""
+token costs no state allocation or copy."""
 from __future__ import annotations
 
 import json
@@ -60,10 +58,10 @@ class OnnxSession:
         self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
         self._step = self._open(ONNX_STEP_FILE)
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
-        self._resident_prefill = None  # a runner's one session once it has had a prompt (see `resident`)
         # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
-        self.shrink_after_run = ort.RunOptions()
-        self.shrink_after_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.prompt_run_options = ort.RunOptions()
+        if self.flavor == "genai":
+            self.prompt_run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         meta = self.step_session.get_modelmeta().custom_metadata_map
         try:
             self.cfg = RetNetConfig.from_dict(json.loads(meta["retnet_edge.config"]))
@@ -97,33 +95,18 @@ class OnnxSession:
             self._prefill = self.step_session if self.flavor == "genai" else self._open(ONNX_PREFILL_FILE, arena=False)
         return self._prefill
 
-    def resident(self, prompt: bool):
-        """The one session a BoundDecoder runs on: the step graph until a prompt comes, then (standard
-        flavour) the prefill graph for prompts and single tokens alike, the step session dropped first.
-
-        Each onnxruntime session prepacks its own copy of the weights (the Python API has no shared
-        prepacked-weights container), so two resident sessions hold two copies. The chunk graph at T = 1
-        decodes as fast as the step graph (`small` int4, 1 thread: 20.4 vs 20.6 ms per token,
-        benchmarks/results/runtime_ab.json); the one-token result differs from the step graph's by
-        float rounding only (the gate checks both graphs against eager). It runs without onnxruntime's
-        arena, as before for prompts: decoding is no slower, and a prompt's activations go back at once
-        (with the arena, its high-water mark stayed: 389 vs 296 MiB decoding on `small` int4)."""
-        if prompt and self.flavor == "standard" and self._resident_prefill is None:
-            self._step = self._prefill = None
-            release_freed_memory()
-            self._resident_prefill = self._open(ONNX_PREFILL_FILE, arena=False)
-        return self._resident_prefill or self.step_session
-
     def release(self) -> None:
         """Drop every session and its prepacked weights; the next call reopens what it needs. The gate
         holds one graph's session at a time this way (7B int4: each one is several GB)."""
-        self._step = self._prefill = self._resident_prefill = None
+        self._step = self._prefill = None
         release_freed_memory()
 
     def drop_prefill(self) -> None:
-        """Release the functional prefill session (`run_prefill`) and its prepacked weight copy until the
-        next call needs it. (A runner's decoder holds one session already: see `resident`.)"""
-        if self._prefill is not None and self._prefill is not self._step:
+        """Release the prefill session and its prepacked weight copy: decode-only memory until the next
+        prompt (which reopens it, ~0.1 s per 100M parameters). Each session prepacks its own weights
+        (onnxruntime's Python API has no shared prepacked-weights container), so this is how the
+        decode phase holds one copy. (genai flavour: one session already; nothing to drop.)"""
+        if self._prefill is not None and self._prefill is not self.step_session:
             self._prefill = None
             release_freed_memory()
 
@@ -147,7 +130,7 @@ class OnnxSession:
         for c in range(0, ids.shape[1], self.prefill_chunk):
             sl = slice(c, c + self.prefill_chunk)
             logits, *state = self.prefill_session.run(self.outputs, self._feed(ids[:, sl], pos[:, sl], state),
-                                                      self.shrink_after_run if self.flavor == "genai" else None)
+                                                      self.prompt_run_options)
             outs = [logits[:, -1:]] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
@@ -168,12 +151,7 @@ class BoundDecoder:
         self.cur = 0
         self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
-        self._use(session.resident(prompt=False))
-
-    def _use(self, sess) -> None:
-        """Decode through `sess` from now on: one prebuilt binding per direction."""
-        self.graph = sess
-        self._steps = [self._bind(sess, src, self.ids, self.pos, self.logits) for src in (0, 1)]
+        self._steps = [self._bind(session.step_session, src, self.ids, self.pos, self.logits) for src in (0, 1)]
 
     def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None):
         """An IOBinding reading the state from buffers[src] and writing it to buffers[1 - src]."""
@@ -200,23 +178,22 @@ class BoundDecoder:
     def step(self, token: int, position: int) -> np.ndarray:
         """logits [V] (a copy: the buffer is reused by the next step)."""
         self.ids[0, 0], self.pos[0, 0] = token, position
-        self.graph.run_with_iobinding(self._steps[self.cur])
+        self.session.step_session.run_with_iobinding(self._steps[self.cur])
         self.cur = 1 - self.cur
         return self.logits[0, -1].copy()
 
     def prefill(self, ids: np.ndarray, pos: np.ndarray, last_only: bool) -> np.ndarray:
         """ids, pos [1, T]: the prefill graph chunk by chunk, the state bound in place; logits [1, T|1, V]."""
-        sess, outs = self.session.resident(prompt=True), []
-        if sess is not self.graph:
-            self._use(sess)  # the step session is gone: later tokens run on the prefill graph too
+        sess, outs = self.session.prefill_session, []
         for c in range(0, ids.shape[1], self.session.prefill_chunk):
             sl = slice(c, c + self.session.prefill_chunk)
             io = self._bind(sess, self.cur, np.ascontiguousarray(ids[:, sl]), np.ascontiguousarray(pos[:, sl]), None)
-            sess.run_with_iobinding(io, self.session.shrink_after_run if self.session.flavor == "genai" else None)
+            sess.run_with_iobinding(io, self.session.prompt_run_options)
             self.cur = 1 - self.cur
             logits = io.get_outputs()[0].numpy()
             outs = [logits[:, -1:].copy()] if last_only else [*outs, logits]
-        release_freed_memory()  # the arena shrank; let the heap hand the pages back too
+        if self.session.flavor == "genai":
+            release_freed_memory()  # the arena shrank; let the heap hand the pages back too
         return np.concatenate(outs, axis=1)
 
     def get_state(self) -> list[np.ndarray]:

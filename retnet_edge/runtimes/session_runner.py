@@ -83,8 +83,8 @@ class Runner:
         return logits
 
     def release_prefill(self) -> None:
-        """Free a prompt graph held beside the decoding one until the next prefill, where the session has
-        one (`drop_prefill`). The ONNX decoder holds one session at a time already (`OnnxSession.resident`)."""
+        """Free the prompt graph until the next prefill, where the session can (ONNX): decode-phase memory
+        is then one copy of the weights plus the state."""
         drop = getattr(self.session, "drop_prefill", None)
         if drop is not None:
             drop()

@@ -11,8 +11,8 @@ is the runner's own and must stay flat.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,10 +25,12 @@ MARKS = (1_000, 10_000, 100_000, 250_000, 500_000, 750_000, 1_000_000)
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: savez adds no suffix; the rename: no partial file
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    """Atomically (a killed run leaves no partial reference for the next run to reuse)."""
+    from retnet_edge.io_utils import atomic_write_bytes
+
+    buf = io.BytesIO()  # a file object: savez adds no .npz suffix
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def reference_child(model: str, marks: list[int], out: Path) -> None:
@@ -46,6 +48,7 @@ def runner_child(artifact: str, marks: list[int], threads: int, out: Path) -> No
     """The artifact's runner over the stream: records (JSON beside) and logits at the marks."""
     from retnet_edge.bench.measure import memory_mb
     from retnet_edge.bench.stability import runner_records
+    from retnet_edge.io_utils import atomic_write_text
     from retnet_edge.runtimes import load_runner
 
     base = memory_mb()["rss"]
@@ -54,7 +57,7 @@ def runner_child(artifact: str, marks: list[int], threads: int, out: Path) -> No
                              log=lambda s: print(f"[{Path(artifact).name}] {s}", flush=True))
     _save_npz(out, {str(r["step"]): r.pop("logits") for r in records})
     rss = [r["rss_mb"] for r in records]
-    out.with_suffix(".json").write_text(json.dumps({
+    atomic_write_text(out.with_suffix(".json"), json.dumps({
         "artifact": artifact, "threads": threads, "seconds": round(time.time() - t0, 1),
         "rss_before_load_mb": round(base, 1), "rss_growth_after_first_mark_mb": round(max(rss) - rss[0], 1),
         "torch_in_process": "torch" in sys.modules, "records": records}))

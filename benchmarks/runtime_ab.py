@@ -69,15 +69,11 @@ print(json.dumps({"from": retnet_edge.__file__, "ms": rounds, "prompt_ms": round
 
 
 def machine_line() -> str:
-    """CPU model, cores and ISA flags that matter here, from /proc/cpuinfo (Linux)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
-    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(isa)}"
+    """CPU model, cores and the ISA flags that matter here (`bench.machine.machine_facts`)."""
+    from retnet_edge.bench.machine import machine_facts
+
+    m = machine_facts()
+    return f"{m['cpu']}, {m['cores']} cores, {' '.join(m['flags'])}"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

@@ -5,7 +5,7 @@ import os
 import platform
 from importlib import metadata
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "asimd", "sve", "i8mm", "dotprod")
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "fma", "asimd", "sve", "i8mm", "dotprod")
 
 
 def machine_facts() -> dict:

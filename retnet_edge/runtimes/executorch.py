@@ -59,15 +59,14 @@ class ExecuTorchSession:
             self.cfg = RetNetConfig.from_dict(meta["config"])
         except RetNetEdgeError as exc:
             raise ArtifactError(f"{self.directory / DELEGATION_FILE}: invalid config ({exc})") from exc
-        if threads:
-            # the program's non-delegated kernels run in torch's OpenMP pool: at its default (all cores)
-            # its workers spin-wait, and on a busy 2-core machine a demo step took 42 ms of CPU, not 4
-            torch.set_num_threads(threads)
         with native_log_filtered():
             if threads:
                 from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
 
                 _unsafe_reset_threadpool(threads)
+                # the program's non-delegated kernels run in torch's OpenMP pool: at its default (all
+                # cores) its workers spin-wait, and on a busy 2-core machine a demo step took 42 ms of CPU, not 4
+                torch.set_num_threads(threads)
             path = self.directory / PTE_FILE
             if not path.is_file():
                 raise ArtifactError(f"{path} not found")

@@ -41,6 +41,25 @@ def test_one_partition_nothing_expensive_outside(demo_pte):
     assert max(c["max_rel"] for c in demo_pte.manifest["validation"]["checks"]) <= 1e-5
 
 
+def test_runner_state_written_in_place_and_reset_at_position_zero(demo_pte):
+    """The partition writes each new state straight into its buffer (no copy_ write-back outside it);
+    a stream that restarts at input_pos 0 mid-way must still match eager token by token."""
+    from executorch.runtime import Runtime
+
+    d = _delegation(demo_pte.path)
+    assert d["state_in_place"] == d["config"]["n_layers"]
+    method = Runtime.get().load_program(str(demo_pte.path / "model.pte")).load_method("forward")
+    model = retnet_edge.load("demo")
+    g = torch.Generator().manual_seed(3)
+    for length in (23, 17):  # the second sequence starts over a non-zero state
+        ids = torch.randint(4, model.cfg.vocab_size, (1, length), generator=g)
+        got = torch.cat([method.execute([ids[:, i:i + 1], torch.tensor([i])])[0] for i in range(length)], dim=1)
+        with torch.no_grad():
+            want = model(ids)
+        rel = ((got - want).abs().max() / want.abs().max()).item()
+        assert rel < 1e-5, rel
+
+
 def test_constant_methods_for_the_stock_runner(demo_pte):
     from executorch.runtime import Runtime
 

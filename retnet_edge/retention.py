@@ -94,6 +94,26 @@ class ChunkCore:
         return (o * self.out_scale if self.out_scale is not None else o), state
 
 
+@torch.library.custom_op("retnet_edge::gated_state_step", mutates_args=())
+def gated_state_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """Eq. 6 as one op, in onnxruntime's `com.microsoft::LinearAttention` (update_rule "gated", scale 1)
+    layout: q, k [B, 1, H*Dk], v [B, 1, H*Dv], state [B, H, Dk, Dv], log_decay [B, 1, H] (log γ), H ->
+    (o [B, 1, H*Dv], state' = γ·state + kᵀv). The ONNX step graph exports it as that one node, which
+    reads and writes S once instead of the four passes of MatMul/Mul/Add/MatMul (exporters/onnx.py);
+    this body is its eager meaning, used by nothing else."""
+    B, H, Dk, Dv = state.shape
+    kv = torch.bmm(k.reshape(B * H, Dk, 1), v.reshape(B * H, 1, Dv))
+    new = state.reshape(B * H, Dk, Dv) * log_decay.reshape(B * H, 1, 1).exp() + kv
+    o = torch.bmm(q.reshape(B * H, 1, Dk), new)
+    return o.reshape(B, 1, H * Dv), new.reshape(B, H, Dk, Dv)
+
+
+@gated_state_step.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    B, H, Dk, Dv = state.shape
+    return q.new_empty(B, 1, H * Dv), torch.empty_like(state)
+
+
 class StepCore:
     """Eq. 6 for one token: S_n = γ S_{n−1} + k_nᵀ v_n, o_n = q_n S_n.
 
@@ -101,8 +121,9 @@ class StepCore:
     step lowers to one XNNPACK partition and nothing in it depends on the position.
     """
 
-    def __init__(self, gamma: Tensor, log_gamma: Tensor, positions: Tensor, normalize: str):
+    def __init__(self, gamma: Tensor, log_gamma: Tensor, positions: Tensor, normalize: str, fused: bool = False):
         self.gamma = gamma  # [1, H, 1, 1], precomputed (no exp in the step graph)
+        self.log_gamma, self.fused = log_gamma, fused  # fused: the state update as one gated_state_step
         B, H = positions.shape[0], gamma.shape[1]
         # [B*H, 1, 1]: torchscale's S_n/√Z_n, only computed when the checkpoint uses it
         self.out_scale = (torchscale_scale(positions, log_gamma).view(B * H, 1, 1)
@@ -113,12 +134,25 @@ class StepCore:
         Dv = v.shape[-1]
         if S.dim() == 3:
             return self._flat(q, k, v, S)
+        if self.fused:
+            return self._fused(q, k, v, S)
         kv = torch.bmm(k.view(B * H, Dk, 1), v.view(B * H, 1, Dv)).view(B, H, Dk, Dv)  # k_nᵀ v_n
         S = S * self.gamma + kv  # S_n = γ S_{n−1} + k_nᵀ v_n
         o = torch.bmm(q.view(B * H, 1, Dk), S.view(B * H, Dk, Dv))  # [B*H, 1, Dv]
         if self.out_scale is not None:
             o = o * self.out_scale
         return o.view(B, 1, H, Dv), S
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+        B, _, H, Dk = q.shape
+        Dv = v.shape[-1]
+        log_decay = self.log_gamma.view(1, 1, H).expand(B, 1, H)
+        o, S = gated_state_step(q.reshape(B, 1, H * Dk), k.reshape(B, 1, H * Dk), v.reshape(B, 1, H * Dv), S,
+                                 log_decay, H)
+        o = o.view(B, 1, H, Dv)
+        if self.out_scale is not None:
+            o = o * self.out_scale.view(B, 1, H, 1)
+        return o, S
 
     def _flat(self, q: Tensor, k: Tensor, v: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
         """The same step on a state held as [B*H, Dk, Dv] (the ExecuTorch runner program's buffers): no

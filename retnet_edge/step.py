@@ -57,13 +57,15 @@ class RetNetStep(DecoderStack):
         """input_ids, position_ids [B,1] int64; past L x [B,H,Dk,Dv] -> (logits [B,1,V], *present)."""
         return self.step_from(input_ids, position_ids, past)
 
+    fused_state = False  # True on the module the ONNX step graph is traced from (see to_fused_step)
+
     def step_from(self, input_ids: Tensor, position_ids: Tensor, past, keep: Tensor | None = None) -> tuple[Tensor, ...]:
         """forward, with `keep` (a [1,1,1,1] 0/1 tensor) scaling the decay: keep = 0 starts a new sequence
         whatever `past` holds, inside the pass over S the decay makes anyway (S·(γ·keep) + kᵀv). The
         ExecuTorch runner program resets this way; a separate S·keep pass cost 2 MB read + written per
         layer per token on `small`."""
         gamma = self.gamma if keep is None else self.gamma * keep
-        core = StepCore(gamma, self.log_gamma, position_ids, self.cfg.normalize)
+        core = StepCore(gamma, self.log_gamma, position_ids, self.cfg.normalize, fused=self.fused_state)
         logits, present = self.run(input_ids, position_ids, core, past)
         return (logits, *present)
 
@@ -87,6 +89,14 @@ class RetNetPrefill(DecoderStack):
         core = ChunkCore(self.log_gamma, position_ids, self.cfg.normalize, chunk_size=None)
         logits, present = self.run(input_ids, position_ids, core, past)
         return (logits, *present)
+
+
+def to_fused_step(step: RetNetStep) -> RetNetStep:
+    """The same step (same modules and tensors, a shallow copy) whose state update is the one op
+    `retention.gated_state_step`: what the ONNX step graph is traced from."""
+    fused = copy.copy(step)
+    fused.fused_state = True
+    return fused
 
 
 def to_prefill(step: RetNetStep) -> RetNetPrefill:

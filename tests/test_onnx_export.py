@@ -78,3 +78,55 @@ def test_bad_export_options(tmp_path, args, message):
     assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+
+
+def _state_ops(path):
+    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    return {n.op_type: sum(1 for x in m.graph.node if x.op_type == n.op_type) for n in m.graph.node}
+
+
+def test_state_update_is_one_fused_op_per_layer_and_portable_is_not(tiny_onnx, tmp_path):
+    """standard: one com.microsoft::LinearAttention per layer, no state-sized MatMul/Mul/Add left; portable:
+    ai.onnx ops only. Same I/O, and both decode the same logits (within fp32 reordering) through the runner."""
+    from retnet_edge.exporters import export_model
+    from retnet_edge.quant import QuantConfig
+    from retnet_edge.runtimes import load_runner
+
+    model, art = tiny_onnx
+    step = onnx.load(str(art.path / "model.onnx"), load_external_data=False)
+    fused = [n for n in step.graph.node if n.op_type == "LinearAttention"]
+    assert len(fused) == model.cfg.n_layers and {n.domain for n in fused} == {"com.microsoft"}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in fused[0].attribute}
+    assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
+                     "update_rule": b"gated"}
+    portable = export_model(art.manifest["source"], "onnx", QuantConfig("fp32"), tmp_path / "portable",
+                            options={"flavor": "portable"}, steps=32)
+    assert "LinearAttention" not in _state_ops(portable.path) and portable.manifest["validation"]["passed"]
+    assert json.loads((portable.path / "manifest.json").read_text())["options"]["flavor"] == "portable"
+    a, b = load_runner(art.path), load_runner(portable.path)
+    la, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
+    for t in range(24):
+        la, lb = a.step(5 + t), b.step(5 + t)
+        assert abs(la - lb).max() <= 1e-5 * abs(lb).max()
+    a.reset(), b.reset()
+    assert (a.prefill([7, 8, 9]) == b.prefill([7, 8, 9])).all()  # the prefill graph is the same in both
+
+
+def test_runner_names_the_fix_when_onnxruntime_lacks_the_fused_op(tiny_onnx, monkeypatch):
+    """An onnxruntime older than 1.25 cannot build the step graph: one line saying what to do."""
+    import onnxruntime
+
+    from retnet_edge.runtimes import load_runner
+
+    _, art = tiny_onnx
+
+    class Old:
+        def __init__(self, *a, **k):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Fatal error: com.microsoft:LinearAttention(-1) "
+                               "is not a registered function/op")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Old)
+    with pytest.raises(retnet_edge.ArtifactError) as err:  # the CLI prints it as one `Error:` line, exit 1
+        load_runner(art.path)
+    message = str(err.value)
+    assert "onnxruntime >= 1.25" in message and "--flavor portable" in message and "\n" not in message

@@ -23,13 +23,43 @@ from ..config import RetNetConfig
 from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT, io_names
 from ..errors import ExportError
 from ..quant import QuantConfig, QuantPlan
-from ..step import RetNetStep, to_prefill
+from ..step import RetNetStep, to_fused_step, to_prefill
 from .genai import to_genai_io, write_genai_files
 from .target import register_target
 
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
 SHARE_MIN_BYTES = 1024  # smaller initializers stay inline
+FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # the step graph's state update (standard flavour)
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
+
+
+def _linear_attention(q, k, v, state, log_decay, heads: int):
+    """retention.gated_state_step as onnxruntime's contrib op: one node reads S once and writes S' once."""
+    import onnxscript  # with torch.onnx's exporter, which needs it anyway
+
+    _register_fused_state_schema()
+    op = onnxscript.values.Opset(FUSED_STATE_OP[0], 1)[FUSED_STATE_OP[1]]
+    return op(q, k, v, state, log_decay, q_num_heads=heads, kv_num_heads=heads, scale=1.0, update_rule="gated")
+
+
+def _register_fused_state_schema() -> None:
+    """onnx's schema registry lacks onnxruntime's contrib ops; the exporter needs the signature of the one
+    we emit (the part of it we use: the gated update, no beta, no state window)."""
+    domain, name = FUSED_STATE_OP
+    try:
+        onnx.defs.get_schema(name, 1, domain)
+        return
+    except onnx.defs.SchemaError:
+        pass
+    P, A = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
+    T = onnx.defs.OpSchema.AttrType
+    onnx.defs.register_schema(onnx.defs.OpSchema(
+        name, domain, 1,
+        inputs=[P("query", "T"), P("key", "T"), P("value", "T"), P("past_state", "T"), P("decay", "T")],
+        outputs=[P("output", "T"), P("present_state", "T")],
+        type_constraints=[("T", ["tensor(float)"], "fp32 only: the state is the contract's fp32")],
+        attributes=[A("q_num_heads", T.INT, ""), A("kv_num_heads", T.INT, ""), A("scale", T.FLOAT, ""),
+                    A("update_rule", T.STRING, "")]))
 
 
 def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bool) -> onnx.ModelProto:
@@ -47,6 +77,7 @@ def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bo
             logging.getLogger(name).setLevel(logging.ERROR)
         prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                  output_names=outputs, dynamic_shapes=(tok, tok, tuple({0: batch} for _ in state)),
+                                 custom_translation_table={torch.ops.retnet_edge.gated_state_step.default: _linear_attention},
                                  verbose=False)
     return prog.model_proto
 
@@ -192,15 +223,28 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
         onnx.save_model(model, str(out / fname))
 
 
-FLAVORS = ("standard", "genai")
+# standard: the documented contract, its step graph's state update one LinearAttention node per layer;
+# portable: the same files and I/O, the state update as MatMul/Mul/Add/MatMul (ai.onnx ops only, for an
+# onnxruntime without that contrib op or another engine); genai: one graph onnxruntime-genai runs.
+FLAVORS = ("standard", "portable", "genai")
+STEP_KINDS = ("step", "step-portable")
 
 
 def graph_plan(flavor: str) -> dict[str, tuple[str, bool]]:
     """The graphs a flavour writes: {file: (kind, dynamic sequence)} (both the traced and the streamed export)."""
     if flavor not in FLAVORS:
         raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
-    return ({ONNX_STEP_FILE: ("genai", True)} if flavor == "genai" else
-            {ONNX_STEP_FILE: ("step", False), ONNX_PREFILL_FILE: ("prefill", True)})
+    if flavor == "genai":
+        return {ONNX_STEP_FILE: ("genai", True)}
+    return {ONNX_STEP_FILE: ("step" if flavor == "standard" else "step-portable", False),
+            ONNX_PREFILL_FILE: ("prefill", True)}
+
+
+def graph_module(kind: str, step: RetNetStep) -> torch.nn.Module:
+    """The module a graph kind is traced from (the same modules and tensors for every kind)."""
+    if kind == "step":
+        return to_fused_step(step)  # measured on `small`: 12 layers' state update 3.9 vs 8.7 ms (Xeon)
+    return step if kind == "step-portable" else to_prefill(step)
 
 
 @register_target("onnx", flavor=FLAVORS)
@@ -209,6 +253,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
     """Write the graphs into `out`; returns the file names.
 
     standard: model.onnx (static step) + prefill.onnx (chunk graph), the documented contract.
+    portable: the same, with the step's state update in ai.onnx ops instead of onnxruntime's LinearAttention.
     genai: one model.onnx (the chunk graph, any length) with onnxruntime-genai's I/O names, plus
     genai_config.json and tokenizer_config.json (see exporters/genai.py).
     """
@@ -217,7 +262,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
     state = step.init_state(2)
     protos: dict[str, onnx.ModelProto] = {}
     for fname, (graph, dynamic) in graphs.items():
-        module = step if graph == "step" else to_prefill(step)
+        module = graph_module(graph, step)
         log(f"  tracing {graph} graph ...")
         try:
             model = _trace(module, cfg.n_layers, state, dynamic)
@@ -225,7 +270,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
             raise ExportError(f"torch.onnx export of the {graph} graph failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0]}") from exc
         name_nodes(model)
-        if graph == "step":
+        if graph in STEP_KINDS:
             bad = position_dependent_nodes(model)
             if bad:
                 raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")

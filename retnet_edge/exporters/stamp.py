@@ -43,11 +43,11 @@ from ..config import RetNetConfig
 from ..errors import ExportError, RetNetEdgeError
 from ..model import RetNet
 from ..quant import QuantConfig, QuantPlan
-from ..step import RetNetStep, to_prefill, to_recurrent
+from ..step import RetNetStep, to_recurrent
 from ..streaming import ModelWeights
 from .genai import to_genai_io, write_genai_files
 from .target import register_streamed
-from .onnx import (BITS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_plan, name_nodes,
+from .onnx import (BITS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_module, graph_plan, name_nodes,
                    position_dependent_nodes)
 
 TEMPLATE_LAYERS = 1
@@ -368,11 +368,10 @@ def _trace_templates_here(cfg: dict, graphs: dict[str, tuple[str, bool]]) -> dic
     try:
         step = template_step(RetNetConfig.from_dict(cfg))
         table = _weight_table(step)
-        modules = {"step": step, "prefill": to_prefill(step), "genai": to_prefill(step)}
         out = {}
         for fname, (kind, dynamic) in graphs.items():
             try:
-                proto = _trace(modules[kind], TEMPLATE_LAYERS, step.init_state(2), dynamic)
+                proto = _trace(graph_module(kind, step), TEMPLATE_LAYERS, step.init_state(2), dynamic)
             except Exception as exc:  # the exporter raises many types; one clear message
                 raise ExportError(f"torch.onnx export of the {kind} template failed: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0]}") from exc

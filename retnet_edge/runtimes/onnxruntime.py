@@ -18,6 +18,8 @@ from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, 
                         POSITION_IDS, flavor_names)
 from ..errors import ArtifactError
 
+FUSED_STATE_MIN_ORT = "1.25"  # the first onnxruntime with a CPU LinearAttention kernel (1.24.4 lacks it: tested)
+
 
 def session_options(threads: int | None = None, arena: bool = True):
     """The one onnxruntime configuration every session of ours uses (runner, baseline, profiler).
@@ -79,6 +81,10 @@ class OnnxSession:
             return self._ort.InferenceSession(str(path), session_options(self._threads, arena),
                                               providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            if "LinearAttention" in str(exc):  # the standard flavour's fused state update (onnxruntime >= 1.25)
+                raise ArtifactError(f"{path} needs onnxruntime >= {FUSED_STATE_MIN_ORT} for its state update "
+                                    f"(com.microsoft::LinearAttention); this is onnxruntime {self._ort.__version__}. "
+                                    "Upgrade it, or re-export with --flavor portable") from exc
             raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc})") from exc
 
     @property

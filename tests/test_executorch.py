@@ -47,7 +47,7 @@ def test_runner_state_written_in_place_and_reset_at_position_zero(demo_pte):
     from executorch.runtime import Runtime
 
     d = _delegation(demo_pte.path)
-    assert d["state_in_place"] == d["config"]["n_layers"]
+    assert d["state_in_place"] == d["config"]["n_layers"] * d["config"]["n_heads"]  # a buffer per head
     method = Runtime.get().load_program(str(demo_pte.path / "model.pte")).load_method("forward")
     model = retnet_edge.load("demo")
     g = torch.Generator().manual_seed(3)

@@ -39,10 +39,12 @@ class RunnerProgram(nn.Module):
     def __init__(self, step: RetNetStep):
         super().__init__()
         self.step = step
+        self.heads = step.cfg.n_heads
+        # state_{layer}_{head}: [1, Dk, Dv] zeros (kept by InitializedMutableBufferPass), one per head so the
+        # step core updates a head at a time in cache (retention.StepCore._per_head)
         for i, s in enumerate(step.init_state(1)):
-            # [H, Dk, Dv] zeros (kept by InitializedMutableBufferPass): the step core's flat layout, so no
-            # reshape of the state crosses the partition boundary (XNNPACK copies those)
-            self.register_buffer(f"state_{i}", s.view(-1, *s.shape[2:]))
+            for h in range(self.heads):
+                self.register_buffer(f"state_{i}_{h}", s[:, h].clone())
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """tokens [1,1] int64, input_pos [1] int64 -> logits [1,1,V]; position 0 starts a new sequence."""
@@ -50,11 +52,13 @@ class RunnerProgram(nn.Module):
         # which XNNPACK does not lower) is safe: the buffers start as zeros and only ever hold finite
         # states written by this method.
         keep = (input_pos != 0).to(torch.float32).view(1, 1, 1, 1)
-        past = [getattr(self, f"state_{i}") for i in range(self.step.cfg.n_layers)]
+        past = [tuple(getattr(self, f"state_{i}_{h}") for h in range(self.heads))
+                for i in range(self.step.cfg.n_layers)]
         logits, *present = self.step.step_from(tokens, input_pos.view(1, 1), past, keep=keep)
         with torch.no_grad():
-            for i, s in enumerate(present):
-                getattr(self, f"state_{i}").copy_(s)
+            for i, heads in enumerate(present):
+                for h, s in enumerate(heads):
+                    getattr(self, f"state_{i}_{h}").copy_(s)
         return logits
 
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Issue 11's measurements in one go, on an otherwise idle machine (~15 min on 2 cores):
+# Issue 11's measurements in one go, on an otherwise idle machine (~20 min on 2 cores):
 #   bash benchmarks/run_runtime.sh BEFORE_TREE [LLAMA_VENV]
 # BEFORE_TREE: a checkout of the commit to compare against (git worktree add /tmp/before <commit>);
 # LLAMA_VENV: a venv with llama-cpp-python + gguf (see benchmarks/llamacpp_compare.py; default /tmp/llvenv).
+# `before` rows run the old tree's runner (it decodes with model.onnx, the MatMul/Mul/Add chain); `after` rows
+# this tree's, which picks model_fused.onnx at 1 thread and model.onnx otherwise; `graph=` forces one.
+# ExecuTorch variants (built by hand with older commits, when present): small-pte-int4-unfolded (reset as a
+# separate pass), -copyback (state written back by copy_), -flat (in place, one buffer per layer).
 # Writes benchmarks/results/{runtime_ab_xeon,llamacpp_xeon,bench_small_xeon}.json; RESULTS.md is then
 # regenerated with benchmarks/results_md.py (the last line of run_bench.sh).
 set -euo pipefail
@@ -19,13 +23,16 @@ done
   --no-validate -o "$work/small-onnx-int4-g128"
 [ -d "$work/small-pte-int4" ] || retnet-edge export "$work/small" --target executorch --quant int4 --no-validate -o "$work/small-pte-int4"
 bash benchmarks/device/build.sh python >/dev/null
+i4=$work/small-onnx-int4 i8=$work/small-onnx-int8
 python benchmarks/runtime_ab.py \
-  "before-int4=$work/small-onnx-int4:before=$before" "after-int4=$work/small-onnx-int4" \
-  "before-int8=$work/small-onnx-int8:before=$before" "after-int8=$work/small-onnx-int8" \
+  "before-int4=$i4:before=$before" "after-int4=$i4" "after-int4-chain=$i4:graph=chain" \
+  "before-int8=$i8:before=$before" "after-int8=$i8" "after-int8-chain=$i8:graph=chain" \
   "after-int4-g128=$work/small-onnx-int4-g128" \
-  "before-int4-2t=$work/small-onnx-int4:before=$before,threads=2" "after-int4-2t=$work/small-onnx-int4:threads=2" \
-  --rounds 3 --note "$(git -C "$before" log -1 --format='`before`: commit %h (%s)' | cut -c1-160); \`after\`: $(git log -1 --format=%h) + working tree." \
+  "before-int4-2t=$i4:before=$before,threads=2" "after-int4-2t=$i4:threads=2" "after-int4-2t-fused=$i4:threads=2,graph=fused" \
+  --rounds 3 --note "$(git -C "$before" log -1 --format='`before`: commit %h (%s)' | cut -c1-160); \`after\`: $(git log -1 --format=%h) + working tree (model_fused.onnx at 1 thread, model.onnx at 2; graph= forces one)." \
   -o "$res/runtime_ab_xeon.json"
 "$llvenv/bin/python" benchmarks/llamacpp_compare.py --contexts 0 --threads 1,2 -o "$res/llamacpp_xeon.json"
-retnet-edge bench "$work"/small-onnx-int8 "$work"/small-onnx-int4 "$work"/small-onnx-int4-g128 "$work"/small-pte-int4 $(ls -d "$work"/small-pte-int4-unfolded 2>/dev/null) \
-  --contexts 0,512 --threads 1 --tokens 64 --repeat 3 --baseline none -o "$res/bench_small_xeon.json"
+pte=("$work"/small-pte-int4)
+for v in flat copyback unfolded; do [ -d "$work/small-pte-int4-$v" ] && pte+=("$work/small-pte-int4-$v"); done
+retnet-edge bench "$i8" "$i4" "$work"/small-onnx-int4-g128 "${pte[@]}" \
+  --contexts 0,512 --threads 1,2 --tokens 64 --repeat 3 --baseline none -o "$res/bench_small_xeon.json"

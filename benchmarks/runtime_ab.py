@@ -3,7 +3,8 @@
     python benchmarks/runtime_ab.py A=path[:setting,...] B=path[:setting,...] ... -o out.json
 
 Settings: `functional` (the pre-IOBinding runner: numpy state in and out each token), `spin=1|0` (onnxruntime
-intra-op spinning on/off; default: what the runtime sets), `threads=N`, `before=DIR` (import retnet_edge from DIR,
+intra-op spinning on/off; default: what the runtime sets), `threads=N`, `graph=fused|chain` (which step graph
+the runner decodes with; default: its own pick by threads), `before=DIR` (import retnet_edge from DIR,
 e.g. a git worktree of an older commit, for a before/after table from one run). Each variant runs in its own process;
 rounds alternate the variants so drift of a shared machine hits all of them alike. Reported: median
 ms/token over rounds (each round: `tokens` steps after a 512-token prompt), the prompt's time and its
@@ -88,7 +89,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", help="NAME=ARTIFACT[:functional,spin=1|0,threads=N,before=DIR]")
+    ap.add_argument("variants", nargs="+",
+                    help="NAME=ARTIFACT[:functional,spin=1|0,threads=N,before=DIR,graph=fused|chain]")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=5, help="alternations of all variants")
     ap.add_argument("-o", "--output")
@@ -98,7 +100,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for _ in range(a.rounds):
         for name, spec in variants.items():
-            env = {**os.environ, "RETNET_EDGE_FROM": spec["before"]} if spec.get("before") else None
+            env = {**os.environ, **({"RETNET_EDGE_FROM": spec["before"]} if spec.get("before") else {}),
+                   **({"RETNET_EDGE_STEP_GRAPH": spec["graph"]} if spec.get("graph") else {})}
             out = subprocess.run([sys.executable, "-c", CHILD, json.dumps({**spec, "rounds": 1, "tokens": a.tokens})],
                                  capture_output=True, text=True, check=True, env=env)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -292,9 +292,7 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
 @click.option("--embedding", default="fp32", show_default=True, help="Embedding precision: fp32, int8, int4.")
 @click.option("--flavor", type=RegistryChoice(_flavor_names), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
-                   "ONNX: standard (default; step + prefill graphs, the state update one onnxruntime LinearAttention "
-                   "op per layer, onnxruntime >= 1.25), portable (the same with ai.onnx ops only) or genai (one "
-                   "graph onnxruntime-genai runs).")
+                   "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory (or directory of them).")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
 @click.option("--validate/--no-validate", default=True, show_default=True,

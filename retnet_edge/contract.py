@@ -17,6 +17,9 @@ MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # ONNX: a static step graph and a dynamic-length chunk graph sharing one external weights file
 ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.onnx", "weights.bin"
+# the same step graph with each layer's state update as one com.microsoft::LinearAttention node: runners decode
+# with it at 1 thread (faster there), with model.onnx otherwise (its MatMul/Mul/Add chain scales over threads)
+ONNX_STEP_FUSED_FILE = "model_fused.onnx"
 # ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)
 PTE_FILE, DELEGATION_FILE = "model.pte", "delegation.json"
 

@@ -95,7 +95,8 @@ class ChunkCore:
 
 
 @torch.library.custom_op("retnet_edge::gated_state_step", mutates_args=())
-def gated_state_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+def gated_state_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor,
+                     heads: int) -> tuple[Tensor, Tensor]:
     """Eq. 6 as one op, in onnxruntime's `com.microsoft::LinearAttention` (update_rule "gated", scale 1)
     layout: q, k [B, 1, H*Dk], v [B, 1, H*Dv], state [B, H, Dk, Dv], log_decay [B, 1, H] (log γ), H ->
     (o [B, 1, H*Dv], state' = γ·state + kᵀv). The ONNX step graph exports it as that one node, which

@@ -61,7 +61,7 @@ def artifact_cases(seed: int = 1, n: int = 60):
             if kind == "flip_weights":
                 _flip(d / "weights.bin", r)
             elif kind == "flip_graph":
-                _flip(d / r.choice(["model.onnx", "prefill.onnx"]), r)
+                _flip(d / r.choice(["model.onnx", "model_fused.onnx", "prefill.onnx"]), r)
             elif kind == "truncate_weights":
                 _truncate(d / "weights.bin", r)
             elif kind == "manifest_field":
@@ -72,7 +72,7 @@ def artifact_cases(seed: int = 1, n: int = 60):
             elif kind == "flip_manifest":
                 _flip(m, r)
             else:
-                (d / r.choice(["model.onnx", "prefill.onnx", "weights.bin"])).unlink()
+                (d / r.choice(["model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"])).unlink()
 
         yield "artifact", f"{kind}-{i}", apply
 

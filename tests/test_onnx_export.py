@@ -15,7 +15,7 @@ from retnet_edge.exporters.onnx import position_dependent_nodes
 def test_io_contract_and_metadata(tiny_onnx):
     model, art = tiny_onnx
     cfg = model.cfg
-    for fname, seq in (("model.onnx", 1), ("prefill.onnx", "sequence")):
+    for fname, seq in (("model.onnx", 1), ("model_fused.onnx", 1), ("prefill.onnx", "sequence")):
         m = onnx.load(str(art.path / fname))
         ins = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
         outs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in m.graph.output}
@@ -44,16 +44,19 @@ def test_graphs_share_one_weights_file(tiny_onnx):
     model, art = tiny_onnx
     weights = (art.path / "weights.bin").stat().st_size
     assert weights < 1.1 * 4 * model.num_parameters()
-    total = sum((art.path / f).stat().st_size for f in ("model.onnx", "prefill.onnx", "weights.bin"))
+    graphs = ("model.onnx", "model_fused.onnx", "prefill.onnx")
+    total = sum((art.path / f).stat().st_size for f in (*graphs, "weights.bin"))
     assert total < 1.3 * weights  # two self-contained graphs would be >= 2x
 
 
 def test_manifest_lists_files_and_validation(tiny_onnx):
     _, art = tiny_onnx
     m = json.loads((art.path / "manifest.json").read_text())
-    assert m["target"] == "onnx" and set(m["files"]) == {"model.onnx", "prefill.onnx", "weights.bin"}
+    assert m["target"] == "onnx"
+    assert set(m["files"]) == {"model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
-    assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 4
+    assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 6  # + model_fused.onnx's step loops
+    assert sum("model_fused.onnx" in c["name"] for c in m["validation"]["checks"]) == 2
     assert max(c["max_rel"] for c in m["validation"]["checks"]) <= 1e-5
 
 
@@ -80,53 +83,54 @@ def test_bad_export_options(tmp_path, args, message):
 
 
 
-def _state_ops(path):
-    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
-    return {n.op_type: sum(1 for x in m.graph.node if x.op_type == n.op_type) for n in m.graph.node}
+def _ops(path, fname):
+    m = onnx.load(str(path / fname), load_external_data=False)
+    return [n for n in m.graph.node]
 
 
-def test_state_update_is_one_fused_op_per_layer_and_portable_is_not(tiny_onnx, tmp_path):
-    """standard: one com.microsoft::LinearAttention per layer, no state-sized MatMul/Mul/Add left; portable:
-    ai.onnx ops only. Same I/O, and both decode the same logits (within fp32 reordering) through the runner."""
-    from retnet_edge.exporters import export_model
-    from retnet_edge.quant import QuantConfig
+def test_two_step_graphs_one_state_update_each_picked_by_threads(tiny_onnx, monkeypatch):
+    """model.onnx: the state update as MatMul/Mul/Add/MatMul (ai.onnx ops); model_fused.onnx: one
+    com.microsoft::LinearAttention per layer and no state MatMul. The runner decodes with the fused graph at
+    1 thread and with the chain otherwise (RETNET_EDGE_STEP_GRAPH overrides); both give the same logits."""
     from retnet_edge.runtimes import load_runner
 
     model, art = tiny_onnx
-    step = onnx.load(str(art.path / "model.onnx"), load_external_data=False)
-    fused = [n for n in step.graph.node if n.op_type == "LinearAttention"]
-    assert len(fused) == model.cfg.n_layers and {n.domain for n in fused} == {"com.microsoft"}
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in fused[0].attribute}
+    L = model.cfg.n_layers
+    chain, fused = _ops(art.path, "model.onnx"), _ops(art.path, "model_fused.onnx")
+    assert not [n for n in chain if n.op_type == "LinearAttention"]
+    assert sum(n.op_type == "MatMul" for n in chain) - sum(n.op_type == "MatMul" for n in fused) == 2 * L
+    la = [n for n in fused if n.op_type == "LinearAttention"]
+    assert len(la) == L and {n.domain for n in la} == {"com.microsoft"}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in la[0].attribute}
     assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
                      "update_rule": b"gated"}
-    portable = export_model(art.manifest["source"], "onnx", QuantConfig("fp32"), tmp_path / "portable",
-                            options={"flavor": "portable"}, steps=32)
-    assert "LinearAttention" not in _state_ops(portable.path) and portable.manifest["validation"]["passed"]
-    assert json.loads((portable.path / "manifest.json").read_text())["options"]["flavor"] == "portable"
-    a, b = load_runner(art.path), load_runner(portable.path)
-    la, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
+    a, b = load_runner(art.path, threads=1), load_runner(art.path, threads=2)
+    assert a.session.step_file == "model_fused.onnx" and b.session.step_file == "model.onnx"
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "fused")
+    assert load_runner(art.path, threads=2).session.step_file == "model_fused.onnx"
+    la_, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
     for t in range(24):
-        la, lb = a.step(5 + t), b.step(5 + t)
-        assert abs(la - lb).max() <= 1e-5 * abs(lb).max()
-    a.reset(), b.reset()
-    assert (a.prefill([7, 8, 9]) == b.prefill([7, 8, 9])).all()  # the prefill graph is the same in both
+        la_, lb = a.step(5 + t), b.step(5 + t)
+        assert abs(la_ - lb).max() <= 1e-5 * abs(lb).max()
 
 
-def test_runner_names_the_fix_when_onnxruntime_lacks_the_fused_op(tiny_onnx, monkeypatch):
-    """An onnxruntime older than 1.25 cannot build the step graph: one line saying what to do."""
+def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx, monkeypatch):
+    """An onnxruntime older than 1.25 has no LinearAttention kernel: at 1 thread the runner falls back to
+    model.onnx instead of failing."""
     import onnxruntime
 
     from retnet_edge.runtimes import load_runner
 
     _, art = tiny_onnx
+    real = onnxruntime.InferenceSession
 
-    class Old:
-        def __init__(self, *a, **k):
+    def old(path, *args, **kwargs):
+        if str(path).endswith("model_fused.onnx"):
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Fatal error: com.microsoft:LinearAttention(-1) "
                                "is not a registered function/op")
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(onnxruntime, "InferenceSession", Old)
-    with pytest.raises(retnet_edge.ArtifactError) as err:  # the CLI prints it as one `Error:` line, exit 1
-        load_runner(art.path)
-    message = str(err.value)
-    assert "onnxruntime >= 1.25" in message and "--flavor portable" in message and "\n" not in message
+    monkeypatch.setattr(onnxruntime, "InferenceSession", old)
+    r = load_runner(art.path, threads=1)
+    assert r.session.step_file == "model.onnx"
+    assert r.step(5).shape[-1] == art.manifest["config"]["vocab_size"]

@@ -35,7 +35,7 @@ def test_inspect_artifact(tiny_onnx):
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     assert r["format"] == "artifact (onnx)" and r["artifact"]["validation_passed"]
-    assert set(r["artifact"]["files"]) == {"model.onnx", "prefill.onnx", "weights.bin"}
+    assert set(r["artifact"]["files"]) == {"model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"}
 
 
 def test_verify_and_corruption(tiny_onnx, tmp_path):

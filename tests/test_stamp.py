@@ -88,9 +88,9 @@ def test_streamed_export_writes_the_whole_model_paths_artifact(variant, quant, t
     assert config_quant_plan(model.cfg, qc) == quant_plan(step, qc)
     export_onnx(step, qc, quant_plan(step, qc), whole)
     files = export_onnx_streamed(open_weights(path), qc, config_quant_plan(model.cfg, qc), streamed)
-    assert files == ["model.onnx", "prefill.onnx", "weights.bin"]
+    assert files == ["model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"]
     assert _sha(whole / "weights.bin") == _sha(streamed / "weights.bin")
-    for graph, T in (("model.onnx", 1), ("prefill.onnx", 7)):
+    for graph, T in (("model.onnx", 1), ("model_fused.onnx", 1), ("prefill.onnx", 7)):
         a, b = _run(whole, graph, model.cfg, T), _run(streamed, graph, model.cfg, T)
         assert len(a) == len(b) == 1 + model.cfg.n_layers
         for x, y in zip(a, b):

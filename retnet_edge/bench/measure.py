@@ -194,7 +194,8 @@ def measure(spec: dict) -> dict:
 
 # op types by what they cost in a RetNet step (the rest: norms, rotary, gating, reshapes)
 PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMul": "fp32 matmuls (weights or state)",
-                  "GatherBlockQuantized": "embedding", "Gather": "embedding"}
+                  "GatherBlockQuantized": "embedding", "Gather": "embedding",
+                  "LinearAttention": "fused state update (LinearAttention)"}
 
 
 def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
@@ -202,14 +203,15 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
     import onnxruntime as ort
 
-    from ..contract import GENAI_CONFIG_FILE, ONNX_STEP_FILE, flavor_names
-    from ..runtimes.onnxruntime import session_options
+    from ..contract import GENAI_CONFIG_FILE, flavor_names
+    from ..runtimes.onnxruntime import session_options, step_graph_for
 
     so = session_options(threads)
     so.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
         so.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(str(Path(directory) / ONNX_STEP_FILE), so, providers=["CPUExecutionProvider"])
+        graph = step_graph_for(Path(directory), threads)  # the graph the runner decodes with
+        sess = ort.InferenceSession(str(Path(directory) / graph), so, providers=["CPUExecutionProvider"])
         flavor = "genai" if (Path(directory) / GENAI_CONFIG_FILE).is_file() else "standard"
         names = flavor_names(flavor, sum(1 for i in sess.get_inputs() if i.name.endswith("recurrent") or
                                          i.name.endswith("recurrent_state")))
@@ -231,7 +233,7 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
             key = PROFILE_GROUPS.get(op, "elementwise / norms / reshapes")
             groups[key] = groups.get(key, 0.0) + e["dur"]
     nodes = sum(groups.values())
-    return {"tool": "onnxruntime profiling", "steps": steps, "node_ms_per_step": round(nodes / steps / 1e3, 4),
+    return {"tool": "onnxruntime profiling", "graph": graph, "steps": steps, "node_ms_per_step": round(nodes / steps / 1e3, 4),
             "profiled_ms_per_step": round(wall_us / steps / 1e3, 4),
             "share_of_node_time": {k: round(v / nodes, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}}
 

@@ -20,7 +20,8 @@ from onnx.external_data_helper import set_external_data
 
 from .. import __version__
 from ..config import RetNetConfig
-from ..contract import ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT, io_names
+from ..contract import (ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT,
+                        io_names)
 from ..errors import ExportError
 from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep, to_fused_step, to_prefill
@@ -29,7 +30,7 @@ from .target import register_target
 
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
 SHARE_MIN_BYTES = 1024  # smaller initializers stay inline
-FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # the step graph's state update (standard flavour)
+FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # model_fused.onnx's state update
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
 
 
@@ -77,7 +78,8 @@ def _trace(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bo
             logging.getLogger(name).setLevel(logging.ERROR)
         prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
                                  output_names=outputs, dynamic_shapes=(tok, tok, tuple({0: batch} for _ in state)),
-                                 custom_translation_table={torch.ops.retnet_edge.gated_state_step.default: _linear_attention},
+                                 custom_translation_table={torch.ops.retnet_edge.gated_state_step.default:
+                                                           _linear_attention},
                                  verbose=False)
     return prog.model_proto
 
@@ -223,11 +225,8 @@ def _save_shared(models: dict[str, onnx.ModelProto], out: Path) -> None:
         onnx.save_model(model, str(out / fname))
 
 
-# standard: the documented contract, its step graph's state update one LinearAttention node per layer;
-# portable: the same files and I/O, the state update as MatMul/Mul/Add/MatMul (ai.onnx ops only, for an
-# onnxruntime without that contrib op or another engine); genai: one graph onnxruntime-genai runs.
-FLAVORS = ("standard", "portable", "genai")
-STEP_KINDS = ("step", "step-portable")
+FLAVORS = ("standard", "genai")
+STEP_KINDS = ("step", "step-fused")
 
 
 def graph_plan(flavor: str) -> dict[str, tuple[str, bool]]:
@@ -236,15 +235,15 @@ def graph_plan(flavor: str) -> dict[str, tuple[str, bool]]:
         raise ExportError(f"unknown ONNX flavor {flavor!r}; expected one of {', '.join(FLAVORS)}")
     if flavor == "genai":
         return {ONNX_STEP_FILE: ("genai", True)}
-    return {ONNX_STEP_FILE: ("step" if flavor == "standard" else "step-portable", False),
+    return {ONNX_STEP_FILE: ("step", False), ONNX_STEP_FUSED_FILE: ("step-fused", False),
             ONNX_PREFILL_FILE: ("prefill", True)}
 
 
 def graph_module(kind: str, step: RetNetStep) -> torch.nn.Module:
     """The module a graph kind is traced from (the same modules and tensors for every kind)."""
-    if kind == "step":
-        return to_fused_step(step)  # measured on `small`: 12 layers' state update 3.9 vs 8.7 ms (Xeon)
-    return step if kind == "step-portable" else to_prefill(step)
+    if kind == "step-fused":
+        return to_fused_step(step)  # `small`, 12 layers' state update at 1 thread: 3.9 vs 8.7 ms (Xeon)
+    return step if kind == "step" else to_prefill(step)
 
 
 @register_target("onnx", flavor=FLAVORS)
@@ -252,8 +251,8 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
                 log=lambda s: None, flavor: str = "standard") -> list[str]:
     """Write the graphs into `out`; returns the file names.
 
-    standard: model.onnx (static step) + prefill.onnx (chunk graph), the documented contract.
-    portable: the same, with the step's state update in ai.onnx ops instead of onnxruntime's LinearAttention.
+    standard: model.onnx (static step) + prefill.onnx (chunk graph), the documented contract, and
+    model_fused.onnx (the step with onnxruntime's LinearAttention, which runners use at 1 thread).
     genai: one model.onnx (the chunk graph, any length) with onnxruntime-genai's I/O names, plus
     genai_config.json and tokenizer_config.json (see exporters/genai.py).
     """

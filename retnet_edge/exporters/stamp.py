@@ -38,7 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import ONNX_STEP_FILE, ONNX_WEIGHTS_FILE
+from ..contract import ONNX_WEIGHTS_FILE
 from ..config import RetNetConfig
 from ..errors import ExportError, RetNetEdgeError
 from ..model import RetNet
@@ -47,8 +47,8 @@ from ..step import RetNetStep, to_recurrent
 from ..streaming import ModelWeights
 from .genai import to_genai_io, write_genai_files
 from .target import register_streamed
-from .onnx import (BITS, OPSET, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_module, graph_plan, name_nodes,
-                   position_dependent_nodes)
+from .onnx import (BITS, OPSET, STEP_KINDS, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_module,
+                   graph_plan, name_nodes, position_dependent_nodes)
 
 TEMPLATE_LAYERS = 1
 _SCOPE = re.compile(r"^/model/layers\.(\d+)[./]")  # a node of layer N (see onnx.name_nodes)
@@ -432,8 +432,8 @@ def export_onnx_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan
     graphs = graph_plan(flavor)
     cfg = weights.cfg
     templates = trace_templates(weights, graphs, log, out)
-    if flavor != "genai":
-        bad = position_dependent_nodes(templates[ONNX_STEP_FILE].proto)
+    for fname, (kind, _) in graphs.items():
+        bad = position_dependent_nodes(templates[fname].proto) if kind in STEP_KINDS else []
         if bad:
             raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")
     writer = SharedWeights(out)

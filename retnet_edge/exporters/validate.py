@@ -196,6 +196,14 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
         refs[B] = (ids, ref, None, exp, own)
         del got_state
     release()
+    for variant in getattr(candidate, "step_graph_variants", ()):  # the other step graphs a runner may pick
+        default = candidate.step_file
+        candidate.use_step_graph(variant)
+        for B in batches:
+            ids, ref, _, exp, _ = refs[B]
+            got, _ = _run_steps(candidate, ids, candidate.init_state(B))
+            report.checks.append(compare(f"step x{steps} (batch {B}, {variant})", ref, got, exp))
+        candidate.use_step_graph(default)
     prompts = {}
     for B in batches:
         pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()

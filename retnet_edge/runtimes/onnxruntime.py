@@ -1,4 +1,5 @@
-"""onnxruntime runtime: model.onnx for decode, prefill.onnx (opened on first use, droppable) for prompts.
+"""onnxruntime runtime: model.onnx (or model_fused.onnx at 1 thread) for decode, prefill.onnx (opened on first
+use, droppable) for prompts.
 
 `OnnxSession` is the functional view (numpy state in, numpy state out) the validator compares;
 `BoundDecoder` is what a Runner decodes with: the state lives in two sets of buffers that onnxruntime
@@ -15,10 +16,10 @@ import numpy as np
 from ..io_utils import release_freed_memory  # noqa: F401  (re-exported: runners call it)
 from ..config import RetNetConfig
 from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE,
-                        POSITION_IDS, flavor_names)
+                        ONNX_STEP_FUSED_FILE, POSITION_IDS, flavor_names)
 from ..errors import ArtifactError
 
-FUSED_STATE_MIN_ORT = "1.25"  # the first onnxruntime with a CPU LinearAttention kernel (1.24.4 lacks it: tested)
+FUSED_STATE_OP = "LinearAttention"  # model_fused.onnx's op; onnxruntime 1.24.4 lacks its CPU kernel, 1.25.1 has it
 
 
 def session_options(threads: int | None = None, arena: bool = True):
@@ -42,10 +43,22 @@ def session_options(threads: int | None = None, arena: bool = True):
     return so
 
 
+def step_graph_for(directory: Path, threads: int | None) -> str:
+    """model_fused.onnx at 1 thread, model.onnx otherwise (RETNET_EDGE_STEP_GRAPH=fused|chain overrides).
+
+    Measured on `small` int4 (benchmarks/results/notes.md): the fused state update is 13-25 % faster per
+    token at 1 thread, but onnxruntime's LinearAttention kernel does not speed up with threads: from 2
+    threads on the MatMul/Mul/Add chain was as fast or faster in most pairs (2-core Xeon; 16-core host)."""
+    choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
+    fused = choice == "fused" or (choice == "auto" and threads == 1)
+    return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
+
+
 class OnnxSession:
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate.
 
-    Two flavours: `standard` (model.onnx static step + prefill.onnx chunk graph, `past.{i}.recurrent`)
+    Two flavours: `standard` (model.onnx / model_fused.onnx static step + prefill.onnx chunk graph,
+    `past.{i}.recurrent`)
     and `genai` (one model.onnx for any length with onnxruntime-genai's names and dummy conv states,
     recognised by its genai_config.json); here both are the same calls.
     """
@@ -58,7 +71,8 @@ class OnnxSession:
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
         self._threads, self._ort = threads, ort
         self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
-        self._step = self._open(ONNX_STEP_FILE)
+        self.step_file = step_graph_for(self.directory, threads)
+        self._step = self._open_step()
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
         # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
         self.prompt_run_options = ort.RunOptions()
@@ -73,6 +87,26 @@ class OnnxSession:
         self.names = flavor_names(self.flavor, self.cfg.n_layers)
         self.outputs = [LOGITS, *self.names["present_recurrent"]]
 
+    @property
+    def step_graph_variants(self) -> tuple[str, ...]:
+        """The step graphs besides the one in use that a runner may pick: the gate checks each."""
+        present = [f for f in (ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE) if (self.directory / f).is_file()]
+        return tuple(f for f in present if f != self.step_file) if self.flavor == "standard" else ()
+
+    def use_step_graph(self, name: str) -> None:
+        """Decode with step graph `name` from the next step on (the gate's check of each variant)."""
+        self.step_file, self._step = name, None
+        release_freed_memory()
+
+    def _open_step(self):
+        try:
+            return self._open(self.step_file)
+        except ArtifactError as exc:
+            if self.step_file != ONNX_STEP_FUSED_FILE or FUSED_STATE_OP not in str(exc):
+                raise
+            self.step_file = ONNX_STEP_FILE  # an onnxruntime without LinearAttention (< 1.25): the chain graph
+            return self._open(self.step_file)
+
     def _open(self, name: str, arena: bool = True):
         path = self.directory / name
         if not path.is_file():
@@ -81,16 +115,12 @@ class OnnxSession:
             return self._ort.InferenceSession(str(path), session_options(self._threads, arena),
                                               providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            if "LinearAttention" in str(exc):  # the standard flavour's fused state update (onnxruntime >= 1.25)
-                raise ArtifactError(f"{path} needs onnxruntime >= {FUSED_STATE_MIN_ORT} for its state update "
-                                    f"(com.microsoft::LinearAttention); this is onnxruntime {self._ort.__version__}. "
-                                    "Upgrade it, or re-export with --flavor portable") from exc
             raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc})") from exc
 
     @property
     def step_session(self):
         if self._step is None:
-            self._step = self._open(ONNX_STEP_FILE)
+            self._step = self._open_step()
             if self.flavor == "genai":
                 self._prefill = self._step
         return self._step

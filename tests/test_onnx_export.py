@@ -108,6 +108,10 @@ def test_two_step_graphs_one_state_update_each_picked_by_threads(tiny_onnx, monk
     assert a.session.step_file == "model_fused.onnx" and b.session.step_file == "model.onnx"
     monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "fused")
     assert load_runner(art.path, threads=2).session.step_file == "model_fused.onnx"
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chian")  # a typo is an error, not a silent default
+    with pytest.raises(retnet_edge.ConfigError, match="RETNET_EDGE_STEP_GRAPH"):
+        load_runner(art.path, threads=1)
+    monkeypatch.delenv("RETNET_EDGE_STEP_GRAPH")
     la_, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
     for t in range(24):
         la_, lb = a.step(5 + t), b.step(5 + t)

@@ -17,8 +17,9 @@ from ..io_utils import release_freed_memory  # noqa: F401  (re-exported: runners
 from ..config import RetNetConfig
 from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE,
                         ONNX_STEP_FUSED_FILE, POSITION_IDS, flavor_names)
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 
+STEP_GRAPH_CHOICES = ("auto", "fused", "chain")
 FUSED_STATE_OP = "LinearAttention"  # model_fused.onnx's op; onnxruntime 1.24.4 lacks its CPU kernel, 1.25.1 has it
 
 
@@ -50,6 +51,8 @@ def step_graph_for(directory: Path, threads: int | None) -> str:
     token at 1 thread, but onnxruntime's LinearAttention kernel does not speed up with threads: from 2
     threads on the MatMul/Mul/Add chain was as fast or faster in most pairs (2-core Xeon; 16-core host)."""
     choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
+    if choice not in STEP_GRAPH_CHOICES:
+        raise ConfigError(f"RETNET_EDGE_STEP_GRAPH={choice!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")
     fused = choice == "fused" or (choice == "auto" and threads == 1)
     return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
 

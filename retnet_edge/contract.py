@@ -20,6 +20,7 @@ ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.on
 # the same step graph with each layer's state update as one com.microsoft::LinearAttention node: runners decode
 # with it at 1 thread (faster there), with model.onnx otherwise (its MatMul/Mul/Add chain scales over threads)
 ONNX_STEP_FUSED_FILE = "model_fused.onnx"
+FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # its op; onnxruntime 1.24.4 lacks the CPU kernel, 1.25.1 has it
 # ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)
 PTE_FILE, DELEGATION_FILE = "model.pte", "delegation.json"
 

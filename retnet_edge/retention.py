@@ -103,10 +103,19 @@ def gated_state_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: 
     reads and writes S once instead of the four passes of MatMul/Mul/Add/MatMul (exporters/onnx.py);
     this body is its eager meaning, used by nothing else."""
     B, H, Dk, Dv = state.shape
-    kv = torch.bmm(k.reshape(B * H, Dk, 1), v.reshape(B * H, 1, Dv))
-    new = state.reshape(B * H, Dk, Dv) * log_decay.reshape(B * H, 1, 1).exp() + kv
-    o = torch.bmm(q.reshape(B * H, 1, Dk), new)
-    return o.reshape(B, 1, H * Dv), new.reshape(B, H, Dk, Dv)
+    o, new = _state_chain(q.reshape(B, 1, H, Dk), k.reshape(B, 1, H, Dk), v.reshape(B, 1, H, Dv), state,
+                          log_decay.reshape(B, H, 1, 1).exp())
+    return o.reshape(B, 1, H * Dv), new
+
+
+def _state_chain(q: Tensor, k: Tensor, v: Tensor, S: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k [B,1,H,Dk], v [B,1,H,Dv], S [B,H,Dk,Dv], gamma broadcast to S -> (o [B*H,1,Dv], S'): eq. 6 as
+    bmm / mul / add / bmm, the ops model.onnx and the io-flavour program run."""
+    B, _, H, Dk = q.shape
+    Dv = v.shape[-1]
+    kv = torch.bmm(k.view(B * H, Dk, 1), v.view(B * H, 1, Dv)).view(B, H, Dk, Dv)  # k_nᵀ v_n
+    S = S * gamma + kv  # S_n = γ S_{n−1} + k_nᵀ v_n
+    return torch.bmm(q.view(B * H, 1, Dk), S.view(B * H, Dk, Dv)), S
 
 
 @gated_state_step.register_fake
@@ -139,9 +148,7 @@ class StepCore:
             return self._per_head(q, k, v, S)
         if self.fused:
             return self._fused(q, k, v, S)
-        kv = torch.bmm(k.view(B * H, Dk, 1), v.view(B * H, 1, Dv)).view(B, H, Dk, Dv)  # k_nᵀ v_n
-        S = S * self.gamma + kv  # S_n = γ S_{n−1} + k_nᵀ v_n
-        o = torch.bmm(q.view(B * H, 1, Dk), S.view(B * H, Dk, Dv))  # [B*H, 1, Dv]
+        o, S = _state_chain(q, k, v, S, self.gamma)  # [B*H, 1, Dv]
         if self.out_scale is not None:
             o = o * self.out_scale
         return o.view(B, 1, H, Dv), S

@@ -20,8 +20,8 @@ from onnx.external_data_helper import set_external_data
 
 from .. import __version__
 from ..config import RetNetConfig
-from ..contract import (ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, ONNX_WEIGHTS_FILE, STATE_LAYOUT,
-                        io_names)
+from ..contract import (FUSED_STATE_OP, ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, ONNX_WEIGHTS_FILE,
+                        STATE_LAYOUT, io_names)
 from ..errors import ExportError
 from ..quant import QuantConfig, QuantPlan
 from ..step import RetNetStep, to_fused_step, to_prefill
@@ -30,7 +30,6 @@ from .target import register_target
 
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
 SHARE_MIN_BYTES = 1024  # smaller initializers stay inline
-FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # model_fused.onnx's state update
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
 
 

@@ -197,8 +197,7 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
         del got_state
     release()
     for variant in getattr(candidate, "step_graph_variants", ()):  # the other step graphs a runner may pick
-        default = candidate.step_file
-        candidate.use_step_graph(variant)
+        default = candidate.use_step_graph(variant)
         for B in batches:
             ids, ref, _, exp, _ = refs[B]
             got, _ = _run_steps(candidate, ids, candidate.init_state(B))

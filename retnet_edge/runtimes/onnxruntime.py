@@ -15,12 +15,11 @@ import numpy as np
 
 from ..io_utils import release_freed_memory  # noqa: F401  (re-exported: runners call it)
 from ..config import RetNetConfig
-from ..contract import (GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE, ONNX_STEP_FILE,
-                        ONNX_STEP_FUSED_FILE, POSITION_IDS, flavor_names)
+from ..contract import (FUSED_STATE_OP, GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE,
+                        ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, POSITION_IDS, flavor_names)
 from ..errors import ArtifactError, ConfigError
 
 STEP_GRAPH_CHOICES = ("auto", "fused", "chain")
-FUSED_STATE_OP = "LinearAttention"  # model_fused.onnx's op; onnxruntime 1.24.4 lacks its CPU kernel, 1.25.1 has it
 
 
 def session_options(threads: int | None = None, arena: bool = True):
@@ -96,16 +95,18 @@ class OnnxSession:
         present = [f for f in (ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE) if (self.directory / f).is_file()]
         return tuple(f for f in present if f != self.step_file) if self.flavor == "standard" else ()
 
-    def use_step_graph(self, name: str) -> None:
-        """Decode with step graph `name` from the next step on (the gate's check of each variant)."""
-        self.step_file, self._step = name, None
+    def use_step_graph(self, name: str) -> str:
+        """Decode with step graph `name` from the next step on (the gate's check of each variant); returns
+        the one it replaces."""
+        previous, self.step_file, self._step = self.step_file, name, None
         release_freed_memory()
+        return previous
 
     def _open_step(self):
         try:
             return self._open(self.step_file)
         except ArtifactError as exc:
-            if self.step_file != ONNX_STEP_FUSED_FILE or FUSED_STATE_OP not in str(exc):
+            if self.step_file != ONNX_STEP_FUSED_FILE or FUSED_STATE_OP[1] not in str(exc):
                 raise
             self.step_file = ONNX_STEP_FILE  # an onnxruntime without LinearAttention (< 1.25): the chain graph
             return self._open(self.step_file)
@@ -190,7 +191,8 @@ class BoundDecoder:
         self.cur = 0
         self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
-        self._steps = [self._bind(session.step_session, src, self.ids, self.pos, self.logits) for src in (0, 1)]
+        self.graph = session.step_session  # the session the two step bindings belong to
+        self._steps = [self._bind(self.graph, src, self.ids, self.pos, self.logits) for src in (0, 1)]
 
     def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None):
         """An IOBinding reading the state from buffers[src] and writing it to buffers[1 - src]."""
@@ -217,7 +219,7 @@ class BoundDecoder:
     def step(self, token: int, position: int) -> np.ndarray:
         """logits [V] (a copy: the buffer is reused by the next step)."""
         self.ids[0, 0], self.pos[0, 0] = token, position
-        self.session.step_session.run_with_iobinding(self._steps[self.cur])
+        self.graph.run_with_iobinding(self._steps[self.cur])
         self.cur = 1 - self.cur
         return self.logits[0, -1].copy()
 

@@ -370,7 +370,7 @@ def _export_one(model, target, quant, group_size, lm_head, embedding, flavor, ou
         worst = max(art.manifest["validation"]["checks"], key=lambda c: c["kl"])
         conf = worst.get("top1_confident")
         where = f"{conf:.3f} where eager is confident" if conf is not None else "eager is nowhere confident"
-        rounding = f" (weight rounding alone: {worst['rounding_kl']:.2e})" if worst.get("rounding_kl") is not None else ""
+        rounding = f" (rounding alone: {worst['rounding_kl']:.2e})" if worst.get("rounding_kl") is not None else ""
         verdict = (f"validated: top-1 {worst['top1']:.3f} ({where}), KL {worst['kl']:.2e}{rounding}, max rel "
                    f"{worst['max_rel']:.2e} (worst check)")
     emit(art.manifest, as_json, f"wrote {art.path}: {sizes}\n{verdict}")

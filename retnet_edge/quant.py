@@ -87,6 +87,11 @@ class QuantConfig:
 
 
 PRECISIONS = ("fp32", "int8", "int4")
+# int8 weights' symmetric range per target. 127 is the full range. ONNX's int8 GEMM (DynamicQuantizeMatMul:
+# uint8 activations x int8 weights) sums pairs of products in 16 bits on x86 AVX2 without VNNI (vpmaddubsw),
+# which saturates for |w| > 64 (2 x 255 x 64 = 32640 < 2^15): an artifact must be right on every CPU it
+# may meet, so ONNX int8 weights use 7 bits (onnxruntime.quantization's `reduce_range`).
+INT8_QMAX_FULL, INT8_QMAX_REDUCED = 127, 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class QuantPlan:
     group_size: int
     fallbacks: tuple[str, ...] = ()  # int4 modules planned at int8: in_features % group_size != 0
     embedding: str = "embed"  # the fqn of the embedding (a Gather, not a MatMul)
+    int8_qmax: int = INT8_QMAX_FULL  # int8 linears round to [-qmax, qmax] per output channel (the target's)
+    int8_row_activations: bool = False  # the target's int8 linears also round their inputs, 8 bits per row
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""
@@ -107,7 +114,8 @@ class QuantPlan:
         return any(p != "fp32" for p in self.precision.values())
 
 
-def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed") -> QuantPlan:
+def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed",
+                      int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False) -> QuantPlan:
     """Resolve qc over a model's linears ({fqn: in_features}, "lm_head" among them) and its embedding.
 
     The body gets the scheme, the head `qc.head_precision`, the embedding `qc.embedding`. Group-wise int4
@@ -122,4 +130,4 @@ def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str =
             fallbacks.append(name)
         precision[name] = p
     precision[embedding] = qc.embedding
-    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding)
+    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding, int8_qmax, int8_row_activations)

@@ -101,12 +101,12 @@ class StreamedStack(DecoderStack):
     layer loop as every other form, each layer resident only while the loop is inside it, and the
     embedding and head only while `run` runs (the gate keeps two of these: plain and rounded)."""
 
-    def __init__(self, weights: ModelWeights, outer_transform: Callable[[str, Tensor], Tensor] | None = None,
+    def __init__(self, weights: ModelWeights, outer_transform: Callable[[str, nn.Module], nn.Module] | None = None,
                  layer_transform: Callable[[int, RetNetLayer], RetNetLayer] | None = None):
         nn.Module.__init__(self)
         cfg = weights.cfg
         self.cfg, self.dropout_p = cfg, 0.0
-        self.weights, self.outer_transform = weights, outer_transform or (lambda name, t: t)
+        self.weights, self.outer_transform = weights, outer_transform or (lambda name, m: m)
         self.embed = self.embed_norm = self.norm = self.lm_head = None
         self.layers = LazyLayers(weights, layer_transform)  # type: ignore[assignment]  (not a ModuleList)
         self.register_buffer("log_gamma", log_decay(cfg), persistent=False)
@@ -116,13 +116,13 @@ class StreamedStack(DecoderStack):
     def _load_outer(self) -> None:
         cfg, fix = self.cfg, self.outer_transform
         outer = self.weights.outer()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=fix("embed.weight", outer["embed.weight"]))
+        self.embed = fix("embed", nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=outer["embed.weight"]))
         if cfg.embed_norm:
             self.embed_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.embed_norm.weight = nn.Parameter(outer["embed_norm.weight"], requires_grad=False)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.norm.weight = nn.Parameter(outer["norm.weight"], requires_grad=False)
-        self.lm_head = _linear(fix("lm_head.weight", outer["lm_head.weight"]))
+        self.lm_head = fix("lm_head", _linear(outer["lm_head.weight"]))
 
     def run(self, input_ids, positions, core, past):
         self._load_outer()

@@ -44,7 +44,10 @@ def test_bundle_writes_each_artifact_a_report_and_a_short_bench(saved_tiny, tmp_
 def test_a_failing_quant_is_reported_and_the_others_still_finish(saved_tiny, tmp_path, monkeypatch):
     from retnet_edge import quant
 
+    from retnet_edge.exporters import validate
+
     monkeypatch.setitem(quant.TOLERANCES, QuantScheme.INT8, Tolerance(max_rel=None, min_top1=1.01, max_kl=0.0))
+    monkeypatch.setattr(validate, "KL_FACTOR", 0.5)  # ONNX int8 lands at 1.0x its rounding's KL on this model
     out = tmp_path / "bundle"
     res = _export(saved_tiny, "--target", "onnx", "--quant", "int8,fp32", "--no-bench", "-o", out, "--steps", "8")
     assert res.exit_code == 3, res.output  # the parity failure's exit code, after the report is written

@@ -63,11 +63,11 @@ def _random_deep():
 
 def _gate(model, candidate, scheme: str):
     from retnet_edge.exporters.fake_quant import fake_quantize
-    from retnet_edge.exporters.target import quant_plan
+    from retnet_edge.exporters.target import TARGETS
 
     step = to_recurrent(model)
     qc = QuantConfig(scheme)
-    rounded = EagerSession(fake_quantize(step, quant_plan(step, qc)))
+    rounded = EagerSession(fake_quantize(step, TARGETS.get("onnx").plan(step, qc)))  # ONNX's rounding
     return validate(EagerSession(step), candidate, qc, model.cfg.vocab_size, steps=32, rounded=rounded)
 
 

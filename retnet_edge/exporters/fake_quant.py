@@ -1,6 +1,6 @@
 """The quantization's own error, in eager PyTorch: a copy of the step module whose planned weights are
-rounded the way the targets round them (symmetric; int8 per output channel, int4 per group along the
-input), computed in fp32.
+rounded the way the targets round them (symmetric; int8 per output channel to the target's range, int4
+per group along the input), computed in fp32.
 
 Why: how far a quantized artifact may drift from eager fp32 depends on the model. A trained model has
 peaked logits and the fixed limits of `quant.TOLERANCES` fit it; a deep random-weight model (the presets
@@ -18,12 +18,13 @@ import torch
 from ..quant import QuantPlan
 from ..step import RetNetStep
 
-QMAX = {"int8": 127, "int4": 7}
+INT4_QMAX = 7
 
 
-def round_weight(w: torch.Tensor, precision: str, group_size: int) -> torch.Tensor:
-    """Symmetric round-to-nearest of w [out, in]: int8 per row, int4 per `group_size` block of a row."""
-    qmax = QMAX[precision]
+def round_weight(w: torch.Tensor, precision: str, group_size: int, int8_qmax: int = 127) -> torch.Tensor:
+    """Symmetric round-to-nearest of w [out, in]: int8 per row (to ±int8_qmax, the target's range), int4 per
+    `group_size` block of a row."""
+    qmax = INT4_QMAX if precision == "int4" else int8_qmax
     w = w.float()
     if precision == "int4" and w.shape[1] % group_size == 0:
         g = w.reshape(w.shape[0], -1, group_size)
@@ -31,6 +32,22 @@ def round_weight(w: torch.Tensor, precision: str, group_size: int) -> torch.Tens
         return (torch.round(g / scale).clamp(-qmax - 1, qmax) * scale).reshape_as(w)
     scale = w.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
     return torch.round(w / scale).clamp(-qmax - 1, qmax) * scale
+
+
+def _round_rows(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the linear's input rounded to 8 bits per row (symmetric; the ONNX int8 GEMM's
+    run-time activation quantization, `onnx.int8_matmul_nodes`)."""
+    x = args[0]
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
+    return (torch.round(x / scale) * scale, *args[1:])
+
+
+def _round(module: torch.nn.Module, precision: str, plan: QuantPlan) -> None:
+    """module's weight rounded per the plan (and its input, where the target's int8 GEMM rounds it)."""
+    module.weight = torch.nn.Parameter(round_weight(module.weight, precision, plan.group_size, plan.int8_qmax),
+                                       requires_grad=False)
+    if precision == "int8" and plan.int8_row_activations and isinstance(module, torch.nn.Linear):
+        module.register_forward_pre_hook(_round_rows)
 
 
 def fake_quantize(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
@@ -42,27 +59,26 @@ def fake_quantize(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
         for name, precision in plan.precision.items():
             if precision == "fp32":
                 continue
-            module = q.get_submodule(name)
-            module.weight = torch.nn.Parameter(round_weight(module.weight, precision, plan.group_size),
-                                               requires_grad=False)
+            _round(q.get_submodule(name), precision, plan)
     return q
 
 
 def rounding_transforms(plan: QuantPlan):
     """(outer, layer) transforms for `streaming.StreamedStack`: the same rounding as `fake_quantize`, applied
-    to each tensor as it is read (the layer-streamed gate never holds a second copy of the model)."""
-    def outer(name: str, t: torch.Tensor) -> torch.Tensor:
-        module = name.rsplit(".", 1)[0]
-        precision = plan.precision.get(module, "fp32")
-        return t if precision == "fp32" else round_weight(t, precision, plan.group_size)
+    to each module as it is loaded (the layer-streamed gate never holds a second copy of the model)."""
+    def outer(name: str, module: torch.nn.Module) -> torch.nn.Module:
+        precision = plan.precision.get(name, "fp32")
+        if precision != "fp32":
+            with torch.no_grad():
+                _round(module, precision, plan)
+        return module
 
     def layer(i: int, module: torch.nn.Module) -> torch.nn.Module:
         with torch.no_grad():
             for name, sub in module.named_modules():
                 precision = plan.precision.get(f"layers.{i}.{name}", "fp32")
                 if precision != "fp32":
-                    sub.weight = torch.nn.Parameter(round_weight(sub.weight, precision, plan.group_size),
-                                                    requires_grad=False)
+                    _round(sub, precision, plan)
         return module
 
     return outer, layer

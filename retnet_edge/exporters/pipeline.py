@@ -22,7 +22,7 @@ from ..tokenizer import load_tokenizer
 from ..manifest import read_manifest, write_manifest
 from ..progress import stages
 from ..streaming import open_weights
-from .target import STREAMED, TARGETS, config_quant_plan, quant_plan
+from .target import STREAMED, TARGETS
 from .divergence import LayerTable, default_positions, state_divergence
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
 
@@ -37,7 +37,7 @@ def _log_report(report: ValidationReport, log) -> None:
     for c in report.checks:
         conf = (f"{c.top1_confident:.3f} where eager is confident ({c.confident} positions)"
                 if c.top1_confident is not None else f"n/a where confident ({c.confident} positions)")
-        rounding = f", weight rounding alone: KL {c.rounding_kl:.2e}" if c.rounding_kl is not None else ""
+        rounding = f", rounding alone: KL {c.rounding_kl:.2e}" if c.rounding_kl is not None else ""
         log(f"    {c.name}: max rel {c.max_rel:.2e}, top-1 {c.top1:.3f} ({conf}), KL {c.kl:.2e}{rounding}")
     log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
 
@@ -96,14 +96,14 @@ def _prepare(src: Path, tgt, target: str, qc: QuantConfig, streamed: bool) -> _P
     if weights is not None:
         from .reference import StreamedReference
 
-        plan = config_quant_plan(weights.cfg, qc)
+        plan = tgt.config_plan(weights.cfg, qc)
         fn = STREAMED[target]
         return _Prepared(weights.cfg, plan, weights.num_parameters(),
                          lambda *a, **k: fn(weights, qc, plan, *a, **k), StreamedReference(weights),
                          StreamedReference(weights, plan) if plan.quantizes_anything else None, streamed=True)
     model = load(src)
     step = to_recurrent(model)
-    plan = quant_plan(step, qc)
+    plan = tgt.plan(step, qc)
     return _Prepared(model.cfg, plan, model.num_parameters(), lambda *a, **k: tgt.export(step, qc, plan, *a, **k),
                      EagerSession(step), rounded_reference(step, plan))
 
@@ -189,7 +189,7 @@ def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: 
     step = to_recurrent(model)
     reference = EagerSession(step)
     report = validate(reference, session, qc, model.cfg.vocab_size, steps, tokenizer=tokenizer,
-                      rounded=rounded_reference(step, quant_plan(step, qc)))
+                      rounded=rounded_reference(step, TARGETS.get(manifest["target"]).plan(step, qc)))
     _log_report(report, log)
     ids = validation_tokens(model.cfg.vocab_size, 1, steps, tokenizer, seed=1)
     states = state_divergence(reference, session, ids, positions, qc.scheme.value)

@@ -288,7 +288,7 @@ class WeightSource:
 
 
 def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits: int, block: int,
-                        name: str) -> tuple[onnx.NodeProto, list[TensorProto]]:
+                        name: str, int8_qmax: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Quantize one MatMul (weight [K, N]) or Gather (table [V, D]) through MatMulNBitsQuantizer on a graph
     holding just that node: the per-node call quantizing a whole graph makes, so the bytes are the same."""
     w = numpy_helper.from_array(data, name)
@@ -301,11 +301,10 @@ def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     one = helper.make_node(node.op_type, inputs, ["y"], name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     model = helper.make_model(helper.make_graph([one], "q", [x], [y], [w]), opset_imports=[helper.make_opsetid("", OPSET)])
-    q = _quantize(model, bits, block, exclude=[], op_types=op_types)
+    q = _quantize(model, bits, block, exclude=[], op_types=op_types, int8_qmax=int8_qmax)
     # copies, not references: a protobuf sub-message keeps its whole parent alive, and the parent still
     # holds the fp32 weight (7B: ~1 GB a layer kept for the rest of the export)
-    (qnode,) = [copy.deepcopy(n) for n in q.graph.node]
-    return qnode, [copy.deepcopy(t) for t in q.graph.initializer]
+    return [copy.deepcopy(n) for n in q.graph.node], [copy.deepcopy(t) for t in q.graph.initializer]
 
 
 def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -> onnx.ModelProto:
@@ -320,7 +319,7 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
             inits.append(source.writer.add(t))
 
     for sn in stamp(tpl, n_layers):
-        node = sn.node
+        node, group = sn.node, None
         for slot in range(len(node.input)):
             if slot not in sn.weights:
                 x = node.input[slot]
@@ -341,20 +340,21 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
                 if precision == "fp32":
                     source.cache[key] = (None, [source.writer.add(numpy_helper.from_array(data, name))])
                 else:
-                    qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name)
+                    qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name,
+                                                         plan.int8_qmax)
                     source.cache[key] = (qnode, [source.writer.add(t) for t in qinits])
             qnode, tensors = source.cache[key]
             for t in tensors:
                 add_init(t)
             if qnode is None:
                 node.input[slot] = tensors[0].name
-            else:  # the quantized node in place of this one: its weights, this node's data input and output
-                new = copy.deepcopy(qnode)
+            else:  # the quantized node(s) in place of this one, reading its data input, writing its output
                 data_in = node.input[0] if node.op_type == "MatMul" else node.input[1]
-                new.input[:] = [data_in if x == "x" else x for x in new.input]
-                new.output[:] = list(node.output)
-                node = new
-        nodes.append(node)
+                group = [copy.deepcopy(n) for n in qnode]
+                for n in group:
+                    n.input[:] = [data_in if x == "x" else x for x in n.input]
+                    n.output[:] = [node.output[0] if x == "y" else x for x in n.output]
+        nodes.extend(group or [node])
     inputs, outputs = _io(tpl, n_layers)
     graph = helper.make_graph(nodes, tpl.proto.graph.name or kind, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=list(tpl.proto.opset_import), ir_version=tpl.proto.ir_version)

@@ -13,7 +13,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import QuantConfig, QuantPlan, plan_quantization
+from ..quant import INT8_QMAX_FULL, QuantConfig, QuantPlan, plan_quantization
 from ..registry import Registry
 from ..config import RetNetConfig
 from ..model import DecoderStack, RetNet
@@ -26,6 +26,14 @@ class Target:
     name: str
     export: ExportFn
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option -> choices, first the default
+    int8_qmax: int = INT8_QMAX_FULL  # the range its int8 linears round to (quant.INT8_QMAX_*)
+    int8_row_activations: bool = False  # its int8 linears quantize their inputs per row (8 bits)
+
+    def plan(self, step: DecoderStack, qc: QuantConfig) -> QuantPlan:
+        return quant_plan(step, qc, self.int8_qmax, self.int8_row_activations)
+
+    def config_plan(self, cfg: RetNetConfig, qc: QuantConfig) -> QuantPlan:
+        return config_quant_plan(cfg, qc, self.int8_qmax, self.int8_row_activations)
 
 
 TARGETS: Registry[Target] = Registry("export target", ConfigError)
@@ -35,10 +43,12 @@ TARGETS: Registry[Target] = Registry("export target", ConfigError)
 STREAMED: dict[str, ExportFn] = {}
 
 
-def register_target(name: str, **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
-    """Decorator: register an export function as target `name` with its options."""
+def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False,
+                    **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
+    """Decorator: register an export function as target `name` with its options (and its int8 rounding,
+    which the gate's rounded reference mirrors)."""
     def add(fn: ExportFn) -> ExportFn:
-        TARGETS.register(name)(Target(name, fn, options))
+        TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations))
         return fn
 
     return add
@@ -53,15 +63,19 @@ def register_streamed(name: str) -> Callable[[ExportFn], ExportFn]:
     return add
 
 
-def quant_plan(step: DecoderStack, qc: QuantConfig) -> QuantPlan:
-    """qc resolved over the step's linears (module name -> precision), the same for every target."""
+def quant_plan(step: DecoderStack, qc: QuantConfig, int8_qmax: int = INT8_QMAX_FULL,
+               int8_row_activations: bool = False) -> QuantPlan:
+    """qc resolved over the step's linears (module name -> precision), the same for every target; only
+    how int8 rounds is the target's (`Target.plan`)."""
     linears = {n: m.in_features for n, m in step.named_modules() if isinstance(m, nn.Linear)}
-    return plan_quantization(qc, linears, embedding="embed")
+    return plan_quantization(qc, linears, embedding="embed", int8_qmax=int8_qmax,
+                             int8_row_activations=int8_row_activations)
 
 
-def config_quant_plan(cfg: RetNetConfig, qc: QuantConfig) -> QuantPlan:
+def config_quant_plan(cfg: RetNetConfig, qc: QuantConfig, int8_qmax: int = INT8_QMAX_FULL,
+                      int8_row_activations: bool = False) -> QuantPlan:
     """The same plan from a config alone (a model on the meta device: nothing allocated)."""
     import torch
 
     with torch.device("meta"):
-        return quant_plan(RetNet(cfg), qc)
+        return quant_plan(RetNet(cfg), qc, int8_qmax, int8_row_activations)

@@ -44,6 +44,7 @@ class BundleSpec:
     group_size: int = 32
     lm_head: str = "auto"
     embedding: str = "fp32"
+    prefill_weights: str = "same"  # applies to the int4 artifacts of the targets that offer it
     flavor: str | None = None
     steps: int = 64
     bench: bool = True
@@ -58,6 +59,7 @@ class BundleSpec:
             TARGETS.get(t)
         for q in self.quants:
             self.quant_config(q)
+        QuantConfig("int4", prefill_weights=self.prefill_weights)  # a bad value, whichever quants are asked
         check_steps(self.steps)
         if self.flavor is not None and not any(self.flavor in TARGETS.get(t).options.get("flavor", ())
                                                for t in self.targets):
@@ -65,8 +67,12 @@ class BundleSpec:
         if len(set(self.targets)) != len(self.targets) or len(set(self.quants)) != len(self.quants):
             raise ConfigError("--target and --quant must not repeat a value")
 
-    def quant_config(self, quant: str) -> QuantConfig:
-        return QuantConfig(scheme=quant, group_size=self.group_size, lm_head=self.lm_head, embedding=self.embedding)
+    def quant_config(self, quant: str, target: str | None = None) -> QuantConfig:
+        """The QuantConfig of one artifact: --prefill-weights goes to int4 artifacts whose target offers it."""
+        pw = self.prefill_weights if quant == "int4" and (
+            target is None or self.prefill_weights in TARGETS.get(target).prefill_weights) else "same"
+        return QuantConfig(scheme=quant, group_size=self.group_size, lm_head=self.lm_head, embedding=self.embedding,
+                           prefill_weights=pw)
 
     def options(self, target: str) -> dict | None:
         choices = TARGETS.get(target).options.get("flavor", ())
@@ -133,7 +139,7 @@ def export_bundle(model: str, output: str | Path, spec: BundleSpec, log: Callabl
             t0 = time.time()
             rec: dict = {"name": name, "target": target, "quant": quant, "path": str(out / name)}
             try:
-                art = export_model(src, target, spec.quant_config(quant), out / name, force=True, steps=spec.steps,
+                art = export_model(src, target, spec.quant_config(quant, target), out / name, force=True, steps=spec.steps,
                                    streamed=spec.streamed,
                                    options=spec.options(target), log=lambda s: bar.log(f"[{name}] {s}"))
                 files = art.manifest["files"]

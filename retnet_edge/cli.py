@@ -290,6 +290,10 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
 @click.option("--lm-head", default="auto", show_default=True,
               help="lm_head precision: auto (int8 under int4), fp32, int8, int4.")
 @click.option("--embedding", default="fp32", show_default=True, help="Embedding precision: fp32, int8, int4.")
+@click.option("--prefill-weights", default="same", show_default=True, type=click.Choice(["same", "int8"]),
+              help="ONNX int4 only: `int8` gives the prompt graph int8 copies of the int4 weights, so prompts run "
+                   "through the int8 GEMM (~2x faster prompts on AVX-512/AMX; weights.bin ~1.7x larger). "
+                   "Decode is unchanged.")
 @click.option("--flavor", type=RegistryChoice(_flavor_names), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
@@ -305,8 +309,8 @@ QUANT_HELP = f"{', '.join(s.value for s in QuantScheme)}: 8-bit weights, or 4-bi
                    "(the default: memory independent of the depth). Same artifact; needs ~3x the fp32 size.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT (or the artifacts in it) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the report) as JSON.")
-def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, bench,
-               whole_model, force, as_json):
+def export_cmd(model, target, quant, group_size, lm_head, embedding, prefill_weights, flavor, output, steps, validate,
+               bench, whole_model, force, as_json):
     """Export MODEL to verified ONNX / ExecuTorch artifacts, with a report.
 
     MODEL is `demo`, a native model directory or any supported checkpoint. With one --target and one
@@ -325,6 +329,7 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
       retnet-edge export demo -o out/demo                      # 4 artifacts + out/demo/report.md
       retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
       retnet-edge export my-model --target executorch --quant int8,int4 --no-bench -o out/pte
+      retnet-edge export my-model --target onnx --quant int4 --prefill-weights int8 -o out/fast-prompts
     """
     from .bundle import DEFAULT_QUANTS, DEFAULT_TARGETS, parse_list
 
@@ -332,7 +337,7 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
     quants = parse_list(quant, DEFAULT_QUANTS if target is None else ("fp32",), "--quant")
     if len(targets) == 1 and len(quants) == 1 and (target is not None or quant is not None):
         _export_one(model, targets[0], quants[0], group_size, lm_head, embedding, flavor, output, steps, validate,
-                    force, as_json, streamed=False if whole_model else None)
+                    force, as_json, streamed=False if whole_model else None, prefill_weights=prefill_weights)
         return
     if not validate:
         raise ConfigError("--no-validate is for a single artifact (--target T --quant Q); a report needs the gate")
@@ -341,7 +346,8 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
     from .report import render_table
 
     spec = BundleSpec(targets=targets, quants=quants, group_size=group_size, lm_head=lm_head, embedding=embedding,
-                      flavor=flavor, steps=steps, bench=bench, force=force, streamed=False if whole_model else None)
+                      prefill_weights=prefill_weights, flavor=flavor, steps=steps, bench=bench, force=force,
+                      streamed=False if whole_model else None)
     report = export_bundle(model, output, spec, log=info, show_bar=bar_enabled(as_json))
     emit(report, as_json, render_table(report))
     failed = [a for a in report["artifacts"] if a["status"] != "ok"]
@@ -350,11 +356,12 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, flavor, out
 
 
 def _export_one(model, target, quant, group_size, lm_head, embedding, flavor, output, steps, validate, force,
-                as_json, streamed: bool | None = None) -> None:
+                as_json, streamed: bool | None = None, prefill_weights: str = "same") -> None:
     from .exporters import TARGETS, export_model
     from .quant import QuantConfig
 
-    qc = QuantConfig(scheme=quant, group_size=group_size, lm_head=lm_head, embedding=embedding)
+    qc = QuantConfig(scheme=quant, group_size=group_size, lm_head=lm_head, embedding=embedding,
+                     prefill_weights=prefill_weights)
     choices = TARGETS.get(target).options.get("flavor", ())
     if flavor is not None and flavor not in choices:
         raise ConfigError(f"--flavor {flavor} is not a {target} flavor; expected one of {', '.join(choices) or 'none'}")

@@ -31,7 +31,8 @@ class Tolerance:
 
 # fp32 must be the same function (float rounding only: measured max rel 1.2e-6 on the demo, both backends).
 # The quantized limits leave margin over what the demo model measured (64 teacher-forced steps):
-#   int8  onnxruntime weight-only: top-1 0.984, KL 3e-4;  ExecuTorch 8da8w (int8 activations too): 0.938, 1.1e-2
+#   int8  onnxruntime (7-bit weights per channel, 8-bit activations per row): top-1 0.97-0.98, KL 1.5e-3
+#         (blockwise 8-bit MatMulNBits before it: 0.984, 3e-4);  ExecuTorch 8da8w (per token): 0.938, 1.1e-2
 #   int4  onnxruntime (int8 head): top-1 0.88-0.90, KL 2-3e-2;  ExecuTorch 8da4w (int8 head): 0.83, 2.6e-2
 # so a healthy export passes, while a broken kernel (int8 that saturates on AVX2 without VNNI: top-1 0.69
 # in the reference notes) or a lost state (top-1 near 0) fails. Top-1 over 64 tokens moves in steps of
@@ -44,6 +45,12 @@ TOLERANCES: dict[QuantScheme, Tolerance] = {
 }
 
 
+# "int8": an int4 artifact's prompt graph (ONNX prefill.onnx) reads int8 per-channel copies of the int4
+# weights, so prompts run through onnxruntime's int8 GEMM (AMX / VNNI) instead of MatMulNBits: `small`
+# prompt 512 tokens 2.28 -> ~1.05 s on the 2-core Xeon, for a weights.bin ~1.7x larger. Decode is unchanged.
+PREFILL_WEIGHTS = ("same", "int8")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """What to quantize and how; defaults are the measured best trade-off."""
@@ -52,6 +59,7 @@ class QuantConfig:
     group_size: int = 32  # int4 block size along the input dim
     lm_head: str = "auto"  # auto (int8 under int4, else the scheme) | fp32 | int8 | int4
     embedding: str = "fp32"  # fp32 | int8 | int4
+    prefill_weights: str = "same"  # same | int8: the prompt graph reads int8 copies of int4 weights (ONNX)
 
     def __post_init__(self) -> None:
         try:
@@ -63,6 +71,11 @@ class QuantConfig:
             raise ConfigError(f"unknown lm_head precision {self.lm_head!r}; expected auto, fp32, int8 or int4")
         if self.embedding not in ("fp32", "int8", "int4"):
             raise ConfigError(f"unknown embedding precision {self.embedding!r}; expected fp32, int8 or int4")
+        if self.prefill_weights not in PREFILL_WEIGHTS:
+            raise ConfigError(f"unknown prefill weights {self.prefill_weights!r}; expected {' or '.join(PREFILL_WEIGHTS)}")
+        if self.prefill_weights == "int8" and self.scheme != QuantScheme.INT4:
+            raise ConfigError(f"--prefill-weights int8 is for --quant int4 (the {self.scheme.value} prompt graph "
+                              "reads the decode weights)")
         if self.group_size < 16 or self.group_size > 4096 or self.group_size & (self.group_size - 1):
             raise ConfigError(f"group size must be a power of two from 16 to 4096, got {self.group_size}")
 
@@ -104,6 +117,7 @@ class QuantPlan:
     embedding: str = "embed"  # the fqn of the embedding (a Gather, not a MatMul)
     int8_qmax: int = INT8_QMAX_FULL  # int8 linears round to [-qmax, qmax] per output channel (the target's)
     int8_row_activations: bool = False  # the target's int8 linears also round their inputs, 8 bits per row
+    prefill_int8: bool = False  # the prompt graph's int4 linears are int8 (QuantConfig.prefill_weights)
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""
@@ -112,6 +126,14 @@ class QuantPlan:
     @property
     def quantizes_anything(self) -> bool:
         return any(p != "fp32" for p in self.precision.values())
+
+    def for_graph(self, kind: str) -> "QuantPlan":
+        """The plan of one graph kind: under prefill_int8 the prompt graph ("prefill") reads int8 copies of
+        the int4 linears (the embedding keeps its precision: a Gather reads one row per token)."""
+        if kind != "prefill" or not self.prefill_int8:
+            return self
+        precision = {n: "int8" if p == "int4" and n != self.embedding else p for n, p in self.precision.items()}
+        return dataclasses.replace(self, precision=precision, prefill_int8=False)
 
 
 def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed",
@@ -130,4 +152,5 @@ def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str =
             fallbacks.append(name)
         precision[name] = p
     precision[embedding] = qc.embedding
-    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding, int8_qmax, int8_row_activations)
+    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding, int8_qmax, int8_row_activations,
+                     qc.prefill_weights == "int8")

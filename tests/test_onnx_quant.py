@@ -67,6 +67,42 @@ def test_int8_rows_are_quantized_independently(demo_export):
     assert np.abs(together[1] - alone[0]).max() > 1.0  # the other row is really another sequence
 
 
+def test_prefill_weights_int8_gives_the_prompt_graph_int8_copies(demo_export, tmp_path):
+    art = export_model("demo", "onnx", QuantConfig("int4", prefill_weights="int8"), tmp_path / "pw", steps=64)
+    L = art.manifest["config"]["n_layers"]
+    step = Counter(n.op_type for n in onnx.load(str(art.path / "model.onnx")).graph.node)
+    prompt = Counter(n.op_type for n in onnx.load(str(art.path / "prefill.onnx")).graph.node)
+    assert step["MatMulNBits"] == 8 * L and step["MatMulInteger"] == 1  # decode: int4 body, int8 head
+    assert prompt["MatMulNBits"] == 0 and prompt["MatMulInteger"] == 8 * L + 1
+    assert art.manifest["quant"]["prefill_weights"] == "int8"
+    plain = demo_export("onnx", "int4")
+    extra = art.manifest["files"]["weights.bin"]["bytes"] - plain.manifest["files"]["weights.bin"]["bytes"]
+    body = sum(m * n for m, n in _body_shapes(art.manifest["config"])) * L
+    assert body <= extra <= body * 1.1  # one int8 byte per body weight (+ scales); the head is shared
+    checks = {c["name"]: c for c in art.manifest["validation"]["checks"]}
+    assert checks["prefill 48 + step x16 (batch 1)"]["kl"] < checks["step x64 (batch 1)"]["kl"]  # int8 < int4
+
+
+def _body_shapes(cfg: dict) -> list[tuple[int, int]]:
+    d, dv, f = cfg["d_model"], cfg["value_dim"], cfg["ffn_dim"]
+    return [(d, d), (d, d), (d, dv), (d, dv), (dv, d), (d, f), (d, f), (f, d)]  # q k v g out, fc1 gate fc2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quant", "int8", "--prefill-weights", "int8"], "is for --quant int4"),
+    (["--target", "executorch", "--quant", "int4", "--prefill-weights", "int8"], "not offered by the executorch"),
+    (["--quant", "int4", "--flavor", "genai", "--prefill-weights", "int8"], "separate prompt graph"),
+])
+def test_prefill_weights_refusals(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from retnet_edge.cli import main
+
+    res = CliRunner().invoke(main, ["export", "demo", "--target", "onnx", *args, "-o", str(tmp_path / "x")])
+    assert res.exit_code == 1 and message in res.output and not (tmp_path / "x").exists(), res.output
+    assert "Traceback" not in res.output
+
+
 def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
     art = export_model("demo", "onnx", QuantConfig("int4", embedding="int4"), tmp_path / "e", steps=64)
     m = onnx.load(str(art.path / "model.onnx"))

@@ -193,7 +193,8 @@ def measure(spec: dict) -> dict:
 
 
 # op types by what they cost in a RetNet step (the rest: norms, rotary, gating, reshapes)
-PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMul": "fp32 matmuls (weights or state)",
+PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMulInteger": "int8 weights (MatMulInteger)",
+                  "DynamicQuantizeMatMul": "int8 weights (MatMulInteger)", "MatMul": "fp32 matmuls (weights or state)",
                   "GatherBlockQuantized": "embedding", "Gather": "embedding",
                   "LinearAttention": "fused state update (LinearAttention)"}
 

@@ -24,7 +24,7 @@ from .. import __version__
 from ..config import RetNetConfig
 from ..contract import (FUSED_STATE_OP, ONNX_PREFILL_FILE, ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, ONNX_WEIGHTS_FILE,
                         STATE_LAYOUT, io_names)
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from ..quant import INT8_QMAX_REDUCED, QuantConfig, QuantPlan
 from ..step import RetNetStep, to_fused_step, to_prefill
 from .genai import to_genai_io, write_genai_files
@@ -314,6 +314,13 @@ def graph_plan(flavor: str) -> dict[str, tuple[str, bool]]:
             ONNX_PREFILL_FILE: ("prefill", True)}
 
 
+def check_prefill_weights(qc: QuantConfig, graphs: dict[str, tuple[str, bool]]) -> None:
+    """--prefill-weights int8 needs a prompt graph of its own (the genai flavour decodes and prompts
+    through one graph)."""
+    if qc.prefill_weights != "same" and not any(kind == "prefill" for kind, _ in graphs.values()):
+        raise ConfigError("--prefill-weights int8 needs the standard flavour's separate prompt graph (prefill.onnx)")
+
+
 def graph_module(kind: str, step: RetNetStep) -> torch.nn.Module:
     """The module a graph kind is traced from (the same modules and tensors for every kind)."""
     if kind == "step-fused":
@@ -321,7 +328,8 @@ def graph_module(kind: str, step: RetNetStep) -> torch.nn.Module:
     return step if kind == "step" else to_prefill(step)
 
 
-@register_target("onnx", int8_qmax=INT8_QMAX_REDUCED, int8_row_activations=True, flavor=FLAVORS)
+@register_target("onnx", int8_qmax=INT8_QMAX_REDUCED, int8_row_activations=True, prefill_weights=("same", "int8"),
+                 flavor=FLAVORS)
 def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                 log=lambda s: None, flavor: str = "standard") -> list[str]:
     """Write the graphs into `out`; returns the file names.
@@ -332,6 +340,7 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
     genai_config.json and tokenizer_config.json (see exporters/genai.py).
     """
     graphs = graph_plan(flavor)
+    check_prefill_weights(qc, graphs)
     cfg = step.cfg
     state = step.init_state(2)
     protos: dict[str, onnx.ModelProto] = {}
@@ -348,10 +357,11 @@ def export_onnx(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, t
             bad = position_dependent_nodes(model)
             if bad:
                 raise ExportError(f"the step graph has position-dependent nodes: {', '.join(bad[:8])}")
-        if plan.quantizes_anything:
-            log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, "
-                f"embedding {qc.embedding}) ...")
-            model = quantize_onnx(model, plan)
+        gplan = plan.for_graph(graph)
+        if gplan.quantizes_anything:
+            log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, embedding "
+                f"{qc.embedding}{', int8 weights' if gplan is not plan else ''}) ...")
+            model = quantize_onnx(model, gplan)
         if graph == "genai":
             to_genai_io(model, cfg.n_layers)
         _metadata(model, cfg, qc, graph, tokenizer)

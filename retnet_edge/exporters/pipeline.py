@@ -67,6 +67,7 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
     fp32 model and traces it (the reference path the streamed one is tested against).
     """
     tgt = TARGETS.get(target)
+    tgt.check(qc)
     check_steps(steps)
     src = resolve_path(model_path)
     check_distinct(src, output)
@@ -181,7 +182,8 @@ def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: 
     if max(positions) > steps or min(positions) < 1:
         raise ConfigError(f"--positions must lie in 1..{steps} (--steps)")
     model = load(source)
-    qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")})
+    qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")},
+                     prefill_weights=manifest["quant"].get("prefill_weights", "same"))
     tok = manifest.get("tokenizer")
     tokenizer = load_tokenizer(directory / tok) if tok else None
     session = RUNTIMES.get(manifest["target"])(directory, None)

@@ -47,8 +47,8 @@ from ..step import RetNetStep, to_recurrent
 from ..streaming import ModelWeights
 from .genai import to_genai_io, write_genai_files
 from .target import register_streamed
-from .onnx import (BITS, OPSET, STEP_KINDS, SharedWeights, _metadata, _module_of, _quantize, _trace, graph_module,
-                   graph_plan, name_nodes, position_dependent_nodes)
+from .onnx import (BITS, OPSET, STEP_KINDS, SharedWeights, _metadata, _module_of, _quantize, _trace,
+                   check_prefill_weights, graph_module, graph_plan, name_nodes, position_dependent_nodes)
 
 TEMPLATE_LAYERS = 1
 _SCOPE = re.compile(r"^/model/layers\.(\d+)[./]")  # a node of layer N (see onnx.name_nodes)
@@ -309,7 +309,7 @@ def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits:
 
 def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -> onnx.ModelProto:
     """The n-layer graph with every weight written to weights.bin as its first reader is reached."""
-    plan = source.plan
+    plan = source.plan.for_graph(kind)
     nodes, inits = [], []
     seen: set[str] = set()
 
@@ -430,6 +430,7 @@ def export_onnx_streamed(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan
     """The ONNX target's files from a checkpoint read layer by layer (same files, same contract as
     `onnx.export_onnx` on the whole model; weights.bin byte-identical)."""
     graphs = graph_plan(flavor)
+    check_prefill_weights(qc, graphs)
     cfg = weights.cfg
     templates = trace_templates(weights, graphs, log, out)
     for fname, (kind, _) in graphs.items():

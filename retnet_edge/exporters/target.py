@@ -28,6 +28,12 @@ class Target:
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option -> choices, first the default
     int8_qmax: int = INT8_QMAX_FULL  # the range its int8 linears round to (quant.INT8_QMAX_*)
     int8_row_activations: bool = False  # its int8 linears quantize their inputs per row (8 bits)
+    prefill_weights: tuple[str, ...] = ("same",)  # the QuantConfig.prefill_weights it can write
+
+    def check(self, qc: QuantConfig) -> None:
+        if qc.prefill_weights not in self.prefill_weights:
+            raise ConfigError(f"--prefill-weights {qc.prefill_weights} is not offered by the {self.name} target "
+                              f"(it has no separate prompt weights); expected {' or '.join(self.prefill_weights)}")
 
     def plan(self, step: DecoderStack, qc: QuantConfig) -> QuantPlan:
         return quant_plan(step, qc, self.int8_qmax, self.int8_row_activations)
@@ -44,11 +50,12 @@ STREAMED: dict[str, ExportFn] = {}
 
 
 def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False,
+                    prefill_weights: tuple[str, ...] = ("same",),
                     **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
     """Decorator: register an export function as target `name` with its options (and its int8 rounding,
     which the gate's rounded reference mirrors)."""
     def add(fn: ExportFn) -> ExportFn:
-        TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations))
+        TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations, prefill_weights))
         return fn
 
     return add

@@ -60,6 +60,11 @@ class BundleSpec:
         for q in self.quants:
             self.quant_config(q)
         QuantConfig("int4", prefill_weights=self.prefill_weights)  # a bad value, whichever quants are asked
+        if self.prefill_weights != "same" and not any(
+                q == "int4" and self.prefill_weights in TARGETS.get(t).prefill_weights
+                for q in self.quants for t in self.targets):
+            raise ConfigError(f"--prefill-weights {self.prefill_weights} applies to ONNX int4 artifacts, and this "
+                              "export makes none")
         check_steps(self.steps)
         if self.flavor is not None and not any(self.flavor in TARGETS.get(t).options.get("flavor", ())
                                                for t in self.targets):

@@ -65,6 +65,7 @@ def test_a_failing_quant_is_reported_and_the_others_still_finish(saved_tiny, tmp
     (["--target", "onnx,onnx", "--quant", "int8"], "must not repeat"),
     (["--quant", ","], "--quant needs at least one value"),
     (["--quant", "int8,int4", "--no-validate"], "--no-validate is for a single artifact"),
+    (["--target", "onnx,executorch", "--quant", "int8,fp32", "--prefill-weights", "int8"], "makes none"),
 ])
 def test_bundle_arguments_are_checked_before_any_export(saved_tiny, tmp_path, args, message):
     res = _export(saved_tiny, *args, "-o", tmp_path / "b")

@@ -109,3 +109,25 @@ def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
     assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.node)
     assert not any(n.op_type == "Gather" and n.name.startswith("/model/embed/") for n in m.graph.node)
     assert art.manifest["files"]["weights.bin"]["bytes"] < 12 * 2**20  # vs 16.1 MiB with an fp32 embedding
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_a_nan_weight_is_refused_before_rounding(tmp_path, quant):
+    """Rounding a NaN gives an arbitrary integer: even under --no-validate the export stops, one line, exit 1."""
+    import torch
+    from click.testing import CliRunner
+
+    from helpers import make_model
+    from retnet_edge import save_pretrained
+    from retnet_edge.cli import main
+
+    model = make_model(n_layers=2)
+    with torch.no_grad():
+        model.layers[1].retention.v_proj.weight[3, 5] = float("nan")
+    save_pretrained(model, tmp_path / "m")
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "m"), "--target", "onnx", "--quant", quant,
+                                    "--no-validate", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 1, res.output
+    assert "layers.1.retention.v_proj.weight has NaN or inf values" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*"))
+

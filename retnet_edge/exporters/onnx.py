@@ -168,10 +168,23 @@ def _int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx
     return model
 
 
+def _check_finite(model: onnx.ModelProto, op_types: tuple[str, ...], exclude: list[str]) -> None:
+    """A NaN / inf weight would round to an arbitrary integer (silently, under --no-validate): refuse it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    skip = set(exclude)
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name not in skip:
+            for name in node.input:
+                if name in inits and not np.isfinite(numpy_helper.to_array(inits[name])).all():
+                    raise ExportError(f"weight {name.removesuffix('.T')} has NaN or inf values; cannot quantize it",
+                                      hint="check the checkpoint; an fp32 export keeps them as they are")
+
+
 def _quantize(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
               op_types: tuple[str, ...] = ("MatMul",), int8_qmax: int = INT8_QMAX_REDUCED) -> onnx.ModelProto:
     """int8 MatMuls -> an int8 GEMM with per-row activations (`_int8_dynamic`); int4 MatMuls and quantized Gathers ->
     onnxruntime.quantization's MatMulNBits / GatherBlockQuantized (blockwise, symmetric, accuracy_level 4)."""
+    _check_finite(model, op_types, exclude)
     if bits == 8 and op_types == ("MatMul",):
         return _int8_dynamic(model, exclude, int8_qmax)
     # onnxruntime only when quantizing: importing the exporters (CLI choices) must not load the engine

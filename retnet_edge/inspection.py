@@ -86,8 +86,9 @@ def render(report: dict[str, Any]) -> str:
     if "artifact" in report:
         a = report["artifact"]
         flavor = f" ({a['flavor']} flavour)" if a.get("flavor") else ""
+        prompt = ", prompt graph int8" if a["quant"].get("prefill_weights", "same") != "same" else ""
         lines.append(f"artifact      {a['target']}{flavor} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
-                     f"{a['quant']['embedding']}), validation {a['validation']}: "
+                     f"{a['quant']['embedding']}{prompt}), validation {a['validation']}: "
                      + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))
     for t, b in report["kv_cache_bytes_fp16"].items():
         lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "

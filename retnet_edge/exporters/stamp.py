@@ -17,9 +17,9 @@ every weight at once (1.3B: 17.5 GB). A RetNet's layers are one graph repeated, 
    values, a few more small nodes.)
 3. **Weights, in the order the graph first reads them.** For each node, its weights come from the
    checkpoint (`streaming.ModelWeights`, one layer resident at a time, upcast per tensor); a planned MatMul /
-   Gather is quantized through onnxruntime's own MatMulNBitsQuantizer on a one-node graph, the same
-   library call per node as quantizing the whole graph, so weights.bin is byte-for-byte the whole-model
-   path's (tests/test_stamp.py).
+   Gather is quantized on a one-node graph by the same call that quantizes the whole graph
+   (`onnx._quantize`: onnxruntime's MatMulNBitsQuantizer, or the int8 GEMM's nodes), so weights.bin is
+   byte-for-byte the whole-model path's (tests/test_stamp.py); an int8 MatMul becomes a group of nodes.
 """
 from __future__ import annotations
 

@@ -136,8 +136,7 @@ class QuantPlan:
         return dataclasses.replace(self, precision=precision, prefill_int8=False)
 
 
-def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed",
-                      int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False) -> QuantPlan:
+def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed") -> QuantPlan:
     """Resolve qc over a model's linears ({fqn: in_features}, "lm_head" among them) and its embedding.
 
     The body gets the scheme, the head `qc.head_precision`, the embedding `qc.embedding`. Group-wise int4
@@ -152,5 +151,5 @@ def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str =
             fallbacks.append(name)
         precision[name] = p
     precision[embedding] = qc.embedding
-    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding, int8_qmax, int8_row_activations,
-                     qc.prefill_weights == "int8")
+    return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding,
+                     prefill_int8=qc.prefill_weights == "int8")

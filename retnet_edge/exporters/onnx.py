@@ -108,7 +108,7 @@ def _int8_per_channel(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]
     return q, scale
 
 
-INT8_SHARED = "int8.zero"  # the uint8 zero point (128) and the constants every int8 MatMul reads
+# the uint8 zero point (128) and the other constants every int8 MatMul reads
 _INT8_CONSTANTS = {"int8.zero": np.uint8(128), "int8.zero_f": np.float32(128.0), "int8.qmax": np.float32(127.0),
                    "int8.tiny": np.float32(1e-30), "int8.last": np.array([-1], np.int64)}
 
@@ -121,16 +121,20 @@ def int8_matmul_nodes(name: str, a: str, y: str, q: str, scales: str) -> list[on
     tensor (one scale for a whole chunk) against 1.2e-3 step by step, and one row's scale must not depend
     on the others (batch rows are separate sequences)."""
     scope = name.rsplit("/", 1)[0]
-    v = lambda tag: f"{name}_Q8/{tag}"
-    n = lambda op, ins, outs, **kw: onnx.helper.make_node(op, ins, outs, name=f"{scope}/{op}_{v(outs[0]).rsplit('/', 1)[1]}_Q8", **kw)
-    return [n("Abs", [a], [v("abs")]), n("ReduceMax", [v("abs"), "int8.last"], [v("amax")], keepdims=1),
-            n("Max", [v("amax"), "int8.tiny"], [v("amax1")]), n("Div", [v("amax1"), "int8.qmax"], [v("rscale")]),
-            n("Div", [a, v("rscale")], [v("scaled")]), n("Round", [v("scaled")], [v("rounded")]),
-            n("Add", [v("rounded"), "int8.zero_f"], [v("shifted")]),
-            n("Cast", [v("shifted")], [v("a_u8")], to=onnx.TensorProto.UINT8),
+    v = lambda tag: f"{name}_Q8/{tag}"  # noqa: E731  (value names; the node of value `tag` is `{op}_{tag}_Q8`)
+
+    def n(op: str, ins: list[str], tag: str, **kw) -> onnx.NodeProto:
+        return onnx.helper.make_node(op, ins, [v(tag)], name=f"{scope}/{op}_{tag}_Q8", **kw)
+
+    out = onnx.helper.make_node("Mul", [v("row_scaled"), scales], [y], name=f"{scope}/Mul_out_Q8")
+    return [n("Abs", [a], "abs"), n("ReduceMax", [v("abs"), "int8.last"], "amax", keepdims=1),
+            n("Max", [v("amax"), "int8.tiny"], "amax1"), n("Div", [v("amax1"), "int8.qmax"], "rscale"),
+            n("Div", [a, v("rscale")], "scaled"), n("Round", [v("scaled")], "rounded"),
+            n("Add", [v("rounded"), "int8.zero_f"], "shifted"),
+            n("Cast", [v("shifted")], "a_u8", to=onnx.TensorProto.UINT8),
             onnx.helper.make_node("MatMulInteger", [v("a_u8"), q, "int8.zero"], [v("acc")], name=f"{name}_Q8"),
-            n("Cast", [v("acc")], [v("acc_f")], to=onnx.TensorProto.FLOAT),
-            n("Mul", [v("acc_f"), v("rscale")], [v("row_scaled")]), n("Mul", [v("row_scaled"), scales], [y])]
+            n("Cast", [v("acc")], "acc_f", to=onnx.TensorProto.FLOAT),
+            n("Mul", [v("acc_f"), v("rscale")], "row_scaled"), out]
 
 
 def _int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx.ModelProto:
@@ -152,7 +156,7 @@ def _int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx
             continue
         qname, sname = f"{w.name}_Q8", f"{w.name}_scales"
         if qname not in inits:
-            q, scale = _int8_per_channel(numpy_helper.to_array(w).astype(np.float32), qmax)
+            q, scale = _int8_per_channel(_finite(w.name, numpy_helper.to_array(w).astype(np.float32)), qmax)
             inits[qname], inits[sname] = numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname)
         replaced.add(w.name)
         nodes += int8_matmul_nodes(node.name, node.input[0], node.output[0], qname, sname)
@@ -168,25 +172,32 @@ def _int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx
     return model
 
 
-def _check_finite(model: onnx.ModelProto, op_types: tuple[str, ...], exclude: list[str]) -> None:
+def _finite(name: str, a: np.ndarray) -> np.ndarray:
     """A NaN / inf weight would round to an arbitrary integer (silently, under --no-validate): refuse it."""
+    if not np.isfinite(a).all():
+        raise ExportError(f"weight {name.removesuffix('.T')} has NaN or inf values; cannot quantize it",
+                          hint="check the checkpoint; an fp32 export keeps them as they are")
+    return a
+
+
+def _check_finite(model: onnx.ModelProto, op_types: tuple[str, ...], exclude: list[str]) -> None:
+    """`_finite` for every weight the MatMulNBits quantizer is about to round."""
     inits = {t.name: t for t in model.graph.initializer}
     skip = set(exclude)
     for node in model.graph.node:
         if node.op_type in op_types and node.name not in skip:
             for name in node.input:
-                if name in inits and not np.isfinite(numpy_helper.to_array(inits[name])).all():
-                    raise ExportError(f"weight {name.removesuffix('.T')} has NaN or inf values; cannot quantize it",
-                                      hint="check the checkpoint; an fp32 export keeps them as they are")
+                if name in inits:
+                    _finite(name, numpy_helper.to_array(inits[name]))
 
 
 def _quantize(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
-              op_types: tuple[str, ...] = ("MatMul",), int8_qmax: int = INT8_QMAX_REDUCED) -> onnx.ModelProto:
+              op_types: tuple[str, ...] = ("MatMul",)) -> onnx.ModelProto:
     """int8 MatMuls -> an int8 GEMM with per-row activations (`_int8_dynamic`); int4 MatMuls and quantized Gathers ->
     onnxruntime.quantization's MatMulNBits / GatherBlockQuantized (blockwise, symmetric, accuracy_level 4)."""
-    _check_finite(model, op_types, exclude)
     if bits == 8 and op_types == ("MatMul",):
-        return _int8_dynamic(model, exclude, int8_qmax)
+        return _int8_dynamic(model, exclude, INT8_QMAX_REDUCED)  # the range Target("onnx").int8_qmax declares
+    _check_finite(model, op_types, exclude)
     # onnxruntime only when quantizing: importing the exporters (CLI choices) must not load the engine
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -221,8 +232,7 @@ def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         linears = set(plan.modules(precision))
         matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
         if any(_module_of(n) in linears for n in matmuls):
-            model = _quantize(model, bits, plan.group_size, exclude=[n for n in matmuls if _module_of(n) not in linears],
-                              int8_qmax=plan.int8_qmax)
+            model = _quantize(model, bits, plan.group_size, exclude=[n for n in matmuls if _module_of(n) not in linears])
         gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
         if plan.embedding in plan.modules(precision, kind="embedding"):
             model = _quantize(model, bits, plan.group_size, op_types=("Gather",),

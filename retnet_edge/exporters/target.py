@@ -7,6 +7,7 @@ offers them from here.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,10 +37,14 @@ class Target:
                               f"(it has no separate prompt weights); expected {' or '.join(self.prefill_weights)}")
 
     def plan(self, step: DecoderStack, qc: QuantConfig) -> QuantPlan:
-        return quant_plan(step, qc, self.int8_qmax, self.int8_row_activations)
+        return self._rounding(quant_plan(step, qc))
 
     def config_plan(self, cfg: RetNetConfig, qc: QuantConfig) -> QuantPlan:
-        return config_quant_plan(cfg, qc, self.int8_qmax, self.int8_row_activations)
+        return self._rounding(config_quant_plan(cfg, qc))
+
+    def _rounding(self, plan: QuantPlan) -> QuantPlan:
+        """The plan with this target's int8 rounding, which the gate's rounded reference mirrors."""
+        return dataclasses.replace(plan, int8_qmax=self.int8_qmax, int8_row_activations=self.int8_row_activations)
 
 
 TARGETS: Registry[Target] = Registry("export target", ConfigError)
@@ -70,19 +75,16 @@ def register_streamed(name: str) -> Callable[[ExportFn], ExportFn]:
     return add
 
 
-def quant_plan(step: DecoderStack, qc: QuantConfig, int8_qmax: int = INT8_QMAX_FULL,
-               int8_row_activations: bool = False) -> QuantPlan:
-    """qc resolved over the step's linears (module name -> precision), the same for every target; only
-    how int8 rounds is the target's (`Target.plan`)."""
+def quant_plan(step: DecoderStack, qc: QuantConfig) -> QuantPlan:
+    """qc resolved over the step's linears (module name -> precision), the same for every target (how int8
+    rounds is the target's: `Target.plan`)."""
     linears = {n: m.in_features for n, m in step.named_modules() if isinstance(m, nn.Linear)}
-    return plan_quantization(qc, linears, embedding="embed", int8_qmax=int8_qmax,
-                             int8_row_activations=int8_row_activations)
+    return plan_quantization(qc, linears, embedding="embed")
 
 
-def config_quant_plan(cfg: RetNetConfig, qc: QuantConfig, int8_qmax: int = INT8_QMAX_FULL,
-                      int8_row_activations: bool = False) -> QuantPlan:
+def config_quant_plan(cfg: RetNetConfig, qc: QuantConfig) -> QuantPlan:
     """The same plan from a config alone (a model on the meta device: nothing allocated)."""
     import torch
 
     with torch.device("meta"):
-        return quant_plan(RetNet(cfg), qc, int8_qmax, int8_row_activations)
+        return quant_plan(RetNet(cfg), qc)

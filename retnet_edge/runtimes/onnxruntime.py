@@ -178,9 +178,15 @@ class OnnxSession:
 class BoundDecoder:
     """Batch-1 decoding with the recurrent state in place: two buffer sets, IOBinding, no per-token copies.
 
-    Buffers are numpy arrays that onnxruntime reads and writes through zero-copy OrtValues. A step binds
-    past <- set[cur], present -> set[1 - cur] (one prebuilt binding per direction) and flips `cur`; only
-    the token, the position and the logits row cross the boundary.
+    Buffers are numpy arrays that onnxruntime reads and writes through zero-copy OrtValues; only the token,
+    the position and the logits row cross the boundary. On model_fused.onnx a step binds past and present
+    of a layer to the *same* buffer (`in_place`): each present is written by the LinearAttention node that
+    alone reads that past, and onnxruntime's kernel updates the state where it lies when the two coincide
+    (it copies past into present first otherwise). That is one read and one write of S per token instead
+    of a copy plus the update: on `small` 12 layers' updates took 1.84 vs 3.64 ms at 1 thread and 1.28 vs
+    3.58 at 2 (benchmarks/results/notes.md). model.onnx (the Mul/Add/MatMul chain) and prompt chunks bind
+    past <- set[cur], present -> set[1 - cur] and flip `cur`: there a node reads past after another one
+    has started writing present.
     """
 
     def __init__(self, session: OnnxSession):
@@ -192,10 +198,13 @@ class BoundDecoder:
         self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
         self.graph = session.step_session  # the session the two step bindings belong to
-        self._steps = [self._bind(self.graph, src, self.ids, self.pos, self.logits) for src in (0, 1)]
+        self.in_place = session.flavor == "standard" and session.step_file == ONNX_STEP_FUSED_FILE
+        self._steps = [self._bind(self.graph, src, self.ids, self.pos, self.logits, self.in_place) for src in (0, 1)]
 
-    def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None):
-        """An IOBinding reading the state from buffers[src] and writing it to buffers[1 - src]."""
+    def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None,
+              in_place: bool = False):
+        """An IOBinding reading the state from buffers[src] and writing it to buffers[1 - src] (in_place:
+        back to buffers[src])."""
         as_ort, names = self.session._ort.OrtValue.ortvalue_from_numpy, self.session.names
         io = sess.io_binding()
         io.bind_ortvalue_input(INPUT_IDS, as_ort(ids))
@@ -206,7 +215,7 @@ class BoundDecoder:
             io.bind_ortvalue_output(LOGITS, as_ort(logits))
         for i in range(self.n):
             io.bind_ortvalue_input(names["past_recurrent"][i], as_ort(self.buffers[src][i]))
-            io.bind_ortvalue_output(names["present_recurrent"][i], as_ort(self.buffers[1 - src][i]))
+            io.bind_ortvalue_output(names["present_recurrent"][i], as_ort(self.buffers[src if in_place else 1 - src][i]))
         for past, present in zip(names["past_conv"], names["present_conv"]):
             io.bind_ortvalue_input(past, as_ort(self.conv[0]))
             io.bind_ortvalue_output(present, as_ort(self.conv[1]))
@@ -220,7 +229,8 @@ class BoundDecoder:
         """logits [V] (a copy: the buffer is reused by the next step)."""
         self.ids[0, 0], self.pos[0, 0] = token, position
         self.graph.run_with_iobinding(self._steps[self.cur])
-        self.cur = 1 - self.cur
+        if not self.in_place:
+            self.cur = 1 - self.cur
         return self.logits[0, -1].copy()
 
     def prefill(self, ids: np.ndarray, pos: np.ndarray, last_only: bool) -> np.ndarray:

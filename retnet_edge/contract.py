@@ -18,7 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # ONNX: a static step graph and a dynamic-length chunk graph sharing one external weights file
 ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.onnx", "weights.bin"
 # the same step graph with each layer's state update as one com.microsoft::LinearAttention node: runners decode
-# with it at 1 thread (faster there), with model.onnx otherwise (its MatMul/Mul/Add chain scales over threads)
+# with it (the state updated in place, past and present bound to one buffer); model.onnx is the fallback
 ONNX_STEP_FUSED_FILE = "model_fused.onnx"
 FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # its op; onnxruntime 1.24.4 lacks the CPU kernel, 1.25.1 has it
 # ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)

@@ -55,8 +55,8 @@ def test_manifest_lists_files_and_validation(tiny_onnx):
     assert m["target"] == "onnx"
     assert set(m["files"]) == {"model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"}
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
-    assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 6  # + model_fused.onnx's step loops
-    assert sum("model_fused.onnx" in c["name"] for c in m["validation"]["checks"]) == 2
+    assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 6  # + the chain graph's step loops
+    assert sum("model.onnx" in c["name"] for c in m["validation"]["checks"]) == 2  # the fused one decodes
     assert max(c["max_rel"] for c in m["validation"]["checks"]) <= 1e-5
 
 
@@ -88,10 +88,11 @@ def _ops(path, fname):
     return [n for n in m.graph.node]
 
 
-def test_two_step_graphs_one_state_update_each_picked_by_threads(tiny_onnx, monkeypatch):
+def test_two_step_graphs_one_state_update_each(tiny_onnx, monkeypatch):
     """model.onnx: the state update as MatMul/Mul/Add/MatMul (ai.onnx ops); model_fused.onnx: one
-    com.microsoft::LinearAttention per layer and no state MatMul. The runner decodes with the fused graph at
-    1 thread and with the chain otherwise (RETNET_EDGE_STEP_GRAPH overrides); both give the same logits."""
+    com.microsoft::LinearAttention per layer and no state MatMul. The runner decodes with the fused graph
+    (state in place) at any thread count, with the chain under RETNET_EDGE_STEP_GRAPH=chain; both give the
+    same logits."""
     from retnet_edge.runtimes import load_runner
 
     model, art = tiny_onnx
@@ -104,10 +105,12 @@ def test_two_step_graphs_one_state_update_each_picked_by_threads(tiny_onnx, monk
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in la[0].attribute}
     assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
                      "update_rule": b"gated"}
-    a, b = load_runner(art.path, threads=1), load_runner(art.path, threads=2)
-    assert a.session.step_file == "model_fused.onnx" and b.session.step_file == "model.onnx"
-    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "fused")
     assert load_runner(art.path, threads=2).session.step_file == "model_fused.onnx"
+    a = load_runner(art.path, threads=1)
+    assert a.session.step_file == "model_fused.onnx" and a.decoder.in_place
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chain")
+    b = load_runner(art.path, threads=2)
+    assert b.session.step_file == "model.onnx" and not b.decoder.in_place
     monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chian")  # a typo is an error, not a silent default
     with pytest.raises(retnet_edge.ConfigError, match="RETNET_EDGE_STEP_GRAPH"):
         load_runner(art.path, threads=1)
@@ -136,5 +139,5 @@ def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", old)
     r = load_runner(art.path, threads=1)
-    assert r.session.step_file == "model.onnx"
+    assert r.session.step_file == "model.onnx" and not r.decoder.in_place  # two buffers on the chain
     assert r.step(5).shape[-1] == art.manifest["config"]["vocab_size"]

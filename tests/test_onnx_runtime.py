@@ -54,15 +54,21 @@ def test_verify_and_corruption(tiny_onnx, tmp_path):
 
 
 
-def test_bound_decoder_matches_functional_session(tiny_onnx):
-    """The IOBinding decoder (state in place, ping-pong buffers) gives the functional session's logits and
-    state bit for bit, across prefill chunks, steps, a state set from outside and a dropped prefill graph."""
+@pytest.mark.parametrize("graph, in_place", [("fused", True), ("chain", False)])
+def test_bound_decoder_matches_functional_session(tiny_onnx, monkeypatch, graph, in_place):
+    """The IOBinding decoder gives the functional session's logits and state bit for bit, across prefill
+    chunks, steps, a state set from outside and a dropped prefill graph: on model_fused.onnx with past and
+    present of a step in one buffer (onnxruntime's LinearAttention updates it where it lies), on model.onnx
+    with two buffers swapped after each call."""
     from retnet_edge.runtimes.onnxruntime import BoundDecoder, OnnxSession
     from retnet_edge.runtimes.session_runner import StateDecoder
 
     _, art = tiny_onnx
-    session = OnnxSession(art.path, prefill_chunk=7)
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", graph)
+    session = OnnxSession(art.path, threads=2, prefill_chunk=7)
     bound, plain = BoundDecoder(session), StateDecoder(session)
+    assert bound.in_place is in_place
+    assert session.step_file == ("model_fused.onnx" if in_place else "model.onnx")
     ids = np.random.default_rng(0).integers(0, 101, (1, 20))
     for dec in (bound, plain):
         dec.reset()
@@ -82,6 +88,11 @@ def test_bound_decoder_matches_functional_session(tiny_onnx):
     logits = bound.step(8, 28)
     bound.step(9, 29)
     assert not np.shares_memory(logits, bound.logits)  # a returned row is the caller's, not the next step's
+    before = bound.get_state()
+    plain.step(8, 28), plain.step(9, 29)
+    for a, b in zip(before, plain.get_state()):
+        np.testing.assert_array_equal(a, b)
+    assert all(not np.shares_memory(a, b) for a, b in zip(before, bound.buffers[bound.cur]))  # get_state copies
 
 
 BLOCK_TORCH = """

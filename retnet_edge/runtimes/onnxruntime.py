@@ -1,10 +1,10 @@
-"""onnxruntime runtime: model.onnx (or model_fused.onnx at 1 thread) for decode, prefill.onnx (opened on first
-use, droppable) for prompts.
+"""onnxruntime runtime: model_fused.onnx (model.onnx where it is missing or unsupported) for decode,
+prefill.onnx (opened on first use, droppable) for prompts.
 
 `OnnxSession` is the functional view (numpy state in, numpy state out) the validator compares;
-`BoundDecoder` is what a Runner decodes with: the state lives in two sets of buffers that onnxruntime
-reads and writes in place through IOBinding (past from one set, present into the other, then swap), so a
-token costs no state allocation or copy."""
+`BoundDecoder` is what a Runner decodes with: the state lives in numpy buffers that onnxruntime reads and
+writes through IOBinding (on the fused graph in place, else past from one set and present into the other,
+then swap), so a token costs no state allocation or copy."""
 from __future__ import annotations
 
 import json
@@ -44,15 +44,17 @@ def session_options(threads: int | None = None, arena: bool = True):
 
 
 def step_graph_for(directory: Path, threads: int | None) -> str:
-    """model_fused.onnx at 1 thread, model.onnx otherwise (RETNET_EDGE_STEP_GRAPH=fused|chain overrides).
+    """model_fused.onnx where the artifact has it, else model.onnx (RETNET_EDGE_STEP_GRAPH=fused|chain overrides).
 
-    Measured on `small` int4 (benchmarks/results/notes.md): the fused state update is 13-25 % faster per
-    token at 1 thread, but onnxruntime's LinearAttention kernel does not speed up with threads: from 2
-    threads on the MatMul/Mul/Add chain was as fast or faster in most pairs (2-core Xeon; 16-core host)."""
+    Measured on `small` (benchmarks/results/notes.md): with the state updated in place (`BoundDecoder`),
+    the fused graph decodes int8 in 22.2 ms at 1 thread (24.6 with two buffers) and 12.3 ms at 2, where
+    the MatMul/Mul/Add chain took 15.8 (int4: 20.8 vs 23.0, 11.1 vs 14.4). onnxruntime's LinearAttention splits its work
+    over (sequence, head) pairs, so beyond n_heads threads only the chain's matmuls keep scaling; the
+    chain is kept for that and for an onnxruntime without the kernel."""
     choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
     if choice not in STEP_GRAPH_CHOICES:
         raise ConfigError(f"RETNET_EDGE_STEP_GRAPH={choice!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")
-    fused = choice == "fused" or (choice == "auto" and threads == 1)
+    fused = choice in ("fused", "auto")
     return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
 
 

@@ -82,3 +82,17 @@ def test_bench_cli_bad_input_is_one_line(tmp_path):
     for args in (["/nope"], ["demo", "--contexts", "0,x"], ["demo", "--threads", "-1"]):
         res = CliRunner().invoke(main, ["bench", *args])
         assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
+@pytest.mark.parametrize("graph", ["fused", "chain"])
+def test_profiler_drives_the_step_graph_the_runner_uses(tiny_onnx, monkeypatch, graph):
+    """`ort_profile` decodes with the runner's step graph, bound as the runner binds it (fused: past and
+    present in one buffer): kernel shares sum to 1 and name the state update's ops."""
+    from retnet_edge.bench.measure import ort_profile
+
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", graph)
+    prof = ort_profile(str(tiny_onnx[1].path), threads=1, steps=4)
+    assert prof["graph"] == ("model_fused.onnx" if graph == "fused" else "model.onnx") and prof["steps"] == 4
+    shares = prof["share_of_node_time"]
+    assert abs(sum(shares.values()) - 1) < 0.01 and prof["profiled_ms_per_step"] > 0
+    assert (graph == "fused") == any("LinearAttention" in k for k in shares), shares

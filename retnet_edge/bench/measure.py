@@ -204,7 +204,7 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
     import onnxruntime as ort
 
-    from ..contract import GENAI_CONFIG_FILE, flavor_names
+    from ..contract import GENAI_CONFIG_FILE, ONNX_STEP_FUSED_FILE, flavor_names
     from ..runtimes.onnxruntime import session_options, step_graph_for
 
     so = session_options(threads)
@@ -217,14 +217,26 @@ def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
         names = flavor_names(flavor, sum(1 for i in sess.get_inputs() if i.name.endswith("recurrent") or
                                          i.name.endswith("recurrent_state")))
         carry = dict(zip(names["present_recurrent"] + names["present_conv"], names["past_recurrent"] + names["past_conv"]))
-        state = {i.name: np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
-                 for i in sess.get_inputs() if i.name in carry.values()}
-        outputs = [o.name for o in sess.get_outputs()]
+        # bound as the runner binds them (BoundDecoder): one buffer per layer on the fused graph, else two
+        in_place = graph == ONNX_STEP_FUSED_FILE and flavor == "standard"
+        shapes = {i.name: [1 if isinstance(d, str) else d for d in i.shape] for i in sess.get_inputs() if i.name in carry.values()}
+        sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shp, np.float32)) for n, shp in shapes.items()}
+                for _ in range(1 if in_place else 2)]
+        ids, pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
+        bindings = []
+        for src in range(len(sets)):
+            io = sess.io_binding()
+            io.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids))
+            io.bind_ortvalue_input("position_ids", ort.OrtValue.ortvalue_from_numpy(pos))
+            io.bind_output("logits", "cpu")
+            for present, past in carry.items():
+                io.bind_ortvalue_input(past, sets[src][past])
+                io.bind_ortvalue_output(present, sets[(src + 1) % len(sets)][past])
+            bindings.append(io)
         t0 = time.perf_counter()
         for t in range(steps):
-            out = sess.run(outputs, {"input_ids": np.array([[3 + t]], np.int64),
-                                     "position_ids": np.array([[t]], np.int64), **state})
-            state = {carry[n]: o for n, o in zip(outputs, out) if n in carry}
+            ids[0, 0], pos[0, 0] = 3 + t, t
+            sess.run_with_iobinding(bindings[t % len(bindings)])
         wall_us = (time.perf_counter() - t0) * 1e6
         events = json.loads(Path(sess.end_profiling()).read_text())
     groups: dict[str, float] = {}

@@ -49,8 +49,9 @@ def step_graph_for(directory: Path, threads: int | None) -> str:
     Measured on `small` (benchmarks/results/notes.md): with the state updated in place (`BoundDecoder`),
     the fused graph decodes int8 in 22.2 ms at 1 thread (24.6 with two buffers) and 12.3 ms at 2, where
     the MatMul/Mul/Add chain took 15.8 (int4: 20.8 vs 23.0, 11.1 vs 14.4). onnxruntime's LinearAttention splits its work
-    over (sequence, head) pairs, so beyond n_heads threads only the chain's matmuls keep scaling; the
-    chain is kept for that and for an onnxruntime without the kernel."""
+    over (sequence, head) pairs, so beyond n_heads threads its update gets no faster (unmeasured: 2 cores
+    here); the chain stays for such machines (RETNET_EDGE_STEP_GRAPH=chain) and for an onnxruntime
+    without the kernel."""
     choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
     if choice not in STEP_GRAPH_CHOICES:
         raise ConfigError(f"RETNET_EDGE_STEP_GRAPH={choice!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")

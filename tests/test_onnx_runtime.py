@@ -74,6 +74,7 @@ def test_bound_decoder_matches_functional_session(tiny_onnx, monkeypatch, graph,
         dec.reset()
     np.testing.assert_array_equal(bound.prefill(ids, np.arange(20)[None], last_only=False),
                                   plain.prefill(ids, np.arange(20)[None], last_only=False))
+    assert (bound.buffers[1 - bound.cur] is None) is in_place  # in place, decoding holds one state
     for pos, tok in enumerate([3, 9, 27, 81], start=20):
         np.testing.assert_array_equal(bound.step(tok, pos), plain.step(tok, pos))
     for a, b in zip(bound.get_state(), plain.get_state()):

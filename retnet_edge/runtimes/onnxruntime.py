@@ -189,20 +189,24 @@ class BoundDecoder:
     of a copy plus the update: on `small` 12 layers' updates took 1.84 vs 3.64 ms at 1 thread and 1.28 vs
     3.58 at 2 (benchmarks/results/notes.md). model.onnx (the Mul/Add/MatMul chain) and prompt chunks bind
     past <- set[cur], present -> set[1 - cur] and flip `cur`: there a node reads past after another one
-    has started writing present.
+    has started writing present. In place, the second set exists only while a prompt runs, so decoding
+    holds one state (a 7B model's is hundreds of MB).
     """
 
     def __init__(self, session: OnnxSession):
         cfg = session.cfg
         self.session, self.n = session, cfg.n_layers
-        self.buffers = [[np.zeros((1, *cfg.state_shape), np.float32) for _ in range(self.n)] for _ in range(2)]
         self.conv = [np.zeros((1, *GENAI_CONV_SHAPE), np.float32) for _ in range(2)]  # genai's dummies
         self.cur = 0
         self.ids, self.pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
-        self.graph = session.step_session  # the session the two step bindings belong to
+        self.graph = session.step_session  # the session the step bindings belong to
         self.in_place = session.flavor == "standard" and session.step_file == ONNX_STEP_FUSED_FILE
-        self._steps = [self._bind(self.graph, src, self.ids, self.pos, self.logits, self.in_place) for src in (0, 1)]
+        self.buffers = [self._zeros(), None if self.in_place else self._zeros()]
+        self._steps = [None, None]  # the step binding reading buffers[src], built on first use
+
+    def _zeros(self) -> list[np.ndarray]:
+        return [np.zeros((1, *self.session.cfg.state_shape), np.float32) for _ in range(self.n)]
 
     def _bind(self, sess, src: int, ids: np.ndarray, pos: np.ndarray, logits: np.ndarray | None,
               in_place: bool = False):
@@ -231,6 +235,8 @@ class BoundDecoder:
     def step(self, token: int, position: int) -> np.ndarray:
         """logits [V] (a copy: the buffer is reused by the next step)."""
         self.ids[0, 0], self.pos[0, 0] = token, position
+        if self._steps[self.cur] is None:
+            self._steps[self.cur] = self._bind(self.graph, self.cur, self.ids, self.pos, self.logits, self.in_place)
         self.graph.run_with_iobinding(self._steps[self.cur])
         if not self.in_place:
             self.cur = 1 - self.cur
@@ -239,6 +245,8 @@ class BoundDecoder:
     def prefill(self, ids: np.ndarray, pos: np.ndarray, last_only: bool) -> np.ndarray:
         """ids, pos [1, T]: the prefill graph chunk by chunk, the state bound in place; logits [1, T|1, V]."""
         sess, outs = self.session.prefill_session, []
+        if self.buffers[1 - self.cur] is None:
+            self.buffers[1 - self.cur] = self._zeros()  # chunks read one set and write the other
         for c in range(0, ids.shape[1], self.session.prefill_chunk):
             sl = slice(c, c + self.session.prefill_chunk)
             io = self._bind(sess, self.cur, np.ascontiguousarray(ids[:, sl]), np.ascontiguousarray(pos[:, sl]), None)
@@ -246,6 +254,8 @@ class BoundDecoder:
             self.cur = 1 - self.cur
             logits = io.get_outputs()[0].numpy()
             outs = [logits[:, -1:].copy()] if last_only else [*outs, logits]
+        if self.in_place:  # the state is in buffers[cur]; the other set (and the binding onto it) goes
+            self.buffers[1 - self.cur] = self._steps[1 - self.cur] = None
         if self.session.flavor == "genai":
             release_freed_memory()  # the arena shrank; let the heap hand the pages back too
         return np.concatenate(outs, axis=1)

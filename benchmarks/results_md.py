@@ -99,6 +99,9 @@ def runtime_section() -> list[str]:
                          "`small` preset, 270M)")
         if new_ll:
             out += _llamacpp_table(new_ll)
+        new_ge = _load("genai_small_xeon.json")
+        if new_ge:
+            out += _genai_table(new_ge)
         out.append("")
     single = _load("runtime_ab_xeon_single_session.json")
     if single:
@@ -118,13 +121,17 @@ def runtime_section() -> list[str]:
     if ll:
         out += _llamacpp_table(ll)
     if ge:
-        out += ["", f"onnxruntime-genai {ge['onnxruntime_genai']} generator vs retnet-edge's runner "
-                f"(`benchmarks/genai_compare.py`, {ge['threads']} thread, {ge['prompt']}-token prompt, "
-                f"{ge['tokens']} greedy tokens):", "", "| runner | prompt ms | decode tok/s | per round |",
-                "|---|---|---|---|"]
-        for name, r in ge["results"].items():
-            out.append(f"| {name} | {r['prompt_ms']} | {r['tok_per_s']} | {r['rounds_tok_per_s']} |")
+        out += _genai_table(ge)
     return out + [""]
+
+
+def _genai_table(ge: dict) -> list[str]:
+    out = ["", f"onnxruntime-genai {ge['onnxruntime_genai']} generator vs retnet-edge's runner "
+           f"(`benchmarks/genai_compare.py`, {ge['threads']} thread, {ge['prompt']}-token prompt, "
+           f"{ge['tokens']} greedy tokens):", "", "| runner | prompt ms | decode tok/s | per round |",
+           "|---|---|---|---|"]
+    return out + [f"| {name} | {r['prompt_ms']} | {r['tok_per_s']} | {r['rounds_tok_per_s']} |"
+                  for name, r in ge["results"].items()]
 
 
 def export_section() -> list[str]:

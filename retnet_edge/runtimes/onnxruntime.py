@@ -48,10 +48,11 @@ def step_graph_for(directory: Path, threads: int | None) -> str:
 
     Measured on `small` (benchmarks/results/notes.md): with the state updated in place (`BoundDecoder`),
     the fused graph decodes int8 in 22.2 ms at 1 thread (24.6 with two buffers) and 12.3 ms at 2, where
-    the MatMul/Mul/Add chain took 15.8 (int4: 20.8 vs 23.0, 11.1 vs 14.4). onnxruntime's LinearAttention splits its work
-    over (sequence, head) pairs, so beyond n_heads threads its update gets no faster (unmeasured: 2 cores
-    here); the chain stays for such machines (RETNET_EDGE_STEP_GRAPH=chain) and for an onnxruntime
-    without the kernel."""
+    the MatMul/Mul/Add chain took 15.8 (int4: 20.8 vs 23.0, 11.1 vs 14.4). On a 16-core host it was
+    faster at 1 to 16 threads (16: 6.8 vs 9.5 ms): its kernel splits (sequence, head) pairs over threads,
+    so its update stops scaling at n_heads threads, but in place it stays ahead of the chain's five
+    passes over S. So `threads` no longer decides; the chain stays for RETNET_EDGE_STEP_GRAPH=chain and
+    for an onnxruntime without the kernel."""
     choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
     if choice not in STEP_GRAPH_CHOICES:
         raise ConfigError(f"RETNET_EDGE_STEP_GRAPH={choice!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")

@@ -202,43 +202,17 @@ PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMulInteg
 def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
     """Where a decode step's time goes in onnxruntime: kernel time per op group. The profiler slows the
     run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
-    import onnxruntime as ort
+    from ..runtimes.onnxruntime import OnnxSession
 
-    from ..contract import GENAI_CONFIG_FILE, ONNX_STEP_FUSED_FILE, flavor_names
-    from ..runtimes.onnxruntime import session_options, step_graph_for
-
-    so = session_options(threads)
-    so.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
-        so.profile_file_prefix = str(Path(tmp) / "profile")
-        graph = step_graph_for(Path(directory), threads)  # the graph the runner decodes with
-        sess = ort.InferenceSession(str(Path(directory) / graph), so, providers=["CPUExecutionProvider"])
-        flavor = "genai" if (Path(directory) / GENAI_CONFIG_FILE).is_file() else "standard"
-        names = flavor_names(flavor, sum(1 for i in sess.get_inputs() if i.name.endswith("recurrent") or
-                                         i.name.endswith("recurrent_state")))
-        carry = dict(zip(names["present_recurrent"] + names["present_conv"], names["past_recurrent"] + names["past_conv"]))
-        # bound as the runner binds them (BoundDecoder): one buffer per layer on the fused graph, else two
-        in_place = graph == ONNX_STEP_FUSED_FILE and flavor == "standard"
-        shapes = {i.name: [1 if isinstance(d, str) else d for d in i.shape] for i in sess.get_inputs() if i.name in carry.values()}
-        sets = [{n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shp, np.float32)) for n, shp in shapes.items()}
-                for _ in range(1 if in_place else 2)]
-        ids, pos = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
-        bindings = []
-        for src in range(len(sets)):
-            io = sess.io_binding()
-            io.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids))
-            io.bind_ortvalue_input("position_ids", ort.OrtValue.ortvalue_from_numpy(pos))
-            io.bind_output("logits", "cpu")
-            for present, past in carry.items():
-                io.bind_ortvalue_input(past, sets[src][past])
-                io.bind_ortvalue_output(present, sets[(src + 1) % len(sets)][past])
-            bindings.append(io)
+        session = OnnxSession(Path(directory), threads, profile_prefix=str(Path(tmp) / "profile"))
+        decoder = session.decoder()  # the runner's own decoder: its step graph, bound as it binds it
         t0 = time.perf_counter()
         for t in range(steps):
-            ids[0, 0], pos[0, 0] = 3 + t, t
-            sess.run_with_iobinding(bindings[t % len(bindings)])
+            decoder.step(3 + t, t)
         wall_us = (time.perf_counter() - t0) * 1e6
-        events = json.loads(Path(sess.end_profiling()).read_text())
+        graph = session.step_file
+        events = json.loads(Path(session.step_session.end_profiling()).read_text())
     groups: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):

@@ -71,11 +71,13 @@ class OnnxSession:
 
     batch_sizes = (1, 3)
 
-    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 256):
+    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 256,
+                 profile_prefix: str | None = None):
         import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
         self._threads, self._ort = threads, ort
+        self._profile_prefix = profile_prefix  # onnxruntime profiling into files of this prefix (`ort_profile`)
         self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
         self.step_file = step_graph_for(self.directory, threads)
         self._step = self._open_step()
@@ -120,8 +122,10 @@ class OnnxSession:
         if not path.is_file():
             raise ArtifactError(f"{path} not found")
         try:
-            return self._ort.InferenceSession(str(path), session_options(self._threads, arena),
-                                              providers=["CPUExecutionProvider"])
+            so = session_options(self._threads, arena)
+            if self._profile_prefix:
+                so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
+            return self._ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc})") from exc
 

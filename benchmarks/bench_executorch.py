@@ -17,7 +17,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import build_preset_artifact, json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import (  # noqa: E402
+    build_preset_artifact,
+    json_from,
+    machine,
+    rss_mib,
+    time_calls,
+    write_result,
+)
 
 HARNESS = HERE / "device" / "build" / "retnet_bench"
 

@@ -16,7 +16,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_preset_artifact, json_from, machine, rss_mib, time_calls, write_result  # noqa: E402
+from common import (  # noqa: E402
+    build_preset_artifact,
+    json_from,
+    machine,
+    rss_mib,
+    time_calls,
+    write_result,
+)
 
 
 def build(preset: str, quant: str, out: Path) -> None:

@@ -66,9 +66,9 @@ def build_preset_artifact(preset: str, target: str, quant: str, out: Path, **opt
     """
     import tempfile
 
+    from retnet_edge.checkpoints.presets import init_random
+    from retnet_edge.contract.quant import QuantConfig
     from retnet_edge.exporters import export_model
-    from retnet_edge.presets import init_random
-    from retnet_edge.quant import QuantConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / preset

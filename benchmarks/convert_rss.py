@@ -40,7 +40,7 @@ def measure(layers: int = 24, work: Path | None = None, fused: bool = False) -> 
         write_fla(src, vocab=32000, hidden=2048, heads=8, layers=layers, inter=2816, fused=fused,
                   dtype=torch.bfloat16, std=0.02)
     file_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    base = child_peak_mib([sys.executable, "-c", "import retnet_edge.convert, retnet_edge.checkpoints"])
+    base = child_peak_mib([sys.executable, "-c", "import retnet_edge.checkpoints.convert"])
     peak = child_peak_mib([sys.executable, "-m", "retnet_edge", "convert", str(src), "-o", str(out), "--force"])
     return {"layers": layers, "file_mib": round(file_bytes / 2**20, 1), "peak_rss_mib": round(peak, 1),
             "import_baseline_mib": round(base, 1), "peak_over_file": round(peak / (file_bytes / 2**20), 3),

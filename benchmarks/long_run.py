@@ -26,7 +26,7 @@ MARKS = (1_000, 10_000, 100_000, 250_000, 500_000, 750_000, 1_000_000)
 
 def _save_npz(path: Path, arrays: dict) -> None:
     """Atomically (a killed run leaves no partial reference for the next run to reuse)."""
-    from retnet_edge.io_utils import atomic_write_bytes
+    from retnet_edge.base.io_utils import atomic_write_bytes
 
     buf = io.BytesIO()  # a file object: savez adds no .npz suffix
     np.savez(buf, **arrays)
@@ -46,9 +46,9 @@ def reference_child(model: str, marks: list[int], out: Path) -> None:
 
 def runner_child(artifact: str, marks: list[int], threads: int, out: Path) -> None:
     """The artifact's runner over the stream: records (JSON beside) and logits at the marks."""
+    from retnet_edge.base.io_utils import atomic_write_text
     from retnet_edge.bench.measure import memory_mb
     from retnet_edge.bench.stability import runner_records
-    from retnet_edge.io_utils import atomic_write_text
     from retnet_edge.runtimes import load_runner
 
     base = memory_mb()["rss"]

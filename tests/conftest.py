@@ -5,7 +5,7 @@ import pytest
 from helpers import make_model
 
 from retnet_edge import RetNet, save_pretrained
-from retnet_edge.quant import QuantConfig
+from retnet_edge.contract.quant import QuantConfig
 
 
 @pytest.fixture

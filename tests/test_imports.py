@@ -1,4 +1,4 @@
-"""Imports run one way: config → ops → model → step → checkpoints → loader → exporters / runtimes → cli.
+"""Imports run one way: base → core → contract → checkpoints → runtimes → exporters → bench → app → cli.
 
 An AST pass over retnet_edge/ builds the graph of module-level imports (function-level imports are the
 documented lazy ones) and fails on any cycle; a fresh interpreter then imports every module.
@@ -78,14 +78,47 @@ def test_cycle_check_sees_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
+# The stages, lowest first: a module may import (at module level) its own subpackage and those before it.
+LAYERS = ["errors", "base", "core", "contract", "checkpoints", "runtimes", "exporters", "bench", "app", "cli"]
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
 def test_layers_run_one_way():
-    """The core never imports the stages after it."""
-    graph = _graph()
-    later = ("retnet_edge.checkpoints", "retnet_edge.loader", "retnet_edge.exporters", "retnet_edge.runtimes",
-             "retnet_edge.cli")
-    for core in ("retnet_edge.config", "retnet_edge.ops", "retnet_edge.retention", "retnet_edge.model",
-                 "retnet_edge.step", "retnet_edge.contract", "retnet_edge.quant"):
-        assert not {d for d in graph[core] if d.startswith(later)}, core
+    """No module imports a stage after its own (ARCHITECTURE.md's picture, enforced)."""
+    wrong = []
+    for m, deps in _graph().items():
+        if (own := _layer(m)) is None:
+            continue
+        wrong += [f"{m} -> {d}" for d in deps if (_layer(d) or 0) > own]
+    assert not wrong, wrong
+
+
+def test_every_module_sits_in_a_stage():
+    """The top level holds only the package's entry points and the error types."""
+    top = {p.stem for p in PKG.glob("*.py")}
+    assert top == {"__init__", "__main__", "errors", "cli"}, top
+    assert {p.parent.name for p in PKG.glob("*/__init__.py")} == set(LAYERS) - {"errors", "cli"}
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("retnet_edge")):
+                found += [f"{path.relative_to(PKG)}: {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
+
+
+def test_environment_is_read_only_by_the_cli():
+    """Behaviour is set by parameters; only the CLI layer reads the environment (RETNET_EDGE_DEBUG)."""
+    readers = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+               if "os.environ" in p.read_text() or "getenv(" in p.read_text()]
+    assert set(readers) <= {"cli.py", "app/cli_utils.py"}, readers
 
 
 def test_every_module_imports_in_a_fresh_interpreter():

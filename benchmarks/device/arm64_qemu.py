@@ -85,10 +85,10 @@ def run(cmd: list[str], pte: Path, ids: list[int], logits_file: Path) -> tuple[d
 
 def check_program(art: Path, x86: Path, arm: Path, work: Path) -> dict:
     sys.path.insert(0, str(ROOT))
+    from retnet_edge.base.tokenizer import load_tokenizer
+    from retnet_edge.contract.manifest import read_manifest
+    from retnet_edge.contract.quant import QuantConfig
     from retnet_edge.exporters.validate import compare
-    from retnet_edge.manifest import read_manifest
-    from retnet_edge.quant import QuantConfig
-    from retnet_edge.tokenizer import load_tokenizer
 
     m = read_manifest(art)
     vocab = m["config"]["vocab_size"]

@@ -10,7 +10,7 @@ rotary, RMSNorm), random weights (speed and memory only), quantized by the same 
 - ExecuTorch (`export_baseline_executorch`): ExecuTorch's own LLM recipe — KV-cache buffers
   [1, max_context, H, 64] written by `llama::update_cache` and read up to the position by
   `llama::custom_sdpa` — with the RetNet runner flavour's contract forward(tokens, input_pos) -> logits,
-  lowered to XNNPACK by the RetNet exporter's `_lower`. Its kernels are in the Python runtime only (the
+  lowered to XNNPACK by the RetNet exporter's `lower`. Its kernels are in the Python runtime only (the
   pip wheel ships no custom-ops library for the C++ harness).
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import RetNetConfig
+from ..base.io_utils import atomic_output_dir
 from ..contract import ONNX_STEP_FILE
+from ..contract.manifest import Manifest
+from ..contract.quant import QuantConfig
+from ..core.config import RetNetConfig
+from ..core.model import FeedForward
+from ..core.ops import RMSNorm, rotary_cos_sin, rotate_half_split
 from ..errors import ArtifactError
-from ..io_utils import atomic_output_dir
-from ..manifest import write_manifest
-from ..model import FeedForward
-from ..ops import RMSNorm, rotary_cos_sin, rotate_half_split
-from ..quant import QuantConfig
 
 HEAD_DIM = 64
 
@@ -110,8 +110,10 @@ def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 4) ->
 
 def export_baseline_onnx(cfg: RetNetConfig, qc: QuantConfig, output: Path, seed: int = 0, log=lambda s: None) -> Path:
     """Random-weight TransformerKV -> ONNX (one graph, dynamic past), quantized by the RetNet exporter's plan."""
-    from ..exporters.onnx import OPSET, _save_shared, name_nodes, quantize_onnx
-    from ..quant import plan_quantization
+    from ..contract.quant import plan_quantization
+    from ..exporters.onnx.quantize import quantize_onnx
+    from ..exporters.onnx.trace import OPSET, name_nodes
+    from ..exporters.onnx.weights import save_shared
 
     model = _random_baseline(cfg, seed)
     B, T, P = 1, 3, 5
@@ -134,10 +136,9 @@ def export_baseline_onnx(cfg: RetNetConfig, qc: QuantConfig, output: Path, seed:
     proto.metadata_props.add(key="retnet_edge.baseline", value="transformer-kv")
     proto.metadata_props.add(key="retnet_edge.config", value=cfg.to_json())
     with atomic_output_dir(output, force=True) as tmp:
-        _save_shared({ONNX_STEP_FILE: proto}, tmp)
-        write_manifest(tmp, {"target": "onnx", "model": "transformer", "quant": qc.to_dict(),
-                             "config": cfg.to_dict(), "validation": "skipped",
-                             "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
+        save_shared({ONNX_STEP_FILE: proto}, tmp)
+        Manifest.write(tmp, target="onnx", config=cfg, quant=qc, validation=None,
+                       extra={"model": "transformer", "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
     return output
 
 
@@ -234,8 +235,8 @@ def export_baseline_executorch(cfg: RetNetConfig, qc: QuantConfig, output: Path,
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama::update_cache/custom_sdpa)
 
     from ..contract import DELEGATION_FILE, PTE_FILE
-    from ..exporters.executorch import _lower, quantize_step
-    from ..quant import plan_quantization
+    from ..contract.quant import plan_quantization
+    from ..exporters.executorch import lower, quantize_step
 
     model = _random_baseline(cfg, seed)
     plan = plan_quantization(qc, {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)})
@@ -246,14 +247,14 @@ def export_baseline_executorch(cfg: RetNetConfig, qc: QuantConfig, output: Path,
                "use_kv_cache": True, "get_n_layers": cfg.n_layers}
     log(f"  lowering the Transformer-KV baseline to ExecuTorch ({qc.scheme.value}, cache {max_context}) ...")
     args = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    buffer, summary = _lower(program, args, methods, mutable=False, log=log, guard=False)
+    buffer, summary = lower(program, args, methods, mutable=False, log=log, guard=False)
     with atomic_output_dir(output, force=True) as tmp:
         (tmp / PTE_FILE).write_bytes(buffer)
         (tmp / DELEGATION_FILE).write_text(json.dumps({"flavor": "runner", **summary, "config": cfg.to_dict(),
                                                        "max_context": max_context}, indent=2))
-        write_manifest(tmp, {"target": "executorch", "model": "transformer", "quant": qc.to_dict(),
-                             "config": cfg.to_dict(), "validation": "skipped", "max_context": max_context,
-                             "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
+        Manifest.write(tmp, target="executorch", config=cfg, quant=qc, validation=None,
+                       extra={"model": "transformer", "max_context": max_context, "kv_heads": baseline_heads(cfg),
+                              "head_dim": HEAD_DIM})
     return output
 
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import RetNetConfig
+from ..base.io_utils import read_json
+from ..base.paths import resolve_path
 from ..contract import MANIFEST_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, PTE_FILE
+from ..contract.manifest import Manifest
+from ..contract.quant import QuantConfig
+from ..core.config import RetNetConfig
 from ..errors import ConfigError, RetNetEdgeError
-from ..io_utils import read_json
-from ..manifest import read_manifest
-from ..paths import resolve_path
 from ..runtimes import check_threads
-from ..quant import QuantConfig
 from .machine import machine_facts, versions
 from .measure import PROMPT
 from .roof import measure_read_bandwidth
@@ -94,31 +94,28 @@ def _onnx_weight_bytes(directory: Path, graph: str = ONNX_STEP_FILE) -> tuple[in
     return total, embed
 
 
-def _validation(manifest: dict) -> str:
-    v = manifest.get("validation")
-    return "skipped" if v == "skipped" else ("passed" if isinstance(v, dict) and v.get("passed") else "failed")
-
-
 def describe(path: str, runtime_choice: str) -> Subject:
     """What a path is and how it will be run."""
     p = resolve_path(path)
     if not (p / MANIFEST_FILE).is_file():  # a checkpoint: eager PyTorch
-        from ..inspection import parameter_count
-        from ..loader import load_config  # here: benchmarking artifacts needs no torch
+        from ..app.inspection import parameter_count
+        from ..checkpoints.loader import (
+            load_config,  # here: benchmarking artifacts needs no torch
+        )
 
         _, cfg = load_config(p)
 
         n = parameter_count(cfg)
         return Subject(str(path), "retnet", "torch", p, cfg, "fp32", 4 * n - _embedding_bytes(cfg, "fp32"),
                        4 * n, "reference")
-    m = read_manifest(p, check_hashes=True)  # the measuring processes skip it: load time is the runtime's
-    cfg, quant = RetNetConfig.from_dict(m["config"]), m["quant"]["scheme"]
-    model = m.get("model", "retnet")
+    m = Manifest.load(p, check_hashes=True)  # the measuring processes skip it: load time is the runtime's
+    cfg, quant = m.config, m.quant.scheme.value
+    model = m.extra.get("model", "retnet")
     label = f"transformer-kv {quant}" if model == "transformer" else str(path)
-    if m["target"] == "onnx":
+    if m.target == "onnx":
         total, embed = _onnx_weight_bytes(p)
         size = (p / ONNX_WEIGHTS_FILE).stat().st_size
-        return Subject(label, model, "onnxruntime", p, cfg, quant, total - embed, size, _validation(m))
+        return Subject(label, model, "onnxruntime", p, cfg, quant, total - embed, size, m.validation_status.lower())
     size = (p / PTE_FILE).stat().st_size
     flavor = read_json(p / "delegation.json").get("flavor")
     harness = harness_path()
@@ -127,9 +124,9 @@ def describe(path: str, runtime_choice: str) -> Subject:
                               hint="bash benchmarks/device/build.sh")
     # the baseline's llama::custom_sdpa kernels live in the Python runtime only
     cpp = runtime_choice != "python" and harness and flavor == "runner" and model == "retnet"
-    weights = size - _embedding_bytes(cfg, m["quant"].get("embedding", "fp32"))
+    weights = size - _embedding_bytes(cfg, m.quant.embedding)
     return Subject(label, model, "executorch-cpp" if cpp else "executorch", p, cfg, quant, weights, size,
-                   _validation(m))
+                   m.validation_status.lower())
 
 
 def baseline_for(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> Subject:

@@ -4,8 +4,10 @@ Importing the package registers every format in `FORMATS`, native first (detecti
 """
 from __future__ import annotations
 
-from . import native  # noqa: F401,I001  (registers "native" before the foreign formats)
-from . import formats  # noqa: F401,I001  (registers torchscale, fairseq, syncdoth, fla)
+from . import (
+    formats,  # noqa: F401,I001  (registers torchscale, fairseq, syncdoth, fla)
+    native,  # noqa: F401,I001  (registers "native" before the foreign formats)
+)
 from .registry import FORMATS, Format
 
 __all__ = ["FORMATS", "Format"]

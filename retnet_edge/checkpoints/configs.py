@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import RetNetConfig
+from ..core.config import RetNetConfig
 from ..errors import ConfigError
 
 ACT = {"swish": "swish", "silu": "swish", "gelu": "gelu"}

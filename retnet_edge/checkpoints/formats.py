@@ -7,30 +7,41 @@ shape, and loading a model and streaming a conversion both start from that.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..config import RetNetConfig
+from ..base.io_utils import read_json
+from ..core.config import RetNetConfig
+from ..core.ops import log_decay, rotary_freqs
 from ..errors import CheckpointError, ConfigError
-from ..io_utils import read_json
-from ..ops import log_decay, rotary_freqs
 from . import keymaps
 from .configs import from_fla, from_torchscale
 from .native import check_state_dict
 from .registry import Format, register_format
-from .tensors import LazyTensor, load_pickle, safetensors_entries, sharded_entries, tensors_of
+from .tensors import (
+    LazyTensor,
+    checkpoint_file,
+    load_pickle,
+    safetensors_entries,
+    sharded_entries,
+    tensors_of,
+)
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin")
 
 
 def find_weights(directory: Path) -> dict[str, LazyTensor]:
-    """Tensors of an HF-style directory: sharded or single safetensors, else pytorch_model.bin (safe pickle)."""
+    """Tensors of an HF-style directory: sharded or single safetensors, else pytorch_model.bin (safe pickle).
+
+    Every file is confined to the checkpoint (`tensors.checkpoint_file`) and must be a regular file: a
+    FIFO or a symlink out of the directory is refused by name, not skipped."""
     for name in WEIGHT_FILES:
-        f = directory / name
-        if f.is_file():
+        if os.path.lexists(directory / name):
+            f = checkpoint_file(directory, name, "weights file")
             if name.endswith("index.json"):
                 return sharded_entries(f)
             if name.endswith(".safetensors"):
@@ -39,17 +50,8 @@ def find_weights(directory: Path) -> dict[str, LazyTensor]:
             return tensors_of(sd.get("state_dict", sd) if isinstance(sd, dict) else {})
     pts = sorted(directory.glob("*.pt")) + sorted(directory.glob("*.safetensors"))
     if len(pts) == 1:
-        return file_tensors(pts[0])
+        return file_tensors(checkpoint_file(directory, pts[0].name, "weights file"))
     raise CheckpointError(f"{directory}: no weights found (looked for {', '.join(WEIGHT_FILES)} or one *.pt)")
-
-
-def file_tensors(path: Path) -> dict[str, LazyTensor]:
-    if path.suffix == ".safetensors":
-        return safetensors_entries(path)
-    sd = load_pickle(path)
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return tensors_of(sd.get("model", sd.get("state_dict", sd)))
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _check_buffer(name: str, t: LazyTensor, cfg: RetNetConfig) -> None:
 
 
 def _hf_config(directory: Path) -> dict:
-    return read_json(directory / "config.json")
+    return read_json(checkpoint_file(directory, "config.json", "config"))
 
 
 def _fairseq_config(path: Path) -> RetNetConfig:
@@ -136,7 +138,7 @@ def _fairseq_obj(path: Path) -> dict:
 
 
 def _torchscale_config(path: Path) -> RetNetConfig:
-    cfg_file = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    cfg_file = checkpoint_file(path, "config.json", "config") if path.is_dir() else path.with_name("config.json")
     if not cfg_file.is_file():
         raise CheckpointError(f"a torchscale state dict carries no config: put a torchscale-style config.json "
                               f"(decoder_embed_dim, ...) beside {path.name}")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import RetNetConfig
+from ..base.io_utils import atomic_output_dir, read_json, write_safetensors
+from ..core.config import RetNetConfig
+from ..core.model import RetNet
 from ..errors import CheckpointError
-from ..io_utils import atomic_output_dir, read_json, write_safetensors
-from ..model import RetNet
 from .registry import Format, register_format
-from .tensors import LazyTensor, safetensors_entries
+from .tensors import LazyTensor, checkpoint_file, safetensors_entries
 
 FORMAT_NAME = "retnet-edge"
 FORMAT_VERSION = 1
@@ -38,7 +38,7 @@ def is_native(path: Path) -> bool:
 
 def read_native_config(path: Path) -> RetNetConfig:
     """RetNetConfig from a native directory's config.json."""
-    data = read_json(Path(path) / CONFIG_FILE)
+    data = read_json(checkpoint_file(Path(path), CONFIG_FILE, "config"))
     if data.pop("format", None) != FORMAT_NAME:
         raise CheckpointError(f"{path}/{CONFIG_FILE} is not a retnet-edge config (no \"format\": \"{FORMAT_NAME}\")")
     version = data.pop("format_version", None)
@@ -81,7 +81,7 @@ def check_state_dict(cfg: RetNetConfig, shapes: dict[str, tuple[int, ...]], sour
 
 def native_tensors(path: Path, cfg: RetNetConfig) -> dict[str, LazyTensor]:
     """model.safetensors as lazy tensors, validated against the config from its header alone."""
-    weights = Path(path) / WEIGHTS_FILE
+    weights = checkpoint_file(Path(path), WEIGHTS_FILE, "weights file")
     entries = safetensors_entries(weights)
     bad_dtype = sorted(k for k, t in entries.items() if not t.dtype.is_floating_point)
     if bad_dtype:

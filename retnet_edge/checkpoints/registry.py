@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import RetNetConfig
+from ..base.registry import Registry
+from ..core.config import RetNetConfig
 from ..errors import CheckpointError
-from ..registry import Registry
 from .tensors import LazyTensor
 
 

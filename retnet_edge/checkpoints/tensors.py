@@ -6,6 +6,7 @@ headers, each tensor is read only when it is written, and the output is written 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import struct
@@ -16,8 +17,16 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..base.confine import (
+    checkpoint_root,
+    distinct_files,
+    inside,
+    open_regular,
+    plain_name,
+    regular_file,
+)
+from ..base.io_utils import read_json
 from ..errors import CheckpointError
-from ..io_utils import read_json
 
 ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -38,8 +47,8 @@ def safetensors_entries(path: Path) -> dict[str, LazyTensor]:
     """Parse a safetensors header (validating offsets against the file size); data is read per tensor."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, "weights file") as f:
+            size = os.fstat(f.fileno()).st_size
             (n,) = struct.unpack("<Q", f.read(8))
             if n > size - 8 or n > 100 * 2**20:
                 raise ValueError("header length past the end of the file")
@@ -84,7 +93,7 @@ def _check_ranges(path: Path, ranges: dict[str, tuple[int, int]]) -> None:
 def _range_reader(path: Path, offset: int, length: int, dtype: torch.dtype, shape) -> Callable[[], torch.Tensor]:
     def read() -> torch.Tensor:
         buf = bytearray(length)
-        with open(path, "rb") as f:
+        with open_regular(path, "weights file") as f:
             f.seek(offset)
             if f.readinto(buf) != length:
                 raise CheckpointError(f"{path} is truncated")
@@ -93,15 +102,30 @@ def _range_reader(path: Path, offset: int, length: int, dtype: torch.dtype, shap
     return read
 
 
-def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
-    """All tensors of a sharded checkpoint via its *.index.json weight_map."""
+def checkpoint_file(directory: Path, name: str, what: str) -> Path:
+    """A file a checkpoint directory holds or names: a plain name that resolves inside the checkpoint's
+    root (`confine.checkpoint_root`) after symlinks. Readers then open it as a regular file only."""
+    plain_name(name, what)
+    return inside(checkpoint_root(directory), Path(directory) / name, what)
 
+
+def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
+    """All tensors of a sharded checkpoint via its *.index.json weight_map; every shard it names is a plain
+    name inside the checkpoint, a regular file, and listed once."""
+    index_file = Path(index_file)
     weight_map = read_json(index_file).get("weight_map")
-    if not isinstance(weight_map, dict):
+    if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_file} has no weight_map")
+    bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{index_file}: weight_map must map tensor names to shard file names; "
+                              f"{bad[0][:80]!r} maps to a {type(bad[1]).__name__}")
+    what = f"shard named by {index_file.name}"
+    shards = {s: checkpoint_file(index_file.parent, s, what) for s in sorted(set(weight_map.values()))}
+    distinct_files([regular_file(p, what) for p in shards.values()], str(index_file))
     entries: dict[str, LazyTensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        part = safetensors_entries(index_file.parent / shard)
+    for shard, path in shards.items():
+        part = safetensors_entries(path)
         entries.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
     missing = sorted(set(weight_map) - set(entries))
     if missing:
@@ -111,6 +135,7 @@ def sharded_entries(index_file: Path) -> dict[str, LazyTensor]:
 
 def load_pickle(path: Path, allow: Iterable[type] = ()) -> object:
     """torch.load(weights_only=True, mmap=True): never runs code from the file; `allow` lists extra safe types."""
+    regular_file(path, "checkpoint file")  # torch.load of a FIFO blocks forever
     try:
         with torch.serialization.safe_globals(list(allow)), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's protocol-version notices would break the one-line error

@@ -5,8 +5,8 @@ executorch, torchao) only when it runs.
 """
 from __future__ import annotations
 
-from . import executorch, onnx, stamp  # noqa: F401  (each registers its target; stamp ONNX's streamed export)
-from .pipeline import Artifact, export_model, verify_artifact
+from . import executorch, onnx  # noqa: F401  (each registers its target)
+from .pipeline import Artifact, export_artifact, export_model, verify_artifact
 from .target import TARGETS, Target
 
-__all__ = ["TARGETS", "Target", "Artifact", "export_model", "verify_artifact"]
+__all__ = ["TARGETS", "Target", "Artifact", "export_artifact", "export_model", "verify_artifact"]

@@ -72,23 +72,23 @@ def relative_difference(ref, got) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def state_divergence(reference: StepSession, candidate: StepSession, ids: np.ndarray,
+def state_divergence(reference, candidate: StepSession, ids: np.ndarray,
                      positions: list[int], precision: str = "fp32") -> LayerTable | None:
-    """Step both sessions through ids [1, T] from a zero state; per-layer ΔS after each chosen position.
+    """Per-layer ΔS of the candidate's step loop over ids [1, T] from a zero state, after each chosen position,
+    against the reference's states there (`states_at`: a layer-streamed reference or a wrapped session).
 
     None when the candidate keeps its state inside the program (ExecuTorch's runner flavour): there is no
     state to read, only logits."""
-    if getattr(candidate, "state_in_program", False):
+    if candidate.state_in_program:
         return None
     table = LayerTable(f"recurrent state S vs eager fp32 (flagged above {DIVERGES_AT[precision]:.0e} for {precision})",
-                       positions, [[] for _ in range(reference.cfg.n_layers)], DIVERGES_AT[precision])
-    s_ref, s_got = reference.init_state(1), candidate.init_state(1)
+                       positions, [[] for _ in range(candidate.cfg.n_layers)], DIVERGES_AT[precision])
+    want = reference.states_at(ids, positions)
+    s_got = candidate.init_state(1)
     for t in range(max(positions)):
-        pos = np.full((1, 1), t, dtype=np.int64)
-        _, s_ref = reference.run_step(ids[:, t : t + 1], pos, s_ref)
-        _, s_got = candidate.run_step(ids[:, t : t + 1], pos, s_got)
+        _, s_got = candidate.run_step(ids[:, t : t + 1], np.full((1, 1), t, dtype=np.int64), s_got)
         if t + 1 in positions:
-            for layer, (a, b) in enumerate(zip(s_ref, s_got)):
+            for layer, (a, b) in enumerate(zip(want[t + 1], s_got)):
                 table.rel[layer].append(relative_difference(a, b))
     return table
 
@@ -101,7 +101,7 @@ def forms_divergence(model, ids: np.ndarray, positions: list[int], chunk_size: i
     vs recurrent and chunkwise vs recurrent (the parallel form keeps no state to compare)."""
     import torch
 
-    from ..retention import ChunkCore, ParallelCore, StepCore
+    from ..core.retention import ChunkCore, ParallelCore, StepCore
 
     x = torch.from_numpy(ids)
     L, T = model.cfg.n_layers, max(positions)

@@ -15,8 +15,8 @@ import copy
 
 import torch
 
-from ..quant import QuantPlan
-from ..step import RetNetStep
+from ..contract.quant import QuantPlan
+from ..core.step import RetNetStep
 
 INT4_QMAX = 7
 

@@ -1,7 +1,10 @@
-"""Export pipeline: load → step rewrite → quantization plan → target export → validate → manifest → rename.
+"""Export pipeline: open the checkpoint layer by layer → plan → target export → gate → manifest → rename.
 
-Targets are `TARGETS` entries; each is validated through the runtime of the same name against the eager
-reference. Nothing is written at `output` unless validation passes (or was explicitly skipped).
+One product path for every target and size: the checkpoint is read one layer at a time (`open_weights`),
+by the target's export and by the gate's eager reference alike (`reference.StreamedReference`), so peak
+memory does not grow with the depth (7B: ~12 GB). Targets are `TARGETS` entries; each is validated
+through the runtime of the same name. Nothing is written at the output unless validation passes (or was
+explicitly skipped). The whole-model trace of the same artifacts lives in tests/ as their oracle.
 """
 from __future__ import annotations
 
@@ -10,30 +13,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.io_utils import atomic_output_dir, check_distinct, release_freed_memory
+from ..base.paths import resolve_path
+from ..base.progress import stages
+from ..base.tokenizer import load_tokenizer
+from ..checkpoints.loader import load
+from ..checkpoints.streaming import ModelWeights, open_weights
 from ..contract import MANIFEST_FILE, tokenizer_file
+from ..contract.manifest import Manifest
+from ..contract.quant import QuantConfig
+from ..contract.request import MIN_STEPS, ExportRequest, check_steps
 from ..errors import ArtifactError, ConfigError
-from ..io_utils import atomic_output_dir, check_distinct, release_freed_memory
-from ..loader import load, resolve_path
-from ..quant import QuantConfig
-from ..runtimes import RUNTIMES, check_config_matches
-from ..runtimes.eager import EagerSession
-from ..step import to_recurrent
-from ..tokenizer import load_tokenizer
-from ..manifest import read_manifest, write_manifest
-from ..progress import stages
-from ..streaming import open_weights
-from .target import STREAMED, TARGETS
-from .divergence import LayerTable, default_positions, state_divergence
+from ..runtimes import RUNTIMES, RuntimeOptions, check_config_matches
+from .divergence import (
+    LayerTable,
+    default_positions,
+    forms_divergence,
+    state_divergence,
+)
+from .reference import StreamedReference
+from .target import TARGETS
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
 
 
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
 
-def _log_report(report: ValidationReport, log) -> None:
+def log_report(report: ValidationReport, log) -> None:
+    """The gate's checks, one line each, on the export's log."""
     for c in report.checks:
         conf = (f"{c.top1_confident:.3f} where eager is confident ({c.confident} positions)"
                 if c.top1_confident is not None else f"n/a where confident ({c.confident} positions)")
@@ -42,125 +52,87 @@ def _log_report(report: ValidationReport, log) -> None:
     log(f"    eager noise floor (step loop vs chunk graph): {report.noise_floor:.1e}")
 
 
-def rounded_reference(step, plan) -> EagerSession | None:
-    """Eager PyTorch with the plan's rounded weights: the quantization's own error (None for fp32)."""
-    from .fake_quant import fake_quantize
-
-    return EagerSession(fake_quantize(step, plan)) if plan.quantizes_anything else None
-
-
-def check_steps(steps: int) -> None:
-    """The gate splits its tokens 3:1 between the prompt and the step paths: it needs a few of each."""
-    if not (isinstance(steps, int) and 4 <= steps <= 100_000):
-        raise ConfigError(f"--steps must be between 4 and 100000, got {steps}")
+def references(weights: ModelWeights, target: str, qc: QuantConfig):
+    """The gate's references for a target x quant: eager fp32, and eager with the target's rounding (None
+    for fp32), both reading the checkpoint layer by layer; and the quantization plan."""
+    plan = TARGETS.get(target).config_plan(weights.cfg, qc)
+    rounded = StreamedReference(weights, plan) if plan.quantizes_anything else None
+    return StreamedReference(weights), rounded, plan
 
 
 def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
-                 log=lambda s: None, show_bar: bool = False, streamed: bool | None = None) -> Artifact:
+                 log=lambda s: None, show_bar: bool = False) -> Artifact:
+    """`export_artifact` of one request built from these arguments (the library's short form)."""
+    request = ExportRequest(str(model_path), target, qc, Path(output), (options or {}).get("flavor"), steps,
+                            validate_artifact, force)
+    return export_artifact(request, log, show_bar)
+
+
+def export_artifact(request: ExportRequest, log=lambda s: None, show_bar: bool = False) -> Artifact:
     """Export, validate against eager fp32, and write the artifact atomically (ParityError: nothing written).
 
-    With validate_artifact=False the gate is skipped, said on the log, and the manifest records
-    `"validation": "skipped"` (for benchmarks of random weights; `verify` reruns the gate later).
-    `streamed` (default: wherever the target has one, `target.STREAMED`) reads the checkpoint one layer at
-    a time — export and gate alike — so peak memory does not grow with the depth; False loads the whole
-    fp32 model and traces it (the reference path the streamed one is tested against).
-    """
-    tgt = TARGETS.get(target)
-    tgt.check(qc)
-    check_steps(steps)
-    src = resolve_path(model_path)
-    check_distinct(src, output)
-    if streamed is None:
-        streamed = target in STREAMED
-    elif streamed and target not in STREAMED:
-        raise ConfigError(f"the {target} target has no streamed export")
-    with stages(4, f"{target} {qc.scheme.value}", show_bar, log) as bar:
-        return _export(src, tgt, target, qc, output, force, steps, options, validate_artifact, bar, streamed)
+    With request.validate False the gate is skipped, said on the log, and the manifest records
+    `"validation": "skipped"` (for benchmarks of random weights; `verify` reruns the gate later)."""
+    src = resolve_path(request.model)
+    check_distinct(src, request.output)
+    with stages(4, f"{request.target} {request.quant.scheme.value}", show_bar, log) as bar:
+        return _export(src, request, bar)
 
 
-@dataclass
-class _Prepared:
-    """What the export and the gate start from: the whole model, or a checkpoint read layer by layer."""
-
-    cfg: object
-    plan: object
-    parameters: int
-    export: object  # () -> the target's file writer bound to its input
-    reference: object
-    rounded: object
-    streamed: bool = False
-
-
-def _prepare(src: Path, tgt, target: str, qc: QuantConfig, streamed: bool) -> _Prepared:
-    weights = open_weights(src) if streamed else None
-    if weights is not None:
-        from .reference import StreamedReference
-
-        plan = tgt.config_plan(weights.cfg, qc)
-        fn = STREAMED[target]
-        return _Prepared(weights.cfg, plan, weights.num_parameters(),
-                         lambda *a, **k: fn(weights, qc, plan, *a, **k), StreamedReference(weights),
-                         StreamedReference(weights, plan) if plan.quantizes_anything else None, streamed=True)
-    model = load(src)
-    step = to_recurrent(model)
-    plan = tgt.plan(step, qc)
-    return _Prepared(model.cfg, plan, model.num_parameters(), lambda *a, **k: tgt.export(step, qc, plan, *a, **k),
-                     EagerSession(step), rounded_reference(step, plan))
-
-
-def _export(src: Path, tgt, target: str, qc: QuantConfig, output, force: bool, steps: int, options: dict | None,
-            validate_artifact: bool, bar, streamed: bool) -> Artifact:
-    log = bar.log
+def _export(src: Path, request: ExportRequest, bar) -> Artifact:
+    log, qc, target = bar.log, request.quant, request.target
     t0 = time.time()
     bar.stage("load")
-    prep = _prepare(src, tgt, target, qc, streamed)
-    cfg, plan = prep.cfg, prep.plan
+    weights = open_weights(src)
+    cfg = weights.cfg
+    reference, rounded, plan = references(weights, target, qc)
     tok_file = tokenizer_file(src) if src.is_dir() else None
-    log(f"loaded {src} ({prep.parameters:,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
-        f"{qc.scheme.value}" + (" (streamed: one layer at a time)" if prep.streamed else ""))
+    log(f"loaded {src} ({weights.num_parameters():,} parameters) in {time.time() - t0:.1f} s; exporting {target} "
+        f"{qc.scheme.value} (one layer at a time)")
     bar.done()
-    with atomic_output_dir(output, force=force) as tmp:
+    with atomic_output_dir(request.output, force=request.force) as tmp:
         if tok_file:  # first: an exporter may read it (the genai flavour's tokenizer_config.json)
             shutil.copyfile(tok_file, tmp / tok_file.name)
         bar.stage("trace, quantize, write")
-        files = prep.export(tmp, tok_file.name if tok_file else None, log, **(options or {}))
+        files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
+                                           **request.options)
         bar.done()
         bar.stage("validate")
-        if validate_artifact:
+        validation = None
+        if request.validate:
             release_freed_memory()  # what the export freed goes back before the gate's sessions grow
-            log(f"  validating {steps} steps against eager fp32 ...")
-            session = RUNTIMES.get(target)(tmp, None)
-            report = validate(prep.reference, session, qc, cfg.vocab_size, steps,
-                              tokenizer=load_tokenizer(tok_file) if tok_file else None, rounded=prep.rounded)
-            _log_report(report, log)
+            log(f"  validating {request.steps} steps against eager fp32 ...")
+            session = RUNTIMES.get(target)(tmp, RuntimeOptions(flavor=request.flavor))
+            report = validate(reference, session, qc, cfg.vocab_size, request.steps,
+                              tokenizer=load_tokenizer(tok_file) if tok_file else None, rounded=rounded)
+            log_report(report, log)
             raise_if_failed(report, f"{target} {qc.scheme.value} export")
-            validation: dict | str = report.to_dict()
+            validation = report.to_dict()
         else:
             log("  validation SKIPPED (--no-validate): this artifact was not checked against eager PyTorch")
-            validation = "skipped"
         bar.done()
         bar.stage("manifest")
-        manifest = write_manifest(tmp, {
-            "target": target, "graphs": files, "quant": qc.to_dict(), "config": cfg.to_dict(),
-            "quant_fallbacks": list(plan.fallbacks),
-            "source": str(Path(src).resolve()), "tokenizer": tok_file.name if tok_file else None,
-            "state_bytes_per_sequence": cfg.state_bytes(1), "validation": validation,
-            "export_seconds": round(time.time() - t0, 1), "streamed": prep.streamed, **({"options": options} if options else {})})
+        manifest = Manifest.write(tmp, target=target, config=cfg, quant=qc, graphs=tuple(files),
+                                  options=request.options, tokenizer=tok_file.name if tok_file else None,
+                                  source=str(Path(src).resolve()), validation=validation,
+                                  quant_fallbacks=tuple(plan.fallbacks), export_seconds=round(time.time() - t0, 1))
         bar.done()
-    return Artifact(Path(output), manifest)
+    return Artifact(Path(request.output), manifest)
 
 
 @dataclass
 class Verification:
-    """`verify` of one artifact: the gate rerun, and where its state leaves eager's (None: not readable)."""
+    """`verify` of one artifact: the gate rerun, where its state leaves eager's (None: not readable), and
+    files in the artifact its manifest does not list."""
 
     path: Path
     report: ValidationReport
     states: LayerTable | None
+    unlisted: list[str]
 
     def to_dict(self) -> dict:
-        return {"artifact": str(self.path), **self.report.to_dict(),
+        return {"artifact": str(self.path), **self.report.to_dict(), "unlisted_files": self.unlisted,
                 "state_divergence": self.states.to_dict() if self.states else
                 "not readable: this program keeps its state inside (ExecuTorch runner flavour); logits only"}
 
@@ -168,35 +140,62 @@ class Verification:
 def verify_artifact(artifact: str | Path, model_path: str | None = None, steps: int = 64,
                     positions: list[int] | None = None, log=lambda s: None) -> Verification:
     """Re-check an artifact's files against its manifest's sha256, rerun its validation gate against the
-    source model, and compare the recurrent state layer by layer at `positions` (default: 1, 4, 16, …)."""
+    source model, and compare the recurrent state layer by layer at `positions` (default: 1, 4, 16, …).
+
+    The source is read one layer at a time, as the export reads it: verifying a 7B artifact needs the
+    export's memory, not the whole fp32 model's."""
     check_steps(steps)
     directory = Path(artifact)
-    manifest = read_manifest(directory, check_hashes=True)
-    source = model_path or manifest.get("source")
+    manifest = Manifest.load(directory, check_hashes=True)
+    source = model_path or manifest.source
     if not source or (source != "demo" and not Path(source).exists()):
         raise ArtifactError(f"the source model {source!r} of {directory} is not available",
                             hint="pass --model PATH to the model it was exported from")
-    if manifest.get("validation") == "skipped":
+    if manifest.validation is None:
         log(f"  {directory} was exported with --no-validate; running the gate now")
+    unlisted = manifest.unlisted_files(directory)
+    if unlisted:
+        log(f"  {directory} holds files its manifest does not list (ignored): {', '.join(unlisted[:8])}")
     positions = positions or default_positions(steps)
     if max(positions) > steps or min(positions) < 1:
         raise ConfigError(f"--positions must lie in 1..{steps} (--steps)")
-    model = load(source)
-    qc = QuantConfig(**{k: manifest["quant"][k] for k in ("scheme", "group_size", "lm_head", "embedding")},
-                     prefill_weights=manifest["quant"].get("prefill_weights", "same"))
-    tok = manifest.get("tokenizer")
-    tokenizer = load_tokenizer(directory / tok) if tok else None
-    session = RUNTIMES.get(manifest["target"])(directory, None)
+    weights = open_weights(resolve_path(source))
+    qc = manifest.quant_config()
+    reference, rounded, _ = references(weights, manifest.target, qc)
+    tokenizer = load_tokenizer(directory / manifest.tokenizer) if manifest.tokenizer else None
+    session = RUNTIMES.get(manifest.target)(directory, RuntimeOptions(flavor=manifest.flavor))
     check_config_matches(manifest, session.cfg, directory)
-    step = to_recurrent(model)
-    reference = EagerSession(step)
-    report = validate(reference, session, qc, model.cfg.vocab_size, steps, tokenizer=tokenizer,
-                      rounded=rounded_reference(step, TARGETS.get(manifest["target"]).plan(step, qc)))
-    _log_report(report, log)
-    ids = validation_tokens(model.cfg.vocab_size, 1, steps, tokenizer, seed=1)
+    if session.cfg != weights.cfg:
+        raise ArtifactError(f"{directory} was exported from another model than {source} (their configs differ)",
+                            hint="pass --model PATH to the model it was exported from")
+    report = validate(reference, session, qc, weights.cfg.vocab_size, steps, tokenizer=tokenizer, rounded=rounded)
+    log_report(report, log)
+    ids = validation_tokens(weights.cfg.vocab_size, 1, steps, tokenizer, seed=1)
     states = state_divergence(reference, session, ids, positions, qc.scheme.value)
     log(states.render() if states else "    per-layer state: not readable (the state lives inside this program)")
-    return Verification(directory, report, states)
+    return Verification(directory, report, states, unlisted)
+
+
+MAX_FORMS_STEPS = 4096  # the parallel form is O(T^2)
+
+
+def verify_forms(path: str | Path, steps: int = 64, positions: list[int] | None = None, log=lambda s: None) -> dict:
+    """The source model's parallel, chunkwise and recurrent forms on the same tokens, layer by layer
+    (`divergence.forms_divergence`); the tables go to the log, the document says whether they agree."""
+    if not (isinstance(steps, int) and MIN_STEPS <= steps <= MAX_FORMS_STEPS):
+        raise ConfigError(f"--steps must be between {MIN_STEPS} and {MAX_FORMS_STEPS} with --forms (the parallel "
+                          f"form is O(T^2)), got {steps}")
+    positions = positions or default_positions(steps)
+    if min(positions) < 1 or max(positions) > steps:
+        raise ConfigError(f"--positions must lie in 1..{steps} (--steps)")
+    src = resolve_path(path)
+    model = load(src)
+    tok = tokenizer_file(src) if src.is_dir() else None
+    ids = validation_tokens(model.cfg.vocab_size, 1, steps, load_tokenizer(tok) if tok else None, seed=1)
+    r = forms_divergence(model, ids, positions)
+    for t in r["tables"]:
+        log(t.render())
+    return {**r, "tables": [t.to_dict() for t in r["tables"]], "model": str(path)}
 
 
 def artifact_dirs(path: str | Path) -> list[Path]:

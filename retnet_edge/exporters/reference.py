@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..quant import QuantPlan
-from ..retention import ChunkCore
-from ..streaming import ModelWeights, StreamedStack
+from ..checkpoints.streaming import ModelWeights, StreamedStack
+from ..contract.quant import QuantPlan
+from ..core.retention import ChunkCore
 from .fake_quant import rounding_transforms
 
 
@@ -40,3 +40,7 @@ class StreamedReference:
 
     def prompt(self, ids: np.ndarray) -> np.ndarray:
         return self._run(ids, self.prompt_chunk)[0]
+
+    def states_at(self, ids: np.ndarray, positions: list[int]) -> dict[int, list[np.ndarray]]:
+        """{p: the state per layer after ids[:, :p]} — one layer-streamed pass per position."""
+        return {p: self._run(ids[:, :p], 1)[1] for p in sorted(set(positions))}

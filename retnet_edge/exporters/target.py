@@ -1,9 +1,10 @@
 """Export targets as registry entries, and the per-module quantization plan every target reads.
 
-A target is an export function `(step, qc, plan, out_dir, tokenizer_name, log, **options) -> [file names]`
+A target is an export function `(weights: ModelWeights, qc, plan, out_dir, tokenizer_name, log, **options)
+-> [file names]` that reads the checkpoint one layer at a time (memory independent of the depth),
 registered with `@register_target(name, option=choices)`; it is validated through the runtime of the
-same name (`runtimes.RUNTIMES`). Its options (ExecuTorch's `flavor`) are declared with it, so the CLI
-offers them from here.
+same name (`runtimes.RUNTIMES`). Its options (the flavours) are declared with it, so the CLI and the
+export request offer and check them from here.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Callable
 
 from torch import nn
 
+from ..base.registry import Registry
+from ..contract.quant import INT8_QMAX_FULL, QuantConfig, QuantPlan, plan_quantization
+from ..core.config import RetNetConfig
+from ..core.model import DecoderStack, RetNet
 from ..errors import ConfigError
-from ..quant import INT8_QMAX_FULL, QuantConfig, QuantPlan, plan_quantization
-from ..registry import Registry
-from ..config import RetNetConfig
-from ..model import DecoderStack, RetNet
 
 ExportFn = Callable[..., list[str]]
 
@@ -48,10 +49,6 @@ class Target:
 
 
 TARGETS: Registry[Target] = Registry("export target", ConfigError)
-# target -> its streamed export `(weights: streaming.ModelWeights, qc, plan, out_dir, tokenizer_name, log,
-# **options) -> [file names]`: the same files from a checkpoint read layer by layer (memory independent of
-# the depth). A target without one exports from the whole model.
-STREAMED: dict[str, ExportFn] = {}
 
 
 def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False,
@@ -61,15 +58,6 @@ def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activat
     which the gate's rounded reference mirrors)."""
     def add(fn: ExportFn) -> ExportFn:
         TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations, prefill_weights))
-        return fn
-
-    return add
-
-
-def register_streamed(name: str) -> Callable[[ExportFn], ExportFn]:
-    """Decorator: the streamed export of target `name`."""
-    def add(fn: ExportFn) -> ExportFn:
-        STREAMED[name] = fn
         return fn
 
     return add

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..base.io_utils import release_freed_memory
 from ..contract import StepSession, log_softmax
+from ..contract.quant import QuantConfig
 from ..errors import ParityError
-from ..io_utils import release_freed_memory
-from ..quant import QuantConfig
 from .divergence import DIVERGES_AT, relative_difference
 
 VALIDATION_TEXT = (
@@ -35,7 +35,8 @@ CONFIDENT_MARGIN = 1.0
 MIN_CONFIDENT = 8
 # A quantized artifact may reach KL_FACTOR x the KL that the same weight rounding gives in eager PyTorch
 # (`fake_quant.py`) when that is above the scheme's fixed limit: rounding noise is the model's own
-# yardstick. Measured: see quant.py's TOLERANCES and benchmarks/results/gate_small.json.
+# yardstick. Measured: see quant.py's TOLERANCES and each gate check's `rounding_kl` in the export records
+# (benchmarks/results/export_memory_small_streamed.json, export_memory_7b.json).
 KL_FACTOR = 4.0
 # Likewise each layer's state may differ from eager's by STATE_FACTOR x what the rounding alone does to it
 # (deep random layers at int4 reach 0.8 relative from rounding alone; a trained model's stay near 0.1).
@@ -142,6 +143,15 @@ class SessionReference:
         pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy()
         return self.session.run_prefill(ids, pos, self.session.init_state(B))[0]
 
+    def states_at(self, ids: np.ndarray, positions: list[int]) -> dict[int, list[np.ndarray]]:
+        """{p: the state per layer after ids[:, :p]}, from one step loop."""
+        out, state = {}, self.session.init_state(ids.shape[0])
+        for t in range(max(positions)):
+            _, state = self.session.run_step(ids[:, t : t + 1], np.full((ids.shape[0], 1), t, dtype=np.int64), state)
+            if t + 1 in positions:
+                out[t + 1] = [np.array(s, copy=True) for s in state]
+        return out
+
 
 def as_reference(x):
     """A reference with steps()/prompt() (exporters/reference.py) as it is; a StepSession wrapped."""
@@ -165,8 +175,8 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
     tol = qc.tolerance
     state_limit = DIVERGES_AT[qc.scheme.value]
     split = (3 * steps) // 4
-    release = getattr(candidate, "release", lambda: None)  # sessions that can drop and reopen their graphs
-    check_state = not getattr(candidate, "state_in_program", False)
+    release = candidate.release  # sessions that can drop and reopen their graphs do
+    check_state = not candidate.state_in_program
     # the eager side first, then the candidate one graph at a time: at scale (7B) the artifact's sessions
     # and the reference's working memory are never resident together; of the reference only its logits,
     # its final states and the rounding's own state error are kept
@@ -196,7 +206,7 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
         refs[B] = (ids, ref, None, exp, own)
         del got_state
     release()
-    for variant in getattr(candidate, "step_graph_variants", ()):  # the other step graphs a runner may pick
+    for variant in candidate.step_graph_variants:  # the other step graphs a runner may pick
         default = candidate.use_step_graph(variant)
         for B in batches:
             ids, ref, _, exp, _ = refs[B]

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..loader import load
-from ..step import RetNetStep, to_prefill, to_recurrent
+from ..checkpoints.loader import load
+from ..contract import SessionDefaults
+from ..core.step import RetNetStep, to_prefill, to_recurrent
+from .options import RuntimeOptions
 
 
-class EagerSession:
+class EagerSession(SessionDefaults):
     """Batched, functional numpy access to the eager step and prefill modules."""
 
     batch_sizes = (1, 3)
@@ -43,8 +45,8 @@ class EagerSession:
         return np.concatenate(outs, axis=1), [s.numpy() for s in states]
 
 
-def open_eager(path: Path, threads: int | None = None) -> EagerSession:
+def open_eager(path: Path, options: RuntimeOptions) -> EagerSession:
     """A checkpoint (any supported format) through its eager step and prefill modules."""
-    if threads:
-        torch.set_num_threads(threads)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     return EagerSession(to_recurrent(load(path)))

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RetNetConfig
-from ..contract import DELEGATION_FILE, PTE_FILE
+from ..base.io_utils import read_json
+from ..contract import DELEGATION_FILE, PTE_FILE, SessionDefaults
+from ..core.config import RetNetConfig
 from ..errors import ArtifactError, RetNetEdgeError
-from ..io_utils import read_json
-
+from .options import RuntimeOptions
 
 NATIVE_NOISE = ("cpuinfo_utils.cpp",)  # ExecuTorch's CPU probing, printed on every load on x86 and VMs
 
@@ -38,7 +38,7 @@ def native_log_filtered(noise: tuple[str, ...] = NATIVE_NOISE):
                     sys.stderr.write(line)
 
 
-class ExecuTorchSession:
+class ExecuTorchSession(SessionDefaults):
     """Functional numpy access for the validator. The runner flavour is stateful and batch 1: its state
     lives in the program, so the `state` it hands back is an opaque placeholder."""
 
@@ -61,7 +61,9 @@ class ExecuTorchSession:
             raise ArtifactError(f"{self.directory / DELEGATION_FILE}: invalid config ({exc})") from exc
         with native_log_filtered():
             if threads:
-                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool  # (engine: see above)
+                from executorch.extension.pybindings.portable_lib import (
+                    _unsafe_reset_threadpool,  # (engine: see above)
+                )
 
                 _unsafe_reset_threadpool(threads)
                 # the program's non-delegated kernels run in torch's OpenMP pool: at its default (all
@@ -98,5 +100,5 @@ class ExecuTorchSession:
         return np.concatenate(outs, axis=1), state
 
 
-def open_executorch(directory: Path, threads: int | None = None) -> ExecuTorchSession:
-    return ExecuTorchSession(directory, threads)
+def open_executorch(directory: Path, options: RuntimeOptions) -> ExecuTorchSession:
+    return ExecuTorchSession(directory, options.threads)

@@ -8,21 +8,32 @@ then swap), so a token costs no state allocation or copy."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..io_utils import release_freed_memory  # noqa: F401  (re-exported: runners call it)
-from ..config import RetNetConfig
-from ..contract import (FUSED_STATE_OP, GENAI_CONFIG_FILE, GENAI_CONV_SHAPE, INPUT_IDS, LOGITS, ONNX_PREFILL_FILE,
-                        ONNX_STEP_FILE, ONNX_STEP_FUSED_FILE, POSITION_IDS, flavor_names)
-from ..errors import ArtifactError, ConfigError
+from ..base.io_utils import release_freed_memory  # noqa: F401  (re-exported: runners call it)
+from ..contract import (
+    FUSED_STATE_OP,
+    GENAI_CONV_SHAPE,
+    INPUT_IDS,
+    LOGITS,
+    MANIFEST_FILE,
+    ONNX_PREFILL_FILE,
+    ONNX_STEP_FILE,
+    ONNX_STEP_FUSED_FILE,
+    POSITION_IDS,
+    TARGET_FLAVORS,
+    SessionDefaults,
+    flavor_names,
+)
+from ..contract.manifest import Manifest
+from ..core.config import RetNetConfig
+from ..errors import ArtifactError
+from .options import RuntimeOptions
 
-STEP_GRAPH_CHOICES = ("auto", "fused", "chain")
 
-
-def session_options(threads: int | None = None, arena: bool = True):
+def session_options(threads: int | None = None, arena: bool = True, spin: bool = True):
     """The one onnxruntime configuration every session of ours uses (runner, baseline, profiler).
 
     arena=False frees activations after each run instead of keeping them in onnxruntime's CPU arena: the
@@ -34,52 +45,48 @@ def session_options(threads: int | None = None, arena: bool = True):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or 0
     so.inter_op_num_threads = 1
-    # worker threads spin between ops (onnxruntime's default): at 2 threads a `small` int4 token took
-    # 16.0 ms spinning vs 22.8 ms without (benchmarks/results/runtime_ab.json); RETNET_EDGE_SPIN=0 turns it
-    # off where idle cores matter more than latency (shared machines, battery)
-    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("RETNET_EDGE_SPIN", "1"))
+    # worker threads spin between ops unless asked not to (`RuntimeOptions.spin` says why)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.log_severity_level = 3
     so.enable_cpu_mem_arena = arena
     return so
 
 
-def step_graph_for(directory: Path, threads: int | None) -> str:
-    """model_fused.onnx where the artifact has it, else model.onnx (RETNET_EDGE_STEP_GRAPH=fused|chain overrides).
+def step_graph_for(directory: Path, choice: str) -> str:
+    """model_fused.onnx where the artifact has it, else model.onnx (`choice` fused | chain forces one).
 
     Measured on `small` (benchmarks/results/notes.md): with the state updated in place (`BoundDecoder`),
     the fused graph decodes int8 in 22.2 ms at 1 thread (24.6 with two buffers) and 12.3 ms at 2, where
     the MatMul/Mul/Add chain took 15.8 (int4: 20.8 vs 23.0, 11.1 vs 14.4). On a 16-core host it was
     faster at 1 to 16 threads (16: 6.8 vs 9.5 ms): its kernel splits (sequence, head) pairs over threads,
     so its update stops scaling at n_heads threads, but in place it stays ahead of the chain's five
-    passes over S. So `threads` no longer decides; the chain stays for RETNET_EDGE_STEP_GRAPH=chain and
-    for an onnxruntime without the kernel."""
-    choice = os.environ.get("RETNET_EDGE_STEP_GRAPH", "auto")
-    if choice not in STEP_GRAPH_CHOICES:
-        raise ConfigError(f"RETNET_EDGE_STEP_GRAPH={choice!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")
+    passes over S. So the thread count does not decide; the chain stays for `--step-graph chain` and for
+    an onnxruntime without the kernel."""
     fused = choice in ("fused", "auto")
     return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
 
 
-class OnnxSession:
+class OnnxSession(SessionDefaults):
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate.
 
     Two flavours: `standard` (model.onnx / model_fused.onnx static step + prefill.onnx chunk graph,
-    `past.{i}.recurrent`)
-    and `genai` (one model.onnx for any length with onnxruntime-genai's names and dummy conv states,
-    recognised by its genai_config.json); here both are the same calls.
+    `past.{i}.recurrent`) and `genai` (one model.onnx for any length with onnxruntime-genai's names and
+    dummy conv states); here both are the same calls. The flavour is the manifest's (or given): a
+    genai_config.json lying in a standard artifact changes nothing.
     """
 
     batch_sizes = (1, 3)
 
     def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 256,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, step_graph: str = "auto", spin: bool = True,
+                 flavor: str | None = None):
         import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
-        self._threads, self._ort = threads, ort
+        self._threads, self._spin, self._ort = threads, spin, ort
         self._profile_prefix = profile_prefix  # onnxruntime profiling into files of this prefix (`ort_profile`)
-        self.flavor = "genai" if (self.directory / GENAI_CONFIG_FILE).is_file() else "standard"
-        self.step_file = step_graph_for(self.directory, threads)
+        self.flavor = flavor or _manifest_flavor(self.directory)
+        self.step_file = step_graph_for(self.directory, step_graph)
         self._step = self._open_step()
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
         # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
@@ -122,7 +129,7 @@ class OnnxSession:
         if not path.is_file():
             raise ArtifactError(f"{path} not found")
         try:
-            so = session_options(self._threads, arena)
+            so = session_options(self._threads, arena, self._spin)
             if self._profile_prefix:
                 so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
             return self._ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -273,5 +280,13 @@ class BoundDecoder:
             buf[...] = s
 
 
-def open_onnx(directory: Path, threads: int | None = None) -> OnnxSession:
-    return OnnxSession(directory, threads)
+def _manifest_flavor(directory: Path) -> str:
+    """The flavour an artifact's manifest records (standard where it has none: a bare graph directory)."""
+    if not (directory / MANIFEST_FILE).is_file():
+        return TARGET_FLAVORS["onnx"][0]
+    return Manifest.load(directory, check_hashes=False).flavor or TARGET_FLAVORS["onnx"][0]
+
+
+def open_onnx(directory: Path, options: RuntimeOptions) -> OnnxSession:
+    return OnnxSession(directory, options.threads, step_graph=options.step_graph, spin=options.spin,
+                       flavor=options.flavor)

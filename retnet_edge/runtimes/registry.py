@@ -10,11 +10,12 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from ..base.registry import Registry
 from ..contract import StepSession
 from ..errors import ArtifactError, missing_extra
-from ..registry import Registry
+from .options import RuntimeOptions
 
-Opener = Callable[[Path, "int | None"], StepSession]  # (artifact or model path, threads) -> session
+Opener = Callable[[Path, RuntimeOptions], StepSession]  # (artifact or model path, options) -> session
 
 RUNTIMES: Registry[Opener] = Registry("runtime", ArtifactError)
 
@@ -24,12 +25,12 @@ RUNTIME_MODULES = {"onnx": ("onnxruntime", "open_onnx"), "executorch": ("executo
 
 
 def _lazy(module: str, opener: str) -> Opener:
-    def open_session(path: Path, threads: int | None = None) -> StepSession:
+    def open_session(path: Path, options: RuntimeOptions | None = None) -> StepSession:
         try:
             fn = getattr(importlib.import_module(f"{__package__}.{module}"), opener)
         except ModuleNotFoundError as exc:
             raise (missing_extra(exc) or exc) from exc
-        return fn(path, threads)
+        return fn(path, options or RuntimeOptions())
 
     open_session.__name__ = opener
     return open_session

@@ -1,8 +1,10 @@
 """`Runner`: batch-1 decoding with an owned recurrent state, over any StepSession (eager, ONNX, ExecuTorch).
 
-The session is stateless (state in, state out); the runner owns the state and the position. A session
-whose program keeps the state inside itself (the ExecuTorch runner flavour) says so with
-`state_in_program`, and then cannot save or load states.
+The session is stateless (state in, state out); the runner owns the state and the position. Because the
+state is a fixed-size summary of everything read, a runner can `snapshot()` it, `restore()` it later
+(the prefix cache, chat's /undo) and `fork()` a second runner over the same session (the weights loaded
+once). A session whose program keeps the state inside itself (the ExecuTorch runner flavour) says so with
+`state_in_program`, and then cannot save, load, snapshot or fork states.
 """
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RetNetConfig
 from ..contract import StepSession
+from ..core.config import RetNetConfig
 from ..errors import ArtifactError
-from .state_file import load_state_file, save_state_file
+from .state_file import State, fingerprint_of, load_state_file, save_state_file
 
 
 class StateDecoder:
@@ -49,11 +51,12 @@ class Runner:
     decoder; any other session is driven functionally by `StateDecoder`.
     """
 
-    def __init__(self, session: StepSession, tokenizer_dir: Path | None):
+    def __init__(self, session: StepSession, tokenizer_dir: Path | None, fingerprint: str | None = None):
         self.session = session
         self.cfg: RetNetConfig = session.cfg
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
-        self.decoder = session.decoder() if hasattr(session, "decoder") else StateDecoder(session)
+        self._fingerprint = fingerprint  # see `fingerprint`; a fork inherits its parent's
+        self.decoder = session.decoder() or StateDecoder(session)
         self.reset()
 
     def reset(self) -> None:
@@ -85,14 +88,45 @@ class Runner:
     def release_prefill(self) -> None:
         """Free the prompt graph until the next prefill, where the session can (ONNX): decode-phase memory
         is then one copy of the weights plus the state."""
-        drop = getattr(self.session, "drop_prefill", None)
-        if drop is not None:
-            drop()
+        self.session.drop_prefill()
 
     def _check_state_io(self) -> None:
-        if getattr(self.session, "state_in_program", False):
+        if self.session.state_in_program:
             raise ArtifactError("this program keeps its state inside itself (ExecuTorch runner flavour); "
                                 "export --flavor io to save and load states")
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the artifact (manifest hashes) or checkpoint (weight files) and config: whose states fit.
+        Computed on first use (a checkpoint's weights are hashed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_of(self.tokenizer_dir, self.cfg)
+        return self._fingerprint
+
+    def snapshot(self) -> State:
+        """An in-memory copy of the state, its position and this artifact's fingerprint."""
+        self._check_state_io()
+        return State(self.position, tuple(self.decoder.get_state()), self.fingerprint)
+
+    def restore(self, state: State) -> None:
+        """Continue from a snapshot: O(state bytes), whatever the number of tokens it summarises."""
+        self._check_state_io()
+        if state.fingerprint != self.fingerprint:
+            raise ArtifactError(f"this state belongs to another artifact or config (fingerprint "
+                                f"{state.fingerprint[:12]}, this runner's {self.fingerprint[:12]})")
+        shape = (1, *self.cfg.state_shape)
+        if len(state.tensors) != self.cfg.n_layers or any(t.shape != shape for t in state.tensors):
+            raise ArtifactError(f"this state does not have this model's shape ({self.cfg.n_layers} x {list(shape)})")
+        self.decoder.set_state(list(state.tensors))
+        self.position = state.position
+
+    def fork(self) -> Runner:
+        """A second runner over the same session (no second copy of the weights) with its own copy of this
+        runner's state and position."""
+        self._check_state_io()
+        twin = Runner(self.session, self.tokenizer_dir, fingerprint=self.fingerprint)
+        twin.restore(self.snapshot())
+        return twin
 
     def save_state(self, path: str | Path) -> None:
         self._check_state_io()

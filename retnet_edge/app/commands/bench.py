@@ -1,0 +1,56 @@
+"""`bench`: per-token latency and memory of artifacts over context."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..cli_utils import emit, info, int_list
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--contexts", default="0,512,2048,8192", show_default=True,
+              help="Context depths to measure at (the state / KV cache is filled to each first).")
+@click.option("--tokens", default=128, show_default=True, help="Timed decode steps per repetition.")
+@click.option("--threads", "threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
+@click.option("--repeat", default=5, show_default=True, help="Repetitions per depth (each restarts at the depth).")
+@click.option("--baseline", type=click.Choice(["transformer", "none"]), default="transformer", show_default=True,
+              help="Same-size Transformer with a KV cache, at each RetNet ONNX artifact's quant mode.")
+@click.option("--runtime", type=click.Choice(["auto", "python", "cpp"]), default="auto", show_default=True,
+              help="ExecuTorch artifacts: C++ retnet_bench when built (auto), the Python runtime, or force C++.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON document here (atomically).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Keep baseline artifacts here (reused).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document instead of the table.")
+def bench_cmd(models, contexts, tokens, threads, repeat, baseline, runtime, plot_dir, output, work_dir, as_json):
+    """Per-token latency and memory of artifacts over context, vs a Transformer-KV baseline and the read roof.
+
+    MODELS are exported artifact directories (ONNX or ExecuTorch) or checkpoints (`demo`: eager PyTorch).
+    Each artifact runs in a fresh process per thread count; the JSON has one record per (artifact,
+    context, threads) with median/p90 ms per token, RSS (anonymous / file-backed), state bytes, bytes
+    read per token and the fraction of this machine's measured read bandwidth.
+
+    \b
+    Examples:
+      retnet-edge bench out/demo-onnx-int4 --contexts 0,2048,8192 --threads 1
+      retnet-edge bench out/onnx-int8 out/pte-int8 -o results.json --plot plots/
+      retnet-edge bench demo --baseline none --contexts 0,512 --tokens 32 --repeat 2
+    """
+    from pathlib import Path
+
+    from ...base.io_utils import atomic_write_text
+    from ...bench import BenchConfig, render_table, run_bench
+
+    bc = BenchConfig(contexts=int_list(contexts, "--contexts"), tokens=tokens, threads=int_list(threads, "--threads"),
+                     repeat=repeat, baseline=None if baseline == "none" else baseline, runtime=runtime,
+                     work_dir=Path(work_dir) if work_dir else None)
+    doc = run_bench(list(models), bc, log=info)
+    if plot_dir:
+        from ...bench.plots import write_plots
+
+        doc["plots"] = [str(p) for p in write_plots(doc, Path(plot_dir))]
+    if output:
+        atomic_write_text(Path(output), json.dumps(doc, indent=2))
+        info(f"wrote {output}")
+    emit(doc, as_json, render_table(doc))

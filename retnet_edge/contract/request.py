@@ -1,0 +1,119 @@
+"""What to export, as one checked object: `ExportRequest` (one artifact) and `export_requests` (the list a
+command asks for: a single artifact is a list of one, a bundle one per target x quant).
+
+Every name and number is checked here, once, before the first export starts (not after an hour of work):
+the target, its flavour, the quantization, the prompt weights a target offers, the gate's steps. The CLI
+builds the list; `exporters.export_artifact` and `app.bundle.export_bundle` take it as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import TARGET_FLAVORS
+from .quant import QuantConfig, QuantScheme
+
+DEFAULT_TARGETS = ("onnx", "executorch")
+DEFAULT_QUANTS = ("int8", "int4")
+# the prompt-weight choices each target can write (QuantConfig.prefill_weights); only a flavour with a
+# separate prompt graph (ONNX standard) can hold int8 prompt copies
+TARGET_PREFILL_WEIGHTS = {"onnx": ("same", "int8"), "executorch": ("same",)}
+PREFILL_GRAPH_FLAVORS = ("standard",)
+MIN_STEPS, MAX_STEPS = 4, 100_000  # the gate splits its tokens 3:1 between the prompt and the step paths
+
+
+def check_steps(steps: int) -> None:
+    """The gate needs a few tokens for each of its two paths, and a bounded run."""
+    if not (isinstance(steps, int) and MIN_STEPS <= steps <= MAX_STEPS):
+        raise ConfigError(f"--steps must be between {MIN_STEPS} and {MAX_STEPS}, got {steps}")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One artifact: which model, to which target and precision, written where, and how it is gated."""
+
+    model: str  # `demo`, a model directory, a checkpoint or a Hub id
+    target: str
+    quant: QuantConfig
+    output: Path
+    flavor: str | None = None  # None: the target's default
+    steps: int = 64  # the gate's teacher-forced tokens
+    validate: bool = True  # False writes "validation": "skipped" (benchmarks of random weights)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGET_FLAVORS:
+            raise ConfigError(f"unknown export target {self.target!r}; expected one of {', '.join(TARGET_FLAVORS)}")
+        choices = TARGET_FLAVORS[self.target]
+        flavor = self.flavor or choices[0]
+        if flavor not in choices:
+            raise ConfigError(f"--flavor {flavor} is not a {self.target} flavor; expected one of {', '.join(choices)}")
+        object.__setattr__(self, "flavor", flavor)
+        object.__setattr__(self, "output", Path(self.output))
+        pw = self.quant.prefill_weights
+        if pw not in TARGET_PREFILL_WEIGHTS[self.target]:
+            raise ConfigError(f"--prefill-weights {pw} is not offered by the {self.target} target (it has no separate "
+                              f"prompt weights); expected {' or '.join(TARGET_PREFILL_WEIGHTS[self.target])}")
+        if pw != "same" and flavor not in PREFILL_GRAPH_FLAVORS:
+            raise ConfigError(f"--prefill-weights {pw} needs the standard flavour's separate prompt graph "
+                              f"(prefill.onnx); the {flavor} flavour prompts through its one graph")
+        check_steps(self.steps)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The target's options as its export function takes them (and the manifest records them)."""
+        return {"flavor": self.flavor}
+
+    @property
+    def name(self) -> str:
+        """The artifact's directory name inside a bundle: `onnx-int4`."""
+        return f"{self.target}-{self.quant.scheme.value}"
+
+
+def export_requests(model: str, output: str | Path, targets: list[str], quants: list[str], *, single: bool,
+                    group_size: int = 32, lm_head: str = "auto", embedding: str = "fp32",
+                    prefill_weights: str = "same", flavor: str | None = None, steps: int = 64,
+                    validate: bool = True, force: bool = False) -> list[ExportRequest]:
+    """The artifacts one export command asks for. `single`: OUTPUT is the one artifact (one target, one
+    quant); otherwise OUTPUT/<target>-<quant>/ each. --prefill-weights applies to the int4 artifacts of the
+    targets and flavours that offer it, --flavor to the target whose flavour it is."""
+    if not targets or not quants:
+        raise ConfigError("--target and --quant need at least one value each")
+    if len(set(targets)) != len(targets) or len(set(quants)) != len(quants):
+        raise ConfigError("--target and --quant must not repeat a value")
+    for q in quants:
+        QuantScheme.parse(q)
+    QuantConfig("int4", group_size=group_size, lm_head=lm_head, embedding=embedding,
+                prefill_weights=prefill_weights)  # every value is checked, whichever quants are asked
+    for t in targets:
+        if t not in TARGET_FLAVORS:
+            raise ConfigError(f"unknown export target {t!r}; expected one of {', '.join(TARGET_FLAVORS)}")
+    if flavor is not None and not any(flavor in TARGET_FLAVORS[t] for t in targets):
+        raise ConfigError(f"--flavor {flavor} is not a flavor of {', '.join(targets)}; expected one of "
+                          f"{', '.join(f for t in targets for f in TARGET_FLAVORS[t])}")
+    if single and (len(targets), len(quants)) != (1, 1):
+        raise ConfigError("a single artifact is one --target and one --quant")
+    if not validate and not single:
+        raise ConfigError("--no-validate is for a single artifact (--target T --quant Q); a report needs the gate")
+
+    def request(t: str, q: str) -> ExportRequest:
+        fl = flavor if flavor in TARGET_FLAVORS[t] else None
+        fl_resolved = fl or TARGET_FLAVORS[t][0]
+        pw = prefill_weights if (q == "int4" and prefill_weights in TARGET_PREFILL_WEIGHTS[t]
+                                 and fl_resolved in PREFILL_GRAPH_FLAVORS) else "same"
+        qc = QuantConfig(q, group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=pw)
+        out = Path(output) if single else Path(output) / f"{t}-{QuantScheme.parse(q).value}"
+        return ExportRequest(model, t, qc, out, fl, steps, validate, force)
+
+    if single:  # one artifact: every option must apply to it as given
+        fl = flavor or TARGET_FLAVORS[targets[0]][0]
+        qc = QuantConfig(quants[0], group_size=group_size, lm_head=lm_head, embedding=embedding,
+                         prefill_weights=prefill_weights)
+        return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force)]
+    requests = [request(t, q) for t in targets for q in quants]
+    if prefill_weights != "same" and all(r.quant.prefill_weights == "same" for r in requests):
+        raise ConfigError(f"--prefill-weights {prefill_weights} applies to ONNX int4 artifacts (standard flavour), "
+                          "and this export makes none")
+    return requests
+

@@ -1,0 +1,83 @@
+"""The ONNX step graph's fused state update: eq. 6 as ONE LinearAttention node per layer.
+
+`gated_state_step` is a torch custom op whose eager body is the paper's update (`retention.state_chain`);
+torch.onnx translates it (`linear_attention`) into onnxruntime's `com.microsoft::LinearAttention`
+(update_rule "gated", scale 1, log-decay), which reads S once and writes S' once instead of the four
+passes of MatMul/Mul/Add/MatMul — and, bound to one buffer, updates it in place. `FusedStepCore` is the
+step core that calls it; `model_fused.onnx` is traced from `step.with_core(FusedStepCore)`.
+"""
+from __future__ import annotations
+
+import onnx
+import torch
+from torch import Tensor
+
+from ...contract import FUSED_STATE_OP
+from ...core.retention import StepCore, state_chain
+
+
+@torch.library.custom_op("retnet_edge::gated_state_step", mutates_args=())
+def gated_state_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor,
+                     heads: int) -> tuple[Tensor, Tensor]:
+    """Eq. 6 as one op, in onnxruntime's `com.microsoft::LinearAttention` (update_rule "gated", scale 1)
+    layout: q, k [B, 1, H*Dk], v [B, 1, H*Dv], state [B, H, Dk, Dv], log_decay [B, 1, H] (log γ), H ->
+    (o [B, 1, H*Dv], state' = γ·state + kᵀv). The ONNX step graph exports it as that one node, which
+    reads and writes S once instead of the four passes of MatMul/Mul/Add/MatMul (exporters/onnx/);
+    this body is its eager meaning, used by nothing else."""
+    B, H, Dk, Dv = state.shape
+    o, new = state_chain(q.reshape(B, 1, H, Dk), k.reshape(B, 1, H, Dk), v.reshape(B, 1, H, Dv), state,
+                          log_decay.reshape(B, H, 1, 1).exp())
+    return o.reshape(B, 1, H * Dv), new
+
+
+@gated_state_step.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    B, H, Dk, Dv = state.shape
+    return q.new_empty(B, 1, H * Dv), torch.empty_like(state)
+
+
+
+class FusedStepCore(StepCore):
+    """`StepCore` whose state update is one `gated_state_step` (the ONNX step graph's LinearAttention)."""
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+        B, _, H, Dk = q.shape
+        Dv = v.shape[-1]
+        log_decay = self.log_gamma.view(1, 1, H).expand(B, 1, H)
+        o, S = gated_state_step(q.reshape(B, 1, H * Dk), k.reshape(B, 1, H * Dk), v.reshape(B, 1, H * Dv), S,
+                                 log_decay, H)
+        o = o.view(B, 1, H, Dv)
+        if self.out_scale is not None:
+            o = o * self.out_scale.view(B, 1, H, 1)
+        return o, S
+
+
+def linear_attention(q, k, v, state, log_decay, heads: int):
+    """retention.gated_state_step as onnxruntime's contrib op: one node reads S once and writes S' once."""
+    import onnxscript  # with torch.onnx's exporter, which needs it anyway
+
+    register_fused_state_schema()
+    op = onnxscript.values.Opset(FUSED_STATE_OP[0], 1)[FUSED_STATE_OP[1]]
+    return op(q, k, v, state, log_decay, q_num_heads=heads, kv_num_heads=heads, scale=1.0, update_rule="gated")
+
+
+def register_fused_state_schema() -> None:
+    """onnx's schema registry lacks onnxruntime's contrib ops; the exporter needs the signature of the one
+    we emit (the part of it we use: the gated update, no beta, no state window)."""
+    domain, name = FUSED_STATE_OP
+    try:
+        onnx.defs.get_schema(name, 1, domain)
+        return
+    except onnx.defs.SchemaError:
+        pass
+    P, A = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
+    T = onnx.defs.OpSchema.AttrType
+    onnx.defs.register_schema(onnx.defs.OpSchema(
+        name, domain, 1,
+        inputs=[P("query", "T"), P("key", "T"), P("value", "T"), P("past_state", "T"), P("decay", "T")],
+        outputs=[P("output", "T"), P("present_state", "T")],
+        type_constraints=[("T", ["tensor(float)"], "fp32 only: the state is the contract's fp32")],
+        attributes=[A("q_num_heads", T.INT, ""), A("kv_num_heads", T.INT, ""), A("scale", T.FLOAT, ""),
+                    A("update_rule", T.STRING, "")]))
+
+

@@ -1,0 +1,82 @@
+"""`retnet-edge export MODEL -o DIR` with several targets / quants: one artifact each, a report, failures isolated."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from retnet_edge.cli import main
+from retnet_edge.contract.manifest import read_manifest
+from retnet_edge.contract.quant import QuantScheme, Tolerance
+
+
+def _export(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def test_bundle_writes_each_artifact_a_report_and_a_short_bench(saved_tiny, tmp_path):
+    out = tmp_path / "bundle"
+    res = _export(saved_tiny, "--target", "onnx,executorch", "--quant", "fp32", "-o", out, "--steps", "8")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert [a["name"] for a in report["artifacts"]] == ["onnx-fp32", "executorch-fp32"]
+    for a in report["artifacts"]:
+        assert a["status"] == "ok" and read_manifest(out / a["name"], check_hashes=True)["quant"]["scheme"] == "fp32"
+        assert a["parity"]["top1"] == 1.0
+        # no held-out text beside the tiny model: KL / top-1 against eager fp32 on its own sampled stream
+        assert a["quality"]["metric"] == "agreement" and a["quality"]["top1"] == 1.0 and a["quality"]["kl"] < 1e-5
+        by_ctx = a["bench"]["by_context"]
+        assert set(by_ctx) == {"0", "2048"} and all(r["ms_per_token"] > 0 for r in by_ctx.values())
+        assert by_ctx["0"]["state_bytes"] == report["source"]["state_bytes_per_sequence"]
+    md = (out / "report.md").read_text()
+    assert "| onnx-fp32 | ok |" in md and "| executorch-fp32 | ok |" in md and "latency_vs_context.png" in md
+    assert (out / "latency_vs_context.png").stat().st_size > 1000
+    assert "onnx-fp32" in res.stdout and "state per sequence" in res.stdout  # the one-screen table
+    res = CliRunner().invoke(main, ["verify", str(out), "--steps", "8", "--json"])  # every artifact in DIR
+    assert res.exit_code == 0, res.output
+    docs = json.loads(res.stdout)
+    assert [d["passed"] for d in docs] == [True, True]
+    assert isinstance(docs[0]["state_divergence"], str)  # executorch runner flavour: state inside the program
+    assert docs[1]["state_divergence"]["first_divergence"] is None  # onnx fp32
+
+
+def test_a_failing_quant_is_reported_and_the_others_still_finish(saved_tiny, tmp_path, monkeypatch):
+    from retnet_edge.contract import quant
+    from retnet_edge.exporters import validate
+
+    monkeypatch.setitem(quant.TOLERANCES, QuantScheme.INT8, Tolerance(max_rel=None, min_top1=1.01, max_kl=0.0))
+    monkeypatch.setattr(validate, "KL_FACTOR", 0.5)  # ONNX int8 lands at 1.0x its rounding's KL on this model
+    out = tmp_path / "bundle"
+    res = _export(saved_tiny, "--target", "onnx", "--quant", "int8,fp32", "--no-bench", "-o", out, "--steps", "8")
+    assert res.exit_code == 3, res.output  # the parity failure's exit code, after the report is written
+    report = json.loads((out / "report.json").read_text())
+    status = {a["name"]: a["status"] for a in report["artifacts"]}
+    assert status == {"onnx-int8": "failed", "onnx-fp32": "ok"} and report["failed"] == ["onnx-int8"]
+    assert not (out / "onnx-int8").exists() and (out / "onnx-fp32" / "manifest.json").is_file()
+    assert "FAILED onnx-int8" in res.stdout and "**onnx-int8 failed**" in (out / "report.md").read_text()
+    assert not list(out.glob(".*"))  # no temp dir of the failed export left behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quant", "int8,int5"], "int5"),
+    (["--target", "onnx,tflite"], "tflite"),
+    (["--target", "onnx,onnx", "--quant", "int8"], "must not repeat"),
+    (["--quant", ","], "--quant needs at least one value"),
+    (["--quant", "int8,int4", "--no-validate"], "--no-validate is for a single artifact"),
+    (["--target", "onnx,executorch", "--quant", "int8,fp32", "--prefill-weights", "int8"], "makes none"),
+])
+def test_bundle_arguments_are_checked_before_any_export(saved_tiny, tmp_path, args, message):
+    res = _export(saved_tiny, *args, "-o", tmp_path / "b")
+    assert res.exit_code == 1 and message in res.output and not (tmp_path / "b").exists()
+
+
+def test_bundle_refuses_an_existing_directory_or_a_single_artifact(saved_tiny, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "something").write_text("x")
+    res = _export(saved_tiny, "--quant", "fp32,int8", "-o", tmp_path / "b")
+    assert res.exit_code == 1 and "already exists" in res.output and "--force" in res.output
+    res = _export(saved_tiny, "--target", "onnx", "--quant", "fp32", "-o", tmp_path / "one", "--steps", "8")
+    assert res.exit_code == 0, res.output
+    res = _export(saved_tiny, "--quant", "fp32,int8", "-o", tmp_path / "one", "--force")
+    assert res.exit_code == 1 and "is a single artifact" in res.output

@@ -1,0 +1,143 @@
+"""ONNX export: the I/O contract, metadata, graph guard, shared weights, manifest, the gate's refusals."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import retnet_edge
+from retnet_edge.cli import main
+from retnet_edge.exporters.onnx import position_dependent_nodes
+
+
+def test_io_contract_and_metadata(tiny_onnx):
+    model, art = tiny_onnx
+    cfg = model.cfg
+    for fname, seq in (("model.onnx", 1), ("model_fused.onnx", 1), ("prefill.onnx", "sequence")):
+        m = onnx.load(str(art.path / fname))
+        ins = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+        outs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in m.graph.output}
+        assert list(ins) == ["input_ids", "position_ids", "past.0.recurrent", "past.1.recurrent", "past.2.recurrent"]
+        assert list(outs) == ["logits", "present.0.recurrent", "present.1.recurrent", "present.2.recurrent"]
+        assert ins["input_ids"] == ["batch", seq] and ins["position_ids"] == ["batch", seq]
+        assert ins["past.1.recurrent"] == ["batch", 4, 16, 32] == outs["present.1.recurrent"]
+        assert outs["logits"] == ["batch", seq, cfg.vocab_size]
+        types = {i.name: i.type.tensor_type.elem_type for i in m.graph.input}
+        assert types["input_ids"] == onnx.TensorProto.INT64 and types["past.0.recurrent"] == onnx.TensorProto.FLOAT
+        meta = {p.key: p.value for p in m.metadata_props}
+        assert retnet_edge.RetNetConfig.from_dict(json.loads(meta["retnet_edge.config"])) == cfg
+        assert json.loads(meta["retnet_edge.quant"])["scheme"] == "fp32"
+        assert "d_k in half-split" in meta["retnet_edge.state_layout"]
+        assert {"bos_id", "eos_id", "tokenizer", "retnet_edge.version"} <= set(meta)
+    step = onnx.load(str(art.path / "model.onnx"))
+    assert position_dependent_nodes(step) == []
+    assert not {"Loop", "If", "Scan", "Range"} & {n.op_type for n in step.graph.node}
+    assert any(n.name.startswith("/model/layers.0.retention.q_proj/") for n in step.graph.node)
+    prefill = onnx.load(str(art.path / "prefill.onnx"))
+    assert position_dependent_nodes(prefill)  # the guard does see a sequence-dependent graph
+
+
+def test_graphs_share_one_weights_file(tiny_onnx):
+    """Each weight is stored once although both graphs use it."""
+    model, art = tiny_onnx
+    weights = (art.path / "weights.bin").stat().st_size
+    assert weights < 1.1 * 4 * model.num_parameters()
+    graphs = ("model.onnx", "model_fused.onnx", "prefill.onnx")
+    total = sum((art.path / f).stat().st_size for f in (*graphs, "weights.bin"))
+    assert total < 1.3 * weights  # two self-contained graphs would be >= 2x
+
+
+def test_manifest_lists_files_and_validation(tiny_onnx):
+    _, art = tiny_onnx
+    m = json.loads((art.path / "manifest.json").read_text())
+    assert m["target"] == "onnx"
+    assert set(m["files"]) == {"model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"}
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert m["validation"]["passed"] and len(m["validation"]["checks"]) == 6  # + the chain graph's step loops
+    assert sum("model.onnx" in c["name"] for c in m["validation"]["checks"]) == 2  # the fused one decodes
+    assert max(c["max_rel"] for c in m["validation"]["checks"]) <= 1e-5
+
+
+def test_parity_failure_exits_3_and_writes_nothing(tmp_path, monkeypatch):
+    from retnet_edge.contract import quant
+
+    # top-1 above 1 where eager is confident cannot be met (the KL limit alone would widen to the rounding's)
+    monkeypatch.setitem(quant.TOLERANCES, quant.QuantScheme.INT4, quant.Tolerance(None, 1.01, 1e-9))
+    res = CliRunner().invoke(main, ["export", "demo", "--quant", "int4", "--steps", "8", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 3, res.output
+    assert "failed validation" in res.stderr and "top-1 agreement" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quant", "int3"], "unknown quant mode"),
+    (["--lm-head", "fp8"], "lm_head"),
+    (["--group-size", "20"], "group size"),
+])
+def test_bad_export_options(tmp_path, args, message):
+    res = CliRunner().invoke(main, ["export", "demo", "-o", str(tmp_path / "x"), *args])
+    assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+
+
+def _ops(path, fname):
+    m = onnx.load(str(path / fname), load_external_data=False)
+    return [n for n in m.graph.node]
+
+
+def test_two_step_graphs_one_state_update_each(tiny_onnx, monkeypatch):
+    """model.onnx: the state update as MatMul/Mul/Add/MatMul (ai.onnx ops); model_fused.onnx: one
+    com.microsoft::LinearAttention per layer and no state MatMul. The runner decodes with the fused graph
+    (state in place) at any thread count, with the chain under RETNET_EDGE_STEP_GRAPH=chain; both give the
+    same logits."""
+    from retnet_edge.runtimes import load_runner
+
+    model, art = tiny_onnx
+    L = model.cfg.n_layers
+    chain, fused = _ops(art.path, "model.onnx"), _ops(art.path, "model_fused.onnx")
+    assert not [n for n in chain if n.op_type == "LinearAttention"]
+    assert sum(n.op_type == "MatMul" for n in chain) - sum(n.op_type == "MatMul" for n in fused) == 2 * L
+    la = [n for n in fused if n.op_type == "LinearAttention"]
+    assert len(la) == L and {n.domain for n in la} == {"com.microsoft"}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in la[0].attribute}
+    assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
+                     "update_rule": b"gated"}
+    assert load_runner(art.path, threads=2).session.step_file == "model_fused.onnx"
+    a = load_runner(art.path, threads=1)
+    assert a.session.step_file == "model_fused.onnx" and a.decoder.in_place
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chain")
+    b = load_runner(art.path, threads=2)
+    assert b.session.step_file == "model.onnx" and not b.decoder.in_place
+    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chian")  # a typo is an error, not a silent default
+    with pytest.raises(retnet_edge.ConfigError, match="RETNET_EDGE_STEP_GRAPH"):
+        load_runner(art.path, threads=1)
+    monkeypatch.delenv("RETNET_EDGE_STEP_GRAPH")
+    la_, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
+    for t in range(24):
+        la_, lb = a.step(5 + t), b.step(5 + t)
+        assert abs(la_ - lb).max() <= 1e-5 * abs(lb).max()
+
+
+def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx, monkeypatch):
+    """An onnxruntime older than 1.25 has no LinearAttention kernel: at 1 thread the runner falls back to
+    model.onnx instead of failing."""
+    import onnxruntime
+
+    from retnet_edge.runtimes import load_runner
+
+    _, art = tiny_onnx
+    real = onnxruntime.InferenceSession
+
+    def old(path, *args, **kwargs):
+        if str(path).endswith("model_fused.onnx"):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Fatal error: com.microsoft:LinearAttention(-1) "
+                               "is not a registered function/op")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", old)
+    r = load_runner(art.path, threads=1)
+    assert r.session.step_file == "model.onnx" and not r.decoder.in_place  # two buffers on the chain
+    assert r.step(5).shape[-1] == art.manifest["config"]["vocab_size"]

@@ -42,7 +42,7 @@ MOVED_MODULES = {
     "config": "core.config", "ops": "core.ops", "retention": "core.retention", "model": "core.model",
     "step": "core.step", "graph_check": "core.graph_check", "manifest": "contract.manifest",
     "quant": "contract.quant", "loader": "checkpoints.loader", "streaming": "checkpoints.streaming",
-    "convert": "checkpoints.convert", "presets": "checkpoints.presets", "generate": "runtimes.generate",
+    "convert": "checkpoints.convert", "presets": "core.presets", "generate": "runtimes.generate",
     "evaluate": "runtimes.evaluate", "cli_utils": "app.cli_utils", "bundle": "app.bundle",
     "report": "app.report", "inspection": "app.inspection", "card": "app.card", "quality": "app.quality",
     "train": "app.train",

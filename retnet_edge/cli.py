@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .app.cli_utils import ErrorHandlingGroup, quiet_libraries
-from .app.commands import bench, evaluate, export, model, run
+from .app.commands import bench, evaluate, export, model, run, sessions
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
 
@@ -40,6 +40,7 @@ def main() -> None:
 
 
 COMMANDS = [model.inspect_cmd, model.init_random_cmd, model.train_cmd, model.convert_cmd, run.generate_cmd,
-            evaluate.eval_cmd, export.export_cmd, export.verify_cmd, bench.bench_cmd]
+            evaluate.eval_cmd, export.export_cmd, export.verify_cmd, bench.bench_cmd, sessions.chat_cmd,
+            sessions.serve_cmd]
 for _command in COMMANDS:
     main.add_command(_command)

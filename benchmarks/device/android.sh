@@ -28,7 +28,7 @@ cmake --build "$build/executorch" -j"$(nproc)" --target install
 # 2. The harness, statically linked; registration libraries whole-archived so their kernels register.
 inst=$build/install
 "$ANDROID_NDK"/toolchains/llvm/prebuilt/*/bin/aarch64-linux-android26-clang++ -std=c++17 -O2 \
-  "$here/retnet_bench.cpp" -o "$build/retnet_bench" -I"$inst/include" \
+  "$here/../../retnet_edge/bench/retnet_bench.cpp" -o "$build/retnet_bench" -I"$inst/include" \
   -I"$inst/include/executorch/runtime/core/portable_type/c10" -DC10_USING_CUSTOM_GENERATED_MACROS \
   -L"$inst/lib" -Wl,--whole-archive -lxnnpack_backend -loptimized_native_cpu_ops_lib -lquantized_ops_lib \
   -Wl,--no-whole-archive -lextension_module_static -lextension_data_loader -lextension_tensor \

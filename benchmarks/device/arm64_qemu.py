@@ -29,6 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 ARM = HERE / "build-arm64"
+HARNESS_SOURCE = ROOT / "retnet_edge" / "bench" / "retnet_bench.cpp"  # package data: `bench --runtime cpp` builds it too
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 ET_VERSION = "1.5.1"
 LIBS = ["-lexecutorch", "-lexecutorch_backend_xnnpack", "-lexecutorch_kernels_optimized",
@@ -63,9 +64,9 @@ def arm_wheel_dir() -> Path:
     return unpacked / "executorch"
 
 
-def build(compiler: str, et: Path, out: Path, source: str = "retnet_parity.cpp") -> Path:
+def build(compiler: str, et: Path, out: Path, source: Path = HERE / "retnet_parity.cpp") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([compiler, "-std=c++17", "-O2", str(HERE / source), "-o", str(out), "-DET_USE_THREADPOOL=1",
+    subprocess.run([compiler, "-std=c++17", "-O2", str(source), "-o", str(out), "-DET_USE_THREADPOOL=1",
                     f"-I{et / 'include'}", f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}",
                     "-DC10_USING_CUSTOM_GENERATED_MACROS", f"-L{et / 'lib'}", f"-Wl,-rpath,{et / 'lib'}",
                     "-Wl,--no-as-needed", *LIBS, "-Wl,--as-needed", "-lpthread", "-w"], check=True)
@@ -148,7 +149,7 @@ def main() -> int:
 
     x86 = build("g++", Path(list(executorch.__path__)[0]), HERE / "build" / "retnet_parity")
     arm = build("aarch64-linux-gnu-g++", arm_wheel_dir(), ARM / "retnet_parity")
-    build("aarch64-linux-gnu-g++", arm_wheel_dir(), ARM / "retnet_bench", "retnet_bench.cpp")  # the device harness
+    build("aarch64-linux-gnu-g++", arm_wheel_dir(), ARM / "retnet_bench", HARNESS_SOURCE)  # the device harness
     work = ARM / "work"
     work.mkdir(parents=True, exist_ok=True)
     results = []

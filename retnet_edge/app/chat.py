@@ -27,10 +27,18 @@ import numpy as np
 from ..base.io_utils import read_json
 from ..base.tokenizer import Tokenizer
 from ..errors import ConfigError, MissingExtraError, RetNetEdgeError
-from ..runtimes.cache import Entry, GenerationCancelled, PrefixCache, TurnStats, generate_cached
+from ..runtimes.cache import (
+    Entry,
+    GenerationCancelled,
+    PrefixCache,
+    TurnStats,
+    cache_for,
+    generate_cached,
+)
 from ..runtimes.generate import SamplingConfig, stream_text
 from ..runtimes.session_runner import Runner
 from ..runtimes.state_file import StateFileError, read_snapshot, write_snapshot
+from .cli_utils import runner_and_tokenizer
 
 PLAIN_SEPARATOR = "\n\n"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # where Hugging Face tokenizers keep `chat_template`
@@ -49,7 +57,9 @@ class ChatTemplate:
     def render(self, messages: list[dict]) -> str:
         try:
             from jinja2 import TemplateError
-            from jinja2.sandbox import ImmutableSandboxedEnvironment  # here: only templates need jinja2
+            from jinja2.sandbox import (
+                ImmutableSandboxedEnvironment,  # here: only templates need jinja2
+            )
         except ModuleNotFoundError as exc:
             raise MissingExtraError("chat templates need jinja2", hint="pip install 'retnet-edge[serve]'") from exc
 
@@ -73,12 +83,14 @@ def load_chat_template(directory: Path | None, override: str | Path | None = Non
     """The template in `override` (a jinja file) or in the directory's tokenizer_config.json, else None."""
     config = read_json(directory / TOKENIZER_CONFIG) if directory and (directory / TOKENIZER_CONFIG).is_file() else {}
     bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
-    if override is not None:
-        return ChatTemplate(Path(override).read_text(), bos, eos)
-    source = config.get("chat_template")
+    source = Path(override).read_text() if override is not None else config.get("chat_template")
     if isinstance(source, list):  # [{"name": "default", "template": ...}, ...]
         source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
-    return ChatTemplate(source, bos, eos) if isinstance(source, str) and source else None
+    if not (isinstance(source, str) and source):
+        return None
+    template = ChatTemplate(source, bos, eos)
+    template.render([{"role": "user", "content": "hello"}])  # a broken template fails now, not at turn one
+    return template
 
 
 def render_prompt(messages: list[dict], template: ChatTemplate | None) -> str:
@@ -207,6 +219,19 @@ class Conversation:
         self.cache.put(ids, state, logits)
         self.messages, self.ids, self.text, self.entry = messages, ids, text, self.cache.peek(ids)
         self.runner.restore(state)
+
+
+def open_conversation(model: str, tokenizer: str | None = None, threads: int | None = None,
+                      sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 256,
+                      cache_mb: float | None = None, chat_template: str | None = None,
+                      warn: Callable[[str], None] = lambda message: None) -> Conversation:
+    """A new conversation with MODEL (an artifact directory, a checkpoint, or `demo`)."""
+    if max_new_tokens < 1:
+        raise ConfigError(f"-n/--max-new-tokens must be >= 1, got {max_new_tokens}")
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads)
+    template = load_chat_template(runner.tokenizer_dir, chat_template)
+    cache = cache_for(runner, cache_mb, warn=warn)
+    return Conversation(runner, tok, cache, template, sampling, max_new_tokens)
 
 
 def _collect(tokens: Iterator[int], into: list[int]) -> Iterator[int]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints.loader import check_weights, resolve_path
-from ..checkpoints.presets import PRESETS, preset_config
+from ..core.presets import PRESETS, preset_config
 from ..contract import MANIFEST_FILE
 from ..contract.manifest import Manifest
 from ..core.config import RetNetConfig

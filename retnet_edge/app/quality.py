@@ -14,6 +14,7 @@ from ..base.tokenizer import Tokenizer
 from ..contract import log_softmax
 from ..runtimes import Runner
 from ..runtimes.evaluate import evaluate_text
+from ..runtimes.scoring import token_agreement
 
 HELDOUT_FILE = "heldout.txt"
 QUALITY_TOKENS = 4096  # held-out tokens scored per artifact (the demo's full text is ~60k: minutes each)
@@ -48,7 +49,5 @@ def agreement(reference: Runner, runner: Runner, ids: list[int]) -> dict:
     """Mean KL(reference ‖ artifact) and top-1 agreement over teacher-forced `ids`."""
     reference.reset()
     runner.reset()
-    ref, got = log_softmax(reference.prefill(ids)), log_softmax(runner.prefill(ids))  # [T, V]
-    kl = float((np.exp(ref) * (ref - got)).sum(-1).mean())
-    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    return {"metric": "agreement", "kl": kl, "top1": top1, "tokens": len(ids)}
+    kl, top1 = token_agreement(reference.prefill(ids), runner.prefill(ids))  # logits [T, V] each
+    return {"metric": "agreement", "kl": float(kl.mean()), "top1": float(top1.mean()), "tokens": len(ids)}

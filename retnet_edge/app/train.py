@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..base.confine import regular_file
 from ..base.tokenizer import load_tokenizer, train_bpe
 from ..checkpoints.native import save_pretrained
 from ..core.config import RetNetConfig
@@ -123,8 +124,7 @@ def train(corpus: Path, output: Path, model_cfg: dict, tc: TrainConfig, tokenize
     tc.check()
     if Path(output).exists() and not force:  # before training, not after every step of it
         raise RetNetEdgeError(f"{output} already exists", hint="pass --force to overwrite it")
-    if not Path(corpus).is_file():
-        raise RetNetEdgeError(f"{corpus} is not a file")
+    regular_file(corpus, "corpus")  # a FIFO would block the read, a device never end it
     work = Path(str(output) + ".work")  # resumable state lives beside the output
     created = not work.exists()
     work.mkdir(parents=True, exist_ok=True)

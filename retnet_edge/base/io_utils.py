@@ -54,7 +54,8 @@ def owner_tag(pid: int | None = None) -> str:
     return f"{pid}-{start}" if start else str(pid)
 
 
-def _owner_alive(tag: str) -> bool:
+def owner_alive(tag: str) -> bool:
+    """Whether the writer named by an `owner_tag` still runs (a reused pid with another start time does not)."""
     pid, _, start = tag.partition("-")
     try:
         os.kill(int(pid), 0)
@@ -81,7 +82,7 @@ def clean_stale_siblings(out: Path) -> list[Path]:
     for p in out.parent.glob(f".{glob.escape(stem)}.retnet-edge-*"):
         parts = p.name[len(stem) + 2:].split(".")
         if len(parts) >= 2 and parts[0] in (TMP_MARK, OLD_MARK) and parts[1].replace("-", "").isdigit() \
-                and not _owner_alive(parts[1]):
+                and not owner_alive(parts[1]):
             if parts[0] == OLD_MARK and not (out.exists() or out.is_symlink()):
                 p.rename(out)  # killed between its two renames: the previous output comes back
                 continue
@@ -154,7 +155,7 @@ def check_output_parent(out: Path) -> None:
     for parent in Path(os.path.abspath(out)).parents:
         if os.path.lexists(parent):
             if not parent.is_dir():
-                raise RetNetEdgeError(f"cannot write {out}: {parent} is a file, not a directory")
+                raise RetNetEdgeError(f"cannot write {out}: {parent} is not a directory")
             return
 
 
@@ -198,6 +199,22 @@ def atomic_output_dir(path: str | os.PathLike, force: bool = False) -> Iterator[
         raise
     finally:
         _stop_guard(guard)
+
+
+def check_output_path(path: str | os.PathLike, directory: bool = False) -> Path:
+    """Refuse up front, before any work, an output that cannot be written: a name that names nothing, a
+    path under a regular file, a file where a directory is wanted (or the reverse), an unwritable parent
+    (`bench -o` and `--plot` were refused only after all the measuring)."""
+    out = usable_output(path)
+    check_output_parent(out)
+    if out.is_dir() and not directory:
+        raise RetNetEdgeError(f"cannot write {out}: it is a directory")
+    if os.path.lexists(out) and directory and not out.is_dir():
+        raise RetNetEdgeError(f"cannot write into {out}: it is a file, not a directory")
+    parent = next(p for p in [out, *Path(os.path.abspath(out)).parents] if os.path.lexists(p))
+    if parent != out and not os.access(parent, os.W_OK | os.X_OK):
+        raise RetNetEdgeError(f"cannot write {out}: {parent} is not writable")
+    return out
 
 
 def usable_output(path: str | os.PathLike) -> Path:

@@ -2,10 +2,12 @@
 
 `suite.run_bench` orchestrates (one fresh process per artifact and thread count), `measure.py` is what
 runs in that process, `baseline.py` the same-size Transformer with a KV cache, `roof.py` the streaming
-read kernel, `plots.py` the PNGs.
+read kernel, `tools.py` builds the native tools (the roof kernel, the C++ harness) from package data,
+`machine.py` names the CPU, `plots.py` the PNGs, `stability.py` long runs. May import every stage below
+`app` (it exports its own Transformer baseline).
 """
 from __future__ import annotations
 
-from .suite import BenchConfig, render_table, run_bench
+from .suite import BenchConfig, render_bench_table, run_bench
 
-__all__ = ["BenchConfig", "run_bench", "render_table"]
+__all__ = ["BenchConfig", "run_bench", "render_bench_table"]

@@ -15,8 +15,12 @@ rotary, RMSNorm), random weights (speed and memory only), quantized by the same 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -95,6 +99,27 @@ class TransformerKV(nn.Module):
             x = x + layer.ffn(layer.ffn_norm(x))
             present += [k, v]
         return (self.lm_head(self.norm(x)), *present)
+
+
+# Loggers that print while torch.onnx / torch.export trace the baseline ("torchvision is not installed",
+# unused axis names, pytree deprecations): not the user's business while a benchmark builds its yardstick.
+EXPORT_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """Warnings and library log lines off while the baseline is built (whoever calls: the CLI, a script)."""
+    loggers = [logging.getLogger(name) for name in EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def kv_io_names(n_layers: int) -> tuple[list[str], list[str]]:

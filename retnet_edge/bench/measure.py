@@ -199,13 +199,13 @@ PROFILE_GROUPS = {"MatMulNBits": "quantized weights (MatMulNBits)", "MatMulInteg
                   "LinearAttention": "fused state update (LinearAttention)"}
 
 
-def ort_profile(directory: str, threads: int, steps: int = 32) -> dict:
+def ort_profile(directory: str, threads: int, steps: int = 32, step_graph: str = "auto") -> dict:
     """Where a decode step's time goes in onnxruntime: kernel time per op group. The profiler slows the
     run itself, so the framework overhead is judged by the caller against the unprofiled ms/token."""
     from ..runtimes.onnxruntime import OnnxSession
 
     with tempfile.TemporaryDirectory(prefix="retnet-edge-profile-") as tmp:  # never beside the user's artifact
-        session = OnnxSession(Path(directory), threads, profile_prefix=str(Path(tmp) / "profile"))
+        session = OnnxSession(Path(directory), threads, profile_prefix=str(Path(tmp) / "profile"), step_graph=step_graph)
         decoder = session.decoder()  # the runner's own decoder: its step graph, bound as it binds it
         t0 = time.perf_counter()
         for t in range(steps):

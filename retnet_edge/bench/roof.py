@@ -9,18 +9,14 @@ AVX-512 machines. Without a C compiler the fallback is onnxruntime's ReduceSum, 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).with_name("stream_read.c")
+from .tools import build_stream_read
+
 MIN_BUFFER_BYTES = 512 * 2**20
 PASSES = 5
 
@@ -43,26 +39,11 @@ def buffer_bytes() -> int:
     return max(MIN_BUFFER_BYTES, 4 * last_level_cache_bytes())
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "retnet-edge"
-
-
 def _compile() -> ctypes.CDLL | None:
     """The kernel as a shared library (built once per source version and machine), or None without a compiler."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
+    lib = build_stream_read()
+    if lib is None:
         return None
-    tag = hashlib.sha256(SOURCE.read_bytes() + os.uname().machine.encode()).hexdigest()[:12]
-    lib = _cache_dir() / f"stream_read-{tag}.so"
-    if not lib.is_file():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-            out = Path(tmp) / lib.name
-            res = subprocess.run([cc, "-O3", "-march=native", "-shared", "-fPIC", str(SOURCE), "-o", str(out)],
-                                 capture_output=True, text=True)
-            if res.returncode != 0:
-                return None
-            out.replace(lib)  # atomic: a concurrent run sees the whole library or none
     dll = ctypes.CDLL(str(lib))
     dll.stream_read.restype, dll.stream_read.argtypes = ctypes.c_float, [ctypes.c_void_p, ctypes.c_size_t]
     dll.kernel_isa.restype = ctypes.c_char_p

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..base.interrupts import run_tied, sigterm_as_exit
 from ..base.io_utils import read_json
 from ..base.paths import resolve_path
 from ..contract import MANIFEST_FILE, ONNX_STEP_FILE, ONNX_WEIGHTS_FILE, PTE_FILE
@@ -27,10 +27,11 @@ from ..errors import ConfigError, RetNetEdgeError
 from ..runtimes import check_threads
 from .machine import machine_facts, versions
 from .measure import PROMPT
+from .plan import check_plan, check_runtime, unique_subjects, work_dir
 from .roof import measure_read_bandwidth
+from .tools import build_harness, harness_path
 
-HARNESS_CANDIDATES = (Path(__file__).resolve().parents[2] / "benchmarks" / "device" / "build" / "retnet_bench",)
-RUNTIMES = ("auto", "python", "cpp")
+BENCH_RUNTIMES = ("auto", "python", "cpp")
 PROFILE_BELOW = 0.6  # records under this fraction of the read roof carry a profile (onnxruntime)
 
 
@@ -53,10 +54,12 @@ class BenchConfig:
             raise ConfigError("--threads needs at least one thread count")
         for t in self.threads:
             check_threads(t)
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"unknown --runtime {self.runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        if self.runtime not in BENCH_RUNTIMES:
+            raise ConfigError(f"unknown --runtime {self.runtime!r}; expected one of {', '.join(BENCH_RUNTIMES)}")
         if self.baseline not in (None, "transformer"):
             raise ConfigError(f"unknown --baseline {self.baseline!r}; expected transformer or none")
+        # a depth or a thread count given twice is measured once (`--contexts 0,0,0` gave a flatness line)
+        self.contexts, self.threads = sorted(set(self.contexts)), list(dict.fromkeys(self.threads))
 
 
 @dataclass
@@ -72,10 +75,6 @@ class Subject:
     weight_bytes_per_token: int  # weights read per token (the embedding table is read one row at a time)
     artifact_bytes: int
     validation: str
-
-
-def harness_path() -> Path | None:
-    return next((p for p in HARNESS_CANDIDATES if p.is_file()), None)
 
 
 def _embedding_bytes(cfg: RetNetConfig, precision: str) -> int:
@@ -118,10 +117,10 @@ def describe(path: str, runtime_choice: str) -> Subject:
         return Subject(label, model, "onnxruntime", p, cfg, quant, total - embed, size, m.validation_status.lower())
     size = (p / PTE_FILE).stat().st_size
     flavor = read_json(p / "delegation.json").get("flavor")
-    harness = harness_path()
-    if runtime_choice == "cpp" and (harness is None or flavor != "runner"):
-        raise RetNetEdgeError("--runtime cpp needs benchmarks/device/build/retnet_bench and a runner-flavour .pte",
-                              hint="bash benchmarks/device/build.sh")
+    if runtime_choice == "cpp" and flavor != "runner":
+        raise RetNetEdgeError(f"--runtime cpp runs runner-flavour programs; {path} is the {flavor} flavour",
+                              hint="--runtime python")
+    harness = build_harness() if runtime_choice == "cpp" else harness_path()  # auto: only if already built
     # the baseline's llama::custom_sdpa kernels live in the Python runtime only
     cpp = runtime_choice != "python" and harness and flavor == "runner" and model == "retnet"
     weights = size - _embedding_bytes(cfg, m.quant.embedding)
@@ -131,7 +130,7 @@ def describe(path: str, runtime_choice: str) -> Subject:
 
 def baseline_for(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> Subject:
     """The same-size Transformer-KV artifact for the subject's target and quant mode (built once, cached)."""
-    from .baseline import export_baseline_executorch, export_baseline_onnx
+    from .baseline import export_baseline_executorch, export_baseline_onnx, quiet_export
 
     onnx = subject.runtime in ("onnxruntime", "torch")
     # the ExecuTorch cache must hold the whole run: the deepest context plus its timed tokens, or the prompt
@@ -140,15 +139,16 @@ def baseline_for(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> Subj
     out = work_dir / f"transformer-{'onnx' if onnx else 'pte'}-{subject.quant}-{key.hexdigest()[:12]}"
     if not (out / MANIFEST_FILE).is_file():
         log(f"building the Transformer-KV baseline ({'ONNX' if onnx else 'ExecuTorch'}, {subject.quant}) ...")
-        if onnx:
-            export_baseline_onnx(subject.cfg, QuantConfig(subject.quant), out, log=log)
-        else:
-            export_baseline_executorch(subject.cfg, QuantConfig(subject.quant), out, max_context, log=log)
+        with quiet_export():
+            if onnx:
+                export_baseline_onnx(subject.cfg, QuantConfig(subject.quant), out, log=log)
+            else:
+                export_baseline_executorch(subject.cfg, QuantConfig(subject.quant), out, max_context, log=log)
     return describe(str(out), "python")
 
 
 def _run_child(cmd: list[str]) -> list[dict]:
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = run_tied(cmd)  # dies with this process, even SIGKILLed (a measuring child held ~930 MB)
     if res.returncode != 0:
         tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise RetNetEdgeError(f"benchmark process failed ({' '.join(cmd[:3])} ...): {tail}")
@@ -205,18 +205,19 @@ def flatten(s: Subject, threads: int, result: dict, bandwidth: dict) -> list[dic
 def run_bench(paths: list[str], bc: BenchConfig, log: Callable[[str], None] = lambda s: None,
               progress: Callable[[str], None] | None = None) -> dict:
     """Measure every path (and its baseline) at every thread count; one JSON document."""
-    import tempfile
+    subjects = unique_subjects([describe(p, bc.runtime) for p in paths], log)
+    check_runtime(subjects, bc.runtime)
+    baselines = {(s.cfg.to_json(), s.quant, s.runtime.startswith("executorch")): s
+                 for s in subjects if s.model == "retnet"} if bc.baseline else {}
+    log(f"plan: {check_plan(subjects, bc, len(baselines))}")
+    with sigterm_as_exit():  # SIGTERM unwinds: the measuring child is killed and the temp dir removed
+        return _measure_all(subjects, list(baselines.values()), bc, log, progress)
 
-    subjects = [describe(p, bc.runtime) for p in paths]
-    work = bc.work_dir or Path(tempfile.mkdtemp(prefix="retnet-edge-bench-"))
+
+def _measure_all(subjects: list[Subject], retnets: list[Subject], bc: BenchConfig, log, progress) -> dict:
+    work = bc.work_dir or work_dir()
     try:
-        if bc.baseline:
-            seen = {}
-            for s in [s for s in subjects if s.model == "retnet"]:
-                key = (s.cfg.to_json(), s.quant, s.runtime.startswith("executorch"))
-                if key not in seen:
-                    seen[key] = baseline_for(s, bc, work, log)
-            subjects += list(seen.values())
+        subjects = subjects + [baseline_for(s, bc, work, log) for s in retnets]
         machine = machine_facts()
         log("measuring this machine's read bandwidth ...")
         bandwidth = measure_read_bandwidth(sorted(set(bc.threads)))
@@ -249,6 +250,8 @@ def summarize(results: list[dict]) -> dict:
         groups.setdefault((r["artifact"], r["model"], r["runtime"], r["quant"], r["threads"]), []).append(r)
     for (art, model, rt, quant, th), rs in groups.items():
         rs.sort(key=lambda r: r["context"])
+        if rs[0]["context"] == rs[-1]["context"]:  # one depth: no flatness to speak of
+            continue
         out["flatness"].append({"artifact": art, "model": model, "runtime": rt, "quant": quant, "threads": th,
                                 "contexts": [rs[0]["context"], rs[-1]["context"]],
                                 "latency_ratio": round(rs[-1]["ms_per_token_median"] / rs[0]["ms_per_token_median"], 3),
@@ -269,7 +272,7 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
-def render_table(doc: dict) -> str:
+def render_bench_table(doc: dict) -> str:
     """The short table `retnet-edge bench` prints on stdout."""
     rows = [f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} {'context':>7} {'ms/tok':>8} {'p90':>8} "
             f"{'tok/s':>8} {'rss MB':>7} {'state MB':>8} {'roof':>5}"]

@@ -1,6 +1,11 @@
-"""Checkpoint formats: the native one and the ones people hold (torchscale, fairseq, syncdoth, fla).
+"""Checkpoints: the native format and the ones people hold (torchscale, fairseq, syncdoth, fla), read whole
+or one layer at a time.
 
-Importing the package registers every format in `FORMATS`, native first (detection runs in order).
+Owns: `registry` (`FORMATS`), `native`, `formats` + `keymaps` + `configs` (foreign formats as data),
+`tensors` (lazy readers, safe pickles, the streaming writer), `loader` (`load(path) -> RetNet`),
+`streaming` (`open_weights`: a checkpoint read layer by layer), `convert`, `random_init`. Importing the
+package registers every format, native first (detection runs in order). May import: `base`, `core`,
+`contract`, `errors`.
 """
 from __future__ import annotations
 

@@ -54,6 +54,15 @@ def find_weights(directory: Path) -> dict[str, LazyTensor]:
     raise CheckpointError(f"{directory}: no weights found (looked for {', '.join(WEIGHT_FILES)} or one *.pt)")
 
 
+def file_tensors(path: Path) -> dict[str, LazyTensor]:
+    if path.suffix == ".safetensors":
+        return safetensors_entries(path)
+    sd = load_pickle(path)
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return tensors_of(sd.get("model", sd.get("state_dict", sd)))
+
+
 @dataclass(frozen=True)
 class ForeignFormat:
     """A foreign format: its key map, ignore patterns, fused-tensor splits, config translator and files."""

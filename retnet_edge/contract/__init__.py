@@ -1,8 +1,10 @@
-"""The artifact contract: file names, graph I/O names, the state layout, and the session protocol.
+"""The artifact contract: file names, graph I/O names, the state layout, the session protocol (here), and
+the typed objects that cross stages: `manifest.Manifest`, `quant.QuantConfig` / `QuantPlan`,
+`request.ExportRequest`.
 
 Exporters write it, runtimes read it, `inspect` and the tests check it; this is the only place it is
 spelled out (the README's I/O tables describe the same names). Light on purpose: numpy only, so a
-runtime can import it without torch.
+runtime can import it without torch. May import: `base`, `core.config`, `errors`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.on
 # the same step graph with each layer's state update as one com.microsoft::LinearAttention node: runners decode
 # with it (the state updated in place, past and present bound to one buffer); model.onnx is the fallback
 ONNX_STEP_FUSED_FILE = "model_fused.onnx"
-FUSED_STATE_OP = ("com.microsoft", "LinearAttention")  # its op; onnxruntime 1.24.4 lacks the CPU kernel, 1.25.1 has it
+# its op: ai.onnx LinearAttention of opset 27 where the exporting onnxruntime runs it (1.32+), else onnxruntime's
+# com.microsoft op of the same signature (1.24.4 lacks its CPU kernel, 1.25.1 has it)
+FUSED_STATE_OP = ("com.microsoft", "LinearAttention")
+STANDARD_STATE_OP_OPSET = 27
 # ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)
 PTE_FILE, DELEGATION_FILE = "model.pte", "delegation.json"
 

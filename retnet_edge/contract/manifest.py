@@ -68,6 +68,10 @@ class Manifest:
     version: str = __version__
     extra: dict = field(default_factory=dict)  # fields this version does not know (kept, not used)
 
+    def __post_init__(self) -> None:
+        # the head's precision as resolved ("auto" -> what it became): what the JSON holds, and what a reader gets
+        object.__setattr__(self, "quant", QuantConfig(**self.quant.to_dict()))
+
     # --- reading ---------------------------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path, check_hashes: bool = True) -> "Manifest":

@@ -1,7 +1,12 @@
-"""Exporters: the pipeline (`export_model`, `verify_artifact`) and the targets it knows (`TARGETS`).
+"""Exporters: the one export path (`pipeline`: checkpoint read layer by layer → plan → target → gate →
+manifest) and the targets it knows (`TARGETS`).
 
-Importing the package registers every target; each target module imports its engine (onnxruntime,
-executorch, torchao) only when it runs.
+Owns: `target` (the registry and the quantization plan), `pipeline` (`export_artifact`, `verify_artifact`,
+`verify_forms`), `onnx/` and `executorch` (the targets, each with its own step core), `reference` (the
+gate's layer-streamed eager reference), `fake_quant` (eager with the plan's rounding), `validate` (the
+generic gate), `divergence` (per-layer state tables). Importing the package registers every target; each
+imports its engine (onnxruntime, executorch, torchao) only when it runs. May import: `base`, `core`,
+`contract`, `checkpoints`, `runtimes` (the gate runs an artifact through its runtime).
 """
 from __future__ import annotations
 

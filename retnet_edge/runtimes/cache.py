@@ -13,6 +13,7 @@ skipped with a warning, never used.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -24,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import RetNetEdgeError
+from ..errors import ConfigError, RetNetEdgeError
 from .generate import SamplingConfig, sample
 from .session_runner import Runner
 from .state_file import State, StateFileError, read_snapshot, write_snapshot
@@ -80,7 +81,10 @@ class PrefixCache:
         self.directory = Path(directory) / fingerprint[:16] if directory is not None else None
         self.disk: dict[str, int] = {}  # key -> prefix length of the entries on disk
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot use {directory} as a cache directory ({exc.strerror or exc})") from exc
             for p in self.directory.iterdir():
                 if m := ENTRY_NAME.match(p.name):
                     self.disk[m[2]] = int(m[1])
@@ -127,10 +131,7 @@ class PrefixCache:
         with self.lock:
             self._remember(key, entry)
             if self.directory is not None and key not in self.disk:
-                write_snapshot(self._path(key, entry.length), state, {"length": str(entry.length), "key": key},
-                               {"logits": logits})
-                self.disk[key] = entry.length
-                self._trim_disk()
+                self._write_disk(key, entry)
             self.stats.stored += 1
 
     def _remember(self, key: str, entry: Entry) -> None:
@@ -144,6 +145,16 @@ class PrefixCache:
             _, old = self.memory.popitem(last=False)
             self.nbytes -= old.nbytes
             self.stats.evicted += 1
+
+    def _write_disk(self, key: str, entry: Entry) -> None:
+        try:
+            write_snapshot(self._path(key, entry.length), entry.state, {"length": str(entry.length), "key": key},
+                           {"logits": entry.logits})
+        except OSError as exc:  # a full or read-only disk: the memory tier still serves
+            self.warn(f"warning: could not write a cache entry to {self.directory} ({exc.strerror or exc})")
+            return
+        self.disk[key] = entry.length
+        self._trim_disk()
 
     def _path(self, key: str, length: int) -> Path:
         return self.directory / f"{length:08d}-{key}.state"
@@ -161,7 +172,9 @@ class PrefixCache:
             self.stats.skipped += 1
             self.warn(f"warning: skipping cache entry {path.name}: {exc}")
             return None
-        path.touch()  # the disk tier evicts the least recently used file first
+        with contextlib.suppress(OSError):  # a read-only folder still serves its entries
+            path.touch()  # the disk tier evicts the least recently used file first
+        extra["logits"].setflags(write=False)
         entry = Entry(length, state, extra["logits"])
         self._remember(key, entry)
         return entry
@@ -185,11 +198,22 @@ class PrefixCache:
 
 
 def cache_for(runner: Runner, budget_mb: float | None = None, directory: str | Path | None = None,
-              interval: int = DEFAULT_INTERVAL, warn: Callable[[str], None] = lambda message: None) -> PrefixCache:
-    """A prefix cache for this runner's artifact; budget_mb None: room for DEFAULT_STATES states."""
+              interval: int = DEFAULT_INTERVAL,
+              warn: Callable[[str], None] = lambda message: None) -> PrefixCache | None:
+    """A prefix cache for this runner's artifact (budget_mb None: room for DEFAULT_STATES states), or None
+    where there is nothing to cache: a program that keeps its state inside (said through warn), or a zero
+    budget without a disk tier."""
+    if runner.session.state_in_program:
+        warn("note: this program keeps its state inside itself (ExecuTorch runner flavour): no prefix cache, "
+             "each prompt is read in full")
+        return None
+    if budget_mb is not None and budget_mb < 0:
+        raise ConfigError(f"--cache-mb must be >= 0, got {budget_mb}")
+    if budget_mb == 0 and directory is None:
+        return None
     n_layers, shape = runner.cfg.n_layers, (1, *runner.cfg.state_shape)
-    state_bytes = 4 * n_layers * int(np.prod(shape)) + 4 * runner.cfg.vocab_size
-    budget = DEFAULT_STATES * state_bytes if budget_mb is None else int(budget_mb * (1 << 20))
+    entry_bytes = 4 * n_layers * int(np.prod(shape)) + 4 * runner.cfg.vocab_size
+    budget = DEFAULT_STATES * entry_bytes if budget_mb is None else int(budget_mb * (1 << 20))
     return PrefixCache(runner.fingerprint, (n_layers, shape), budget, directory, interval, warn=warn)
 
 
@@ -224,13 +248,14 @@ def prefill_cached(runner: Runner, cache: PrefixCache | None, ids: Sequence[int]
             return np.array(hit.logits), hit.length
     else:
         runner.reset()
-    start = hit.length if hit is not None else 0
+    start = done = hit.length if hit is not None else 0
+    assert runner.position == start, "a cached state stands at the end of the prefix it summarises"
     interval = cache.interval if cache is not None else len(ids)
-    cuts = [*range((start // interval + 1) * interval, len(ids), interval), len(ids)]
-    for end in cuts:
+    for end in [*range((start // interval + 1) * interval, len(ids), interval), len(ids)]:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("cancelled during the prompt")
-        logits = runner.prefill(list(ids[runner.position:end]), all_logits=False)[-1]
+        logits = runner.prefill(list(ids[done:end]), all_logits=False)[-1]
+        done = end
         if cache is not None:
             cache.put(ids[:end], runner.snapshot(), logits)
     return logits, start

@@ -119,9 +119,11 @@ class OnnxSession(SessionDefaults):
         try:
             return self._open(self.step_file)
         except ArtifactError as exc:
-            if self.step_file != ONNX_STEP_FUSED_FILE or FUSED_STATE_OP[1] not in str(exc):
+            if self.step_file != ONNX_STEP_FUSED_FILE or not (FUSED_STATE_OP[1] in str(exc) or "opset" in str(exc).lower()):
                 raise
-            self.step_file = ONNX_STEP_FILE  # an onnxruntime without LinearAttention (< 1.25): the chain graph
+            # an onnxruntime without the LinearAttention kernel (< 1.25 for the contrib op, < 1.32 for opset 27's):
+            # the chain graph
+            self.step_file = ONNX_STEP_FILE
             return self._open(self.step_file)
 
     def _open(self, name: str, arena: bool = True):

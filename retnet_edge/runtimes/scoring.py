@@ -1,4 +1,6 @@
-"""Log-likelihood of continuations over a Runner, each context read once (numpy only: no torch, no lm_eval).
+"""Log-likelihood of continuations over a Runner, each context read once; a model against a reference.
+
+Numpy only: no torch, no lm_eval (the lm-eval adapter, app/lm_eval_model.py, calls this).
 
 A multiple-choice item asks for log P(choice | context) of every choice, and its choices share the context.
 A RetNet's state after the context is a fixed-size summary of it (eq. 6: S_n = γ S_{n-1} + k_nᵀ v_n), so the
@@ -18,8 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..base.io_utils import read_json
+from ..base.tokenizer import Tokenizer
 from ..contract import DELEGATION_FILE, GENAI_CONFIG_FILE, log_softmax
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from .session_runner import Runner
 
 CHUNK = 1024  # continuation tokens per prefill call: a long one (a rolling window) then holds 1024 x V logits
@@ -150,3 +153,53 @@ def score_requests(runner: Runner, requests: Sequence[Request], shared: bool = T
                 progress(done, len(requests))
     stats.seconds = time.perf_counter() - t0
     return scores, stats  # type: ignore[return-value]
+
+
+def token_agreement(reference: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per token, from logits [T, V] of a reference and a candidate over the same tokens: KL(reference ‖
+    candidate) in nats and whether their top-1 tokens agree. The one measure quality passes and `eval
+    --reference` report (mean, 99th percentile, agreement rate)."""
+    ref, got = log_softmax(reference), log_softmax(logits)
+    return (np.exp(ref) * (ref - got)).sum(-1), ref.argmax(-1) == got.argmax(-1)
+
+
+def compare_text(runner: Runner, reference: Runner, tokenizer: Tokenizer, text: str, window: int = 512,
+                 max_tokens: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """KL (mean, p99), top-1 agreement and perplexities of `runner` against `reference` on the same tokens.
+
+    Windows as `evaluate_text` cuts them (each from a fresh state, [bos] + window[:-1] predicting the
+    window), so `perplexity` here is what `eval` reports for each model alone."""
+    if runner.cfg.vocab_size != reference.cfg.vocab_size:
+        raise ConfigError(f"the reference's vocabulary ({reference.cfg.vocab_size} tokens) differs from the "
+                          f"model's ({runner.cfg.vocab_size}): their distributions cannot be compared",
+                          hint="compare with the model's own fp32 source or another artifact of it")
+    if window < 2:
+        raise ConfigError(f"--window must be >= 2 tokens, got {window}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
+    ids = tokenizer.encode(text)[:max_tokens]
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    kls, agree, nll = [], [], {"model": 0.0, "reference": 0.0}
+    for s in range(0, len(ids), window):
+        chunk = ids[s : s + window]
+        feed, target = ([bos] + chunk[:-1], chunk) if bos is not None else (chunk[:-1], chunk[1:])
+        rows = {}
+        for name, r in (("model", runner), ("reference", reference)):
+            r.reset()
+            rows[name] = r.prefill(feed) if feed else np.zeros((0, runner.cfg.vocab_size), np.float32)
+            if not np.isfinite(rows[name]).all():
+                raise ArtifactError(f"the {name} produced non-finite logits (NaN or inf) in the window at token {s}")
+            nll[name] -= float(log_softmax(rows[name])[np.arange(len(target)), target].sum())
+        kl, top1 = token_agreement(rows["reference"], rows["model"])
+        kls.append(kl)
+        agree.append(top1)
+        if progress:
+            progress(min(s + window, len(ids)), len(ids))
+    kl, top1 = np.concatenate(kls), np.concatenate(agree)
+    if not len(kl):
+        raise ConfigError("the text has no tokens to score")
+    ppl = {k: float(np.exp(v / len(kl))) for k, v in nll.items()}
+    return {"tokens": int(len(kl)), "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)),
+            "top1": float(top1.mean()), "perplexity": ppl["model"], "reference_perplexity": ppl["reference"],
+            "delta_ppl": ppl["model"] - ppl["reference"],
+            "delta_ppl_pct": 100 * (ppl["model"] / ppl["reference"] - 1), "window": window}

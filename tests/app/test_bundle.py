@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from retnet_edge.cli import main
-from retnet_edge.contract.manifest import read_manifest
+from retnet_edge.contract.manifest import Manifest
 from retnet_edge.contract.quant import QuantScheme, Tolerance
 
 
@@ -22,7 +22,7 @@ def test_bundle_writes_each_artifact_a_report_and_a_short_bench(saved_tiny, tmp_
     report = json.loads((out / "report.json").read_text())
     assert [a["name"] for a in report["artifacts"]] == ["onnx-fp32", "executorch-fp32"]
     for a in report["artifacts"]:
-        assert a["status"] == "ok" and read_manifest(out / a["name"], check_hashes=True)["quant"]["scheme"] == "fp32"
+        assert a["status"] == "ok" and Manifest.load(out / a["name"]).quant.scheme.value == "fp32"
         assert a["parity"]["top1"] == 1.0
         # no held-out text beside the tiny model: KL / top-1 against eager fp32 on its own sampled stream
         assert a["quality"]["metric"] == "agreement" and a["quality"]["top1"] == 1.0 and a["quality"]["kl"] < 1e-5

@@ -253,7 +253,7 @@ def test_interrupted_exports_never_leave_a_half_artifact_or_a_temp_dir(saved_tin
     (5 rounds of 2 trials), which halves the wall time and lets the two guardians race too."""
     import random
 
-    from retnet_edge.contract.manifest import read_manifest
+    from retnet_edge.contract.manifest import Manifest
 
     dirs = [tmp_path / "outputs-a", tmp_path / "outputs-b"]
 
@@ -281,7 +281,7 @@ def test_interrupted_exports_never_leave_a_half_artifact_or_a_temp_dir(saved_tin
             assert "Traceback" not in err
             _wait_until(lambda: not list(d.glob(".art.*")))
             assert sorted(p.name for p in d.iterdir()) == ["art"], (round_, i, list(d.iterdir()))
-            read_manifest(d / "art", check_hashes=True)  # complete: raises on a missing or partial file
+            Manifest.load(d / "art", check_hashes=True)  # complete: raises on a missing or partial file
             outcomes.append(proc.returncode)
     assert len(outcomes) == 10
     assert any(rc != 0 for rc in outcomes)  # at least some trials really were interrupted mid-run

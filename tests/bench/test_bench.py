@@ -85,13 +85,12 @@ def test_bench_cli_bad_input_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("graph", ["fused", "chain"])
-def test_profiler_drives_the_step_graph_the_runner_uses(tiny_onnx, monkeypatch, graph):
+def test_profiler_drives_the_step_graph_the_runner_uses(tiny_onnx, graph):
     """`ort_profile` decodes with the runner's step graph, bound as the runner binds it (fused: past and
     present in one buffer): kernel shares sum to 1 and name the state update's ops."""
     from retnet_edge.bench.measure import ort_profile
 
-    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", graph)
-    prof = ort_profile(str(tiny_onnx[1].path), threads=1, steps=4)
+    prof = ort_profile(str(tiny_onnx[1].path), threads=1, steps=4, step_graph=graph)
     assert prof["graph"] == ("model_fused.onnx" if graph == "fused" else "model.onnx") and prof["steps"] == 4
     shares = prof["share_of_node_time"]
     assert abs(sum(shares.values()) - 1) < 0.01 and prof["profiled_ms_per_step"] > 0

@@ -86,9 +86,9 @@ def eager_ppl():
 def test_every_target_and_scheme_exports_the_demo(target, scheme, demo_export, eager_ppl):
     art = demo_export(target, scheme)
     m = art.manifest
-    assert m["target"] == target and m["quant"]["scheme"] == scheme
+    assert m.target == target and m.quant.scheme.value == scheme
     tol = QuantConfig(scheme).tolerance
-    v = m["validation"]
+    v = m.validation
     assert v["passed"] and min(c["top1"] for c in v["checks"]) >= tol.min_top1
     assert max(c["kl"] for c in v["checks"]) <= tol.max_kl
     text, tok = (DEMO_DIR / "heldout.txt").read_text(), load_tokenizer(DEMO_DIR)

@@ -36,8 +36,8 @@ def test_one_partition_nothing_expensive_outside(demo_pte):
     assert d["partitions"] == 1 and d["flavor"] == "runner"
     assert set(d["outside_ops"]) <= ALLOWED_OUTSIDE, d["outside_ops"]
     assert d["outside_ops"].get("aten_embedding_default", 0) <= 1
-    assert demo_pte.manifest["validation"]["passed"]
-    assert max(c["max_rel"] for c in demo_pte.manifest["validation"]["checks"]) <= 1e-5
+    assert demo_pte.manifest.validation["passed"]
+    assert max(c["max_rel"] for c in demo_pte.manifest.validation["checks"]) <= 1e-5
 
 
 def test_runner_state_written_in_place_and_reset_at_position_zero(demo_pte):
@@ -127,10 +127,10 @@ def test_quantized_demo_one_partition(demo_export, demo_pte, quant, max_size):
     art = demo_export("executorch", quant)
     d = _delegation(art.path)
     assert d["partitions"] == 1 and set(d["outside_ops"]) <= ALLOWED_OUTSIDE
-    v = art.manifest["validation"]
+    v = art.manifest.validation
     assert v["passed"] and v["quant"]["lm_head"] == "int8"
-    fp32 = demo_pte.manifest["files"]["model.pte"]["bytes"]
-    assert art.manifest["files"]["model.pte"]["bytes"] < max_size * fp32
+    fp32 = demo_pte.manifest.files["model.pte"].bytes
+    assert art.manifest.files["model.pte"].bytes < max_size * fp32
 
 
 def test_io_flavour_tiny(tmp_path):

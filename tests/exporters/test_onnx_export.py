@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
 import retnet_edge
 from retnet_edge.cli import main
-from retnet_edge.exporters.onnx import position_dependent_nodes
+from retnet_edge.exporters.onnx.trace import position_dependent_nodes
 
 
 def test_io_contract_and_metadata(tiny_onnx):
@@ -71,14 +72,17 @@ def test_parity_failure_exits_3_and_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--quant", "int3"], "unknown quant mode"),
-    (["--lm-head", "fp8"], "lm_head"),
-    (["--group-size", "20"], "group size"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--quant", "int3"], 2, "'int3' is not one of fp32, int8, int4"),  # a choice: click's usage error
+    (["--target", "onnx,tflite"], 2, "'tflite' is not one of onnx, executorch"),
+    (["--lm-head", "fp8"], 2, "--lm-head"),
+    (["--embedding", "int2"], 2, "--embedding"),
+    (["--group-size", "20"], 1, "group size"),  # a value checked by the quant config: one line, exit 1
 ])
-def test_bad_export_options(tmp_path, args, message):
+def test_bad_export_options(tmp_path, args, code, message):
     res = CliRunner().invoke(main, ["export", "demo", "-o", str(tmp_path / "x"), *args])
-    assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.exit_code == code and message in res.stderr, res.stderr
+    assert code == 2 or len(res.stderr.strip().splitlines()) == 1
 
 
 
@@ -88,10 +92,10 @@ def _ops(path, fname):
     return [n for n in m.graph.node]
 
 
-def test_two_step_graphs_one_state_update_each(tiny_onnx, monkeypatch):
+def test_two_step_graphs_one_state_update_each(tiny_onnx):
     """model.onnx: the state update as MatMul/Mul/Add/MatMul (ai.onnx ops); model_fused.onnx: one
-    com.microsoft::LinearAttention per layer and no state MatMul. The runner decodes with the fused graph
-    (state in place) at any thread count, with the chain under RETNET_EDGE_STEP_GRAPH=chain; both give the
+    ai.onnx LinearAttention (opset 27) per layer and no state MatMul. The runner decodes with the fused graph
+    (state in place) at any thread count, with the chain under step_graph="chain"; both give the
     same logits."""
     from retnet_edge.runtimes import load_runner
 
@@ -101,20 +105,19 @@ def test_two_step_graphs_one_state_update_each(tiny_onnx, monkeypatch):
     assert not [n for n in chain if n.op_type == "LinearAttention"]
     assert sum(n.op_type == "MatMul" for n in chain) - sum(n.op_type == "MatMul" for n in fused) == 2 * L
     la = [n for n in fused if n.op_type == "LinearAttention"]
-    assert len(la) == L and {n.domain for n in la} == {"com.microsoft"}
+    assert len(la) == L and {n.domain for n in la} == {""}  # ai.onnx's op (onnxruntime 1.32 runs it)
+    imports = {o.domain: o.version for o in onnx.load(str(art.path / "model_fused.onnx"), load_external_data=False).opset_import}
+    assert imports.get("") == 27 and "com.microsoft" not in imports
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in la[0].attribute}
     assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
                      "update_rule": b"gated"}
     assert load_runner(art.path, threads=2).session.step_file == "model_fused.onnx"
     a = load_runner(art.path, threads=1)
     assert a.session.step_file == "model_fused.onnx" and a.decoder.in_place
-    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chain")
-    b = load_runner(art.path, threads=2)
+    b = load_runner(art.path, threads=2, step_graph="chain")
     assert b.session.step_file == "model.onnx" and not b.decoder.in_place
-    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", "chian")  # a typo is an error, not a silent default
-    with pytest.raises(retnet_edge.ConfigError, match="RETNET_EDGE_STEP_GRAPH"):
-        load_runner(art.path, threads=1)
-    monkeypatch.delenv("RETNET_EDGE_STEP_GRAPH")
+    with pytest.raises(retnet_edge.ConfigError, match="--step-graph"):  # a typo is an error, not a silent default
+        load_runner(art.path, threads=1, step_graph="chian")
     la_, lb = a.prefill(list(range(3, 20))), b.prefill(list(range(3, 20)))
     for t in range(24):
         la_, lb = a.step(5 + t), b.step(5 + t)
@@ -140,4 +143,32 @@ def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx
     monkeypatch.setattr(onnxruntime, "InferenceSession", old)
     r = load_runner(art.path, threads=1)
     assert r.session.step_file == "model.onnx" and not r.decoder.in_place  # two buffers on the chain
-    assert r.step(5).shape[-1] == art.manifest["config"]["vocab_size"]
+    assert r.step(5).shape[-1] == art.manifest.config.vocab_size
+
+
+def test_the_contrib_op_where_onnxruntime_lacks_the_standard_one(monkeypatch):
+    """Exported where onnxruntime predates opset 27's LinearAttention (< 1.32), the fused graph keeps the
+    com.microsoft op; `to_standard_op` makes it the ai.onnx op with the same outputs (float rounding: the two
+    kernels sum in their own order)."""
+    import onnxruntime as ort
+    from helpers import make_model
+
+    from retnet_edge import to_recurrent
+    from retnet_edge.exporters.onnx import fused, trace
+
+    monkeypatch.setattr(trace, "standard_op_available", lambda: False)
+    step = to_recurrent(make_model()).with_core(fused.FusedStepCore)
+    contrib = trace.trace_graph(step, step.cfg.n_layers, step.init_state(2), False)
+    assert {n.domain for n in contrib.graph.node if n.op_type == "LinearAttention"} == {"com.microsoft"}
+    standard = onnx.ModelProto()
+    standard.CopyFrom(contrib)
+    fused.to_standard_op(standard)
+    assert {n.domain for n in standard.graph.node if n.op_type == "LinearAttention"} == {""}
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": np.array([[3], [7]]), "position_ids": np.array([[4], [4]]),
+            **{f"past.{i}.recurrent": rng.standard_normal((2, *step.cfg.state_shape)).astype(np.float32)
+               for i in range(step.cfg.n_layers)}}
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+            for m in (contrib, standard))
+    for x, y in zip(a, b):
+        assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()

@@ -19,7 +19,7 @@ from retnet_edge.runtimes.evaluate import evaluate_text
 def test_quantized_demo(demo_export, quant, body, max_ppl_increase):
     art = demo_export("onnx", quant)
     m = onnx.load(str(art.path / "model.onnx"))
-    L = art.manifest["config"]["n_layers"]
+    L = art.manifest.config.n_layers
     for graph, state_matmuls in (("model.onnx", 2 * L), ("model_fused.onnx", 0), ("prefill.onnx", None)):
         ops = Counter(n.op_type for n in onnx.load(str(art.path / graph)).graph.node)
         assert ops[body] == 8 * L + (quant == "int8")  # q k v g out, fc1 gate fc2 per layer (+ the head)
@@ -31,7 +31,7 @@ def test_quantized_demo(demo_export, quant, body, max_ppl_increase):
     q8 = [t for t in m.graph.initializer if t.name.endswith("_Q8") and t.data_type == onnx.TensorProto.INT8]
     onnx.load_external_data_for_model(m, str(art.path))
     assert q8 and max(int(abs(onnx.numpy_helper.to_array(t).astype(int)).max()) for t in q8) <= 64
-    v = art.manifest["validation"]
+    v = art.manifest.validation
     assert v["passed"] and min(c["top1"] for c in v["checks"]) >= QuantConfig(quant).tolerance.min_top1
     text, tok = (DEMO_DIR / "heldout.txt").read_text(), load_tokenizer(DEMO_DIR)
     q = evaluate_text(load_runner(art.path), tok, text, max_tokens=2048)["perplexity"]
@@ -48,7 +48,7 @@ def test_int8_rows_are_quantized_independently(demo_export):
 
     art = demo_export("onnx", "int8")
     sess = ort.InferenceSession(str(art.path / "prefill.onnx"), providers=["CPUExecutionProvider"])
-    cfg = art.manifest["config"]
+    cfg = art.manifest.config.to_dict()
     H, dk = cfg["n_heads"], cfg["d_model"] // cfg["n_heads"]
     dv = cfg["value_dim"] // H
 
@@ -69,17 +69,17 @@ def test_int8_rows_are_quantized_independently(demo_export):
 
 def test_prefill_weights_int8_gives_the_prompt_graph_int8_copies(demo_export, tmp_path):
     art = export_model("demo", "onnx", QuantConfig("int4", prefill_weights="int8"), tmp_path / "pw", steps=64)
-    L = art.manifest["config"]["n_layers"]
+    L = art.manifest.config.n_layers
     step = Counter(n.op_type for n in onnx.load(str(art.path / "model.onnx")).graph.node)
     prompt = Counter(n.op_type for n in onnx.load(str(art.path / "prefill.onnx")).graph.node)
     assert step["MatMulNBits"] == 8 * L and step["MatMulInteger"] == 1  # decode: int4 body, int8 head
     assert prompt["MatMulNBits"] == 0 and prompt["MatMulInteger"] == 8 * L + 1
-    assert art.manifest["quant"]["prefill_weights"] == "int8"
+    assert art.manifest.quant.prefill_weights == "int8"
     plain = demo_export("onnx", "int4")
-    extra = art.manifest["files"]["weights.bin"]["bytes"] - plain.manifest["files"]["weights.bin"]["bytes"]
-    body = sum(m * n for m, n in _body_shapes(art.manifest["config"])) * L
+    extra = art.manifest.files["weights.bin"].bytes - plain.manifest.files["weights.bin"].bytes
+    body = sum(m * n for m, n in _body_shapes(art.manifest.config.to_dict())) * L
     assert body <= extra <= body * 1.1  # one int8 byte per body weight (+ scales); the head is shared
-    checks = {c["name"]: c for c in art.manifest["validation"]["checks"]}
+    checks = {c["name"]: c for c in art.manifest.validation["checks"]}
     assert checks["prefill 48 + step x16 (batch 1)"]["kl"] < checks["step x64 (batch 1)"]["kl"]  # int8 < int4
 
 
@@ -108,7 +108,7 @@ def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
     m = onnx.load(str(art.path / "model.onnx"))
     assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.node)
     assert not any(n.op_type == "Gather" and n.name.startswith("/model/embed/") for n in m.graph.node)
-    assert art.manifest["files"]["weights.bin"]["bytes"] < 12 * 2**20  # vs 16.1 MiB with an fp32 embedding
+    assert art.manifest.files["weights.bin"].bytes < 12 * 2**20  # vs 16.1 MiB with an fp32 embedding
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])

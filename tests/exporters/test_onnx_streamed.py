@@ -1,6 +1,7 @@
-"""The streamed ONNX export (issue 12): a traced two-layer template stamped out per layer, weights read one
-layer at a time, must write the artifact the whole-model path writes (byte-identical weights.bin, the
-same logits), and its layer-streamed gate must judge as the eager one does."""
+"""The export, streamed (the one product path, issue 25): a traced one-layer template stamped out per layer,
+weights read one layer at a time, must write the artifact the whole-model oracle writes (tests/exporters/
+oracle.py: byte-identical weights.bin, the same logits), and its layer-streamed gate must judge as the
+eager one does."""
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,10 @@ from helpers import make_model
 from retnet_edge import save_pretrained, to_recurrent
 from retnet_edge.checkpoints.streaming import open_weights
 from retnet_edge.contract.quant import QuantConfig
+from oracle import export_executorch_whole, export_onnx_whole
+
 from retnet_edge.exporters.onnx import export_onnx
 from retnet_edge.exporters.reference import StreamedReference
-from retnet_edge.exporters.stamp import export_onnx_streamed
 from retnet_edge.exporters.target import config_quant_plan, quant_plan
 from retnet_edge.exporters.validate import SessionReference, validate
 from retnet_edge.runtimes.eager import EagerSession
@@ -87,8 +89,8 @@ def test_streamed_export_writes_the_whole_model_paths_artifact(variant, quant, t
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     whole.mkdir(), streamed.mkdir()
     assert config_quant_plan(model.cfg, qc) == quant_plan(step, qc)
-    export_onnx(step, qc, quant_plan(step, qc), whole)
-    files = export_onnx_streamed(open_weights(path), qc, config_quant_plan(model.cfg, qc), streamed)
+    export_onnx_whole(step, qc, quant_plan(step, qc), whole)
+    files = export_onnx(open_weights(path), qc, config_quant_plan(model.cfg, qc), streamed)
     assert files == ["model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"]
     assert _sha(whole / "weights.bin") == _sha(streamed / "weights.bin")
     for graph, T in (("model.onnx", 1), ("model_fused.onnx", 1), ("prefill.onnx", 7)):
@@ -105,8 +107,8 @@ def test_streamed_genai_flavour_matches(torchscale_checkpoint, tmp_path):
     qc = QUANTS["int4"]
     step = to_recurrent(model)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    export_onnx(step, qc, quant_plan(step, qc), tmp_path / "a", flavor="genai")
-    export_onnx_streamed(open_weights(path), qc, quant_plan(step, qc), tmp_path / "b", flavor="genai")
+    export_onnx_whole(step, qc, quant_plan(step, qc), tmp_path / "a", flavor="genai")
+    export_onnx(open_weights(path), qc, quant_plan(step, qc), tmp_path / "b", flavor="genai")
     assert _sha(tmp_path / "a" / "weights.bin") == _sha(tmp_path / "b" / "weights.bin")
     a, b = (onnx.load(str(tmp_path / d / "model.onnx"), load_external_data=False) for d in "ab")
     assert [i.name for i in a.graph.input] == [i.name for i in b.graph.input]
@@ -132,19 +134,24 @@ def test_streamed_reference_matches_eager(checkpoint):
         assert np.abs(streamed.prompt(ids) - ref).max() / scale < 1e-5
 
 
-def test_export_streams_by_default_and_gates_with_the_streamed_reference(torchscale_checkpoint, tmp_path):
-    from retnet_edge.contract.manifest import read_manifest
+def test_the_export_gates_with_the_streamed_reference_as_eager_would(torchscale_checkpoint, tmp_path):
+    """The manifest's gate (layer-streamed references) equals the gate rerun with the whole eager model and
+    its rounded copy as references, check by check."""
     from retnet_edge.exporters import export_model
+    from retnet_edge.exporters.fake_quant import fake_quantize
+    from retnet_edge.exporters.target import TARGETS
+    from retnet_edge.runtimes.onnxruntime import OnnxSession
 
     model, path = torchscale_checkpoint
-    art = export_model(str(path), "onnx", QuantConfig("int8"), tmp_path / "a")
-    m = read_manifest(art.path)
-    assert m["streamed"] is True and m["validation"]["passed"]
-    whole = export_model(str(path), "onnx", QuantConfig("int8"), tmp_path / "b", streamed=False)
-    assert read_manifest(whole.path)["streamed"] is False
-    assert _sha(art.path / "weights.bin") == _sha(whole.path / "weights.bin")
-    got = {c["name"]: c["kl"] for c in m["validation"]["checks"]}
-    want = {c["name"]: c["kl"] for c in read_manifest(whole.path)["validation"]["checks"]}
+    qc = QuantConfig("int8")
+    art = export_model(str(path), "onnx", qc, tmp_path / "a")
+    assert art.manifest.streamed and art.manifest.validated
+    step = to_recurrent(model)
+    plan = TARGETS.get("onnx").plan(step, qc)
+    eager = validate(EagerSession(step), OnnxSession(art.path), qc, model.cfg.vocab_size, 64,
+                     rounded=EagerSession(fake_quantize(step, plan)))
+    got = {c["name"]: c["kl"] for c in art.manifest.validation["checks"]}
+    want = {c.name: c.kl for c in eager.checks}
     assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= 1e-3 * max(want[k], 1e-6) + 1e-9 for k in got)
 
 
@@ -152,7 +159,7 @@ def test_streamed_gate_catches_a_broken_kernel_and_a_lost_state(torchscale_check
     import copy
 
     import torch
-    from test_validate import Perturbed
+    from test_gate import Perturbed
 
     model, path = torchscale_checkpoint
     step = to_recurrent(model)
@@ -171,10 +178,8 @@ def test_streamed_gate_catches_a_broken_kernel_and_a_lost_state(torchscale_check
 def test_streamed_executorch_export_gives_the_same_program_outputs(tmp_path):
     """ExecuTorch: each layer quantized as it is read (build_step) lowers to a program with the
     whole-model path's logits, bit for bit (the .pte bytes differ only in flatbuffer offsets)."""
-    from retnet_edge.exporters.executorch import (
-        export_executorch,
-        export_executorch_streamed,
-    )
+    from retnet_edge.exporters.executorch import export_executorch
+    from retnet_edge.runtimes import RuntimeOptions
     from retnet_edge.runtimes.executorch import open_executorch
 
     model = make_model(seed=5, std=0.08, n_layers=3, rotary="torchscale")
@@ -183,29 +188,14 @@ def test_streamed_executorch_export_gives_the_same_program_outputs(tmp_path):
     step = to_recurrent(model)
     plan = quant_plan(step, qc)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    export_executorch(step, qc, plan, tmp_path / "a")
-    export_executorch_streamed(open_weights(tmp_path / "m"), qc, plan, tmp_path / "b")
+    export_executorch_whole(step, qc, plan, tmp_path / "a")
+    export_executorch(open_weights(tmp_path / "m"), qc, plan, tmp_path / "b")
     outs = []
     for d in ("a", "b"):
-        s = open_executorch(tmp_path / d)
+        s = open_executorch(tmp_path / d, RuntimeOptions())
         state, logits = s.init_state(1), []
         for t in range(12):
             out, state = s.run_step(np.array([[t * 7 % 101]]), np.array([[t]]), state)
             logits.append(out)
         outs.append(np.concatenate(logits, axis=1))
     np.testing.assert_array_equal(outs[0], outs[1])
-
-
-def test_cli_whole_model_flag(torchscale_checkpoint, tmp_path):
-    from click.testing import CliRunner
-
-    from retnet_edge.cli import main
-    from retnet_edge.contract.manifest import read_manifest
-
-    _, path = torchscale_checkpoint
-    for flag, streamed in (([], True), (["--whole-model"], False)):
-        out = tmp_path / f"o{len(flag)}"
-        res = CliRunner().invoke(main, ["export", str(path), "--target", "onnx", "--quant", "int4", "-o", str(out), *flag])
-        assert res.exit_code == 0, res.output
-        assert read_manifest(out)["streamed"] is streamed
-    assert _sha(tmp_path / "o0" / "weights.bin") == _sha(tmp_path / "o1" / "weights.bin")

@@ -55,7 +55,7 @@ def test_verify_and_corruption(tiny_onnx, tmp_path):
 
 
 @pytest.mark.parametrize("graph, in_place", [("fused", True), ("chain", False)])
-def test_bound_decoder_matches_functional_session(tiny_onnx, monkeypatch, graph, in_place):
+def test_bound_decoder_matches_functional_session(tiny_onnx, graph, in_place):
     """The IOBinding decoder gives the functional session's logits and state bit for bit, across prefill
     chunks, steps, a state set from outside and a dropped prefill graph: on model_fused.onnx with past and
     present of a step in one buffer (onnxruntime's LinearAttention updates it where it lies), on model.onnx
@@ -64,8 +64,7 @@ def test_bound_decoder_matches_functional_session(tiny_onnx, monkeypatch, graph,
     from retnet_edge.runtimes.session_runner import StateDecoder
 
     _, art = tiny_onnx
-    monkeypatch.setenv("RETNET_EDGE_STEP_GRAPH", graph)
-    session = OnnxSession(art.path, threads=2, prefill_chunk=7)
+    session = OnnxSession(art.path, threads=2, prefill_chunk=7, step_graph=graph)
     bound, plain = BoundDecoder(session), StateDecoder(session)
     assert bound.in_place is in_place
     assert session.step_file == ("model_fused.onnx" if in_place else "model.onnx")

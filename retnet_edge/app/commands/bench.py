@@ -5,6 +5,7 @@ import json
 
 import click
 
+from ...errors import RetNetEdgeError
 from ..cli_utils import emit, info, int_list
 
 
@@ -39,11 +40,24 @@ def bench_cmd(models, contexts, tokens, threads, repeat, baseline, runtime, plot
     """
     from pathlib import Path
 
-    from ...base.io_utils import atomic_write_text
-    from ...bench import BenchConfig, render_table, run_bench
+    from ...base.io_utils import atomic_write_text, check_output_path
+    from ...bench import BenchConfig, render_bench_table, run_bench
 
-    bc = BenchConfig(contexts=int_list(contexts, "--contexts"), tokens=tokens, threads=int_list(threads, "--threads"),
-                     repeat=repeat, baseline=None if baseline == "none" else baseline, runtime=runtime,
+    for path, is_dir in ((output, False), (plot_dir, True)):  # before any measuring, not after it
+        if path:
+            check_output_path(path, directory=is_dir)
+    if plot_dir:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise RetNetEdgeError("--plot needs matplotlib", hint="pip install 'retnet-edge[bench]'")
+    depths, counts = int_list(contexts, "--contexts"), int_list(threads, "--threads")
+    for name, values in (("--contexts", depths), ("--threads", counts)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            info(f"{name}: {', '.join(map(str, twice))} given more than once; each is measured once")
+    bc = BenchConfig(contexts=depths, tokens=tokens, threads=counts, repeat=repeat,
+                     baseline=None if baseline == "none" else baseline, runtime=runtime,
                      work_dir=Path(work_dir) if work_dir else None)
     doc = run_bench(list(models), bc, log=info)
     if plot_dir:
@@ -53,4 +67,4 @@ def bench_cmd(models, contexts, tokens, threads, repeat, baseline, runtime, plot
     if output:
         atomic_write_text(Path(output), json.dumps(doc, indent=2))
         info(f"wrote {output}")
-    emit(doc, as_json, render_table(doc))
+    emit(doc, as_json, render_bench_table(doc))

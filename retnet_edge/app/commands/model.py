@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ...checkpoints.presets import PRESETS
-from ..cli_utils import RegistryChoice, emit, format_names, info, require_file
+from ...core.presets import PRESETS
+from ..cli_utils import RegistryChoice, emit, format_names, info
 
 PRESET_NAMES = ", ".join(PRESETS)
 
@@ -44,7 +44,7 @@ def init_random_cmd(preset: str, output: str, seed: int, std: float, dtype: str,
       retnet-edge init-random --preset small -o small-random
       retnet-edge init-random --preset 1.3b --dtype fp16 -o big-random
     """
-    from ...checkpoints.presets import init_random
+    from ...checkpoints.random_init import init_random
 
     info(f"initialising preset {preset} (seed {seed}) ...")
     path, n = init_random(preset, output, seed=seed, std=std, dtype=dtype, force=force)
@@ -86,12 +86,13 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
     """
     import torch
 
+    from ...base.confine import regular_file
     from ...base.io_utils import read_json
-    from ...checkpoints.presets import preset_config
+    from ...core.presets import preset_config
     from ..card import write_model_card
     from ..train import TrainConfig, train
 
-    require_file(corpus, "corpus")
+    regular_file(corpus, "corpus")  # a FIFO or a device is refused by name, never read
     preset_config(preset)  # validates the name
     model_cfg = dict(PRESETS[preset])
     if config_file:

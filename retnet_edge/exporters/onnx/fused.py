@@ -1,10 +1,15 @@
 """The ONNX step graph's fused state update: eq. 6 as ONE LinearAttention node per layer.
 
 `gated_state_step` is a torch custom op whose eager body is the paper's update (`retention.state_chain`);
-torch.onnx translates it (`linear_attention`) into onnxruntime's `com.microsoft::LinearAttention`
-(update_rule "gated", scale 1, log-decay), which reads S once and writes S' once instead of the four
-passes of MatMul/Mul/Add/MatMul — and, bound to one buffer, updates it in place. `FusedStepCore` is the
-step core that calls it; `model_fused.onnx` is traced from `step.with_core(FusedStepCore)`.
+torch.onnx translates it (`linear_attention`) into a `LinearAttention` node (update_rule "gated", scale 1,
+log-decay), which reads S once and writes S' once instead of the four passes of MatMul/Mul/Add/MatMul —
+and, bound to one buffer, updates it in place. `FusedStepCore` is the step core that calls it;
+`model_fused.onnx` is traced from `step.with_core(FusedStepCore)`.
+
+The node is the standard ai.onnx `LinearAttention` of opset 27 (onnx 1.23), so any runtime implementing
+opset 27 runs the artifact, wherever the installed onnxruntime runs it (1.32+: `standard_op_available`);
+otherwise the export keeps onnxruntime's `com.microsoft` op of the same signature and meaning, which
+1.25+ runs. A runtime that can load neither decodes with model.onnx (the MatMul chain).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import onnx
 import torch
 from torch import Tensor
 
-from ...contract import FUSED_STATE_OP
+from ...contract import FUSED_STATE_OP, STANDARD_STATE_OP_OPSET
 from ...core.retention import StepCore, state_chain
 
 
@@ -81,3 +86,31 @@ def register_fused_state_schema() -> None:
                     A("update_rule", T.STRING, "")]))
 
 
+
+
+def standard_op_available() -> bool:
+    """The installed onnx defines ai.onnx LinearAttention (opset 27) and the installed onnxruntime runs it
+    (1.32+): the export's gate runs the graph it writes, so it writes what this onnxruntime can run."""
+    from importlib import metadata
+
+    try:
+        onnx.defs.get_schema(FUSED_STATE_OP[1], STANDARD_STATE_OP_OPSET, "")
+        major, minor = (int(x) for x in metadata.version("onnxruntime").split(".")[:2])
+    except (onnx.defs.SchemaError, metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (1, 32)
+
+
+def to_standard_op(model: onnx.ModelProto) -> None:
+    """Make the graph's contrib LinearAttention nodes the ai.onnx op (same inputs, attributes and meaning) and
+    import opset 27 (in place; a graph without the node is left as it is)."""
+    domain, name = FUSED_STATE_OP
+    nodes = [n for n in model.graph.node if n.op_type == name and n.domain == domain]
+    if not nodes:
+        return
+    for n in nodes:
+        n.domain = ""
+    still = any(n.domain == domain for n in model.graph.node)
+    imports = [o for o in model.opset_import if o.domain not in ("", "ai.onnx") and (still or o.domain != domain)]
+    del model.opset_import[:]
+    model.opset_import.extend([onnx.helper.make_opsetid("", STANDARD_STATE_OP_OPSET), *imports])

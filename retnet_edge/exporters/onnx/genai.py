@@ -6,11 +6,14 @@ carries present -> past itself. So the artifact is ONE graph taking any T — ou
 with genai's state names, and, because its runtime binds a conv state beside every recurrent state it
 discovers, a dummy float32 [batch, 1, 1] conv state per layer passed through by Identity (odd, but
 required: without it loading fails with "Model input was not found: past_key_values.0.conv_state").
-Its tokenizer does not add BOS: prompts start with the BOS token's text (e.g. "<bos>").
+BOS: genai creates every tokenizer with add_special_tokens=false, so `Tokenizer.encode` adds no BOS
+whatever the files say; tokenizer_config.json's `add_bos_token: true` takes effect once the caller runs
+`tokenizer.update_options(add_special_tokens="true")` (docs/genai.md).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -32,6 +35,9 @@ from ...core.config import RetNetConfig
 
 CONTEXT_LENGTH = 1 << 20  # genai bounds max_length by this; a RetNet's state does not grow, so it is only a cap
 MAX_LENGTH = 2048  # the search default a user overrides with set_search_options(max_length=...)
+BOS_NOTE = ("onnxruntime-genai's Tokenizer.encode adds no BOS unless you call "
+            'tokenizer.update_options(add_special_tokens="true") (docs/genai.md); without it the model sees '
+            "a different context than in training")
 
 
 def to_genai_io(model: onnx.ModelProto, n_layers: int) -> None:
@@ -63,7 +69,8 @@ def _special_tokens(tokenizer: Path | None, cfg: RetNetConfig) -> dict[str, str]
     return {k: t for k, i in names.items() if i is not None and (t := tok.id_to_token(i)) is not None}
 
 
-def write_genai_files(out: Path, cfg: RetNetConfig, tokenizer: str | None, threads: int = 0) -> list[str]:
+def write_genai_files(out: Path, cfg: RetNetConfig, tokenizer: str | None, threads: int = 0,
+                      log: Callable[[str], None] = lambda s: None) -> list[str]:
     """genai_config.json (+ tokenizer_config.json when the tokenizer is a tokenizer.json) into `out`."""
     H = cfg.n_heads
     config = {
@@ -94,8 +101,15 @@ def write_genai_files(out: Path, cfg: RetNetConfig, tokenizer: str | None, threa
     files = [GENAI_CONFIG_FILE]
     tok_path = out / tokenizer if tokenizer else None
     special = _special_tokens(tok_path, cfg)
-    if special:  # genai's tokenizer reads tokenizer.json + tokenizer_config.json (it never adds BOS itself)
+    if special:  # genai's tokenizer (onnxruntime-extensions) reads tokenizer.json + tokenizer_config.json
+        # add_bos_token: our runtime prepends BOS (the demo was trained with it); onnxruntime-extensions adds
+        # it when `add_bos_token && add_special_tokens`, and genai 0.18 creates the tokenizer with
+        # add_special_tokens=false, so it applies after update_options(add_special_tokens="true") only.
+        # Only with a BOS token: without one, extensions prepends id 0 (tried with genai 0.18).
+        bos = "bos_token" in special
         (out / GENAI_TOKENIZER_CONFIG_FILE).write_text(json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, **special}, indent=2) + "\n")
+            {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": bos, **special}, indent=2) + "\n")
         files.append(GENAI_TOKENIZER_CONFIG_FILE)
+        if bos:
+            log(f"  note: {BOS_NOTE}")
     return files

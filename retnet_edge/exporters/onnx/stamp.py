@@ -472,5 +472,5 @@ def export_onnx(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Pa
         writer.close()
     for fname, model in protos.items():
         onnx.save_model(model, str(out / fname))
-    extra = write_genai_files(out, cfg, tokenizer) if flavor == "genai" else []
+    extra = write_genai_files(out, cfg, tokenizer, log=log) if flavor == "genai" else []
     return [*graphs, ONNX_WEIGHTS_FILE, *extra]

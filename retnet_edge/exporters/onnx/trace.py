@@ -22,7 +22,7 @@ from ...contract import (
 from ...contract.quant import QuantConfig
 from ...core.step import RetNetStep, to_prefill
 from ...errors import ConfigError, ExportError
-from .fused import FusedStepCore, linear_attention
+from .fused import FusedStepCore, linear_attention, standard_op_available, to_standard_op
 
 OPSET = 21  # GatherBlockQuantized (quantized embedding) needs 21
 FORBIDDEN_STEP_OPS = {"Loop", "If", "Scan", "Range", "NonZero", "Unique", "SequenceConstruct"}
@@ -48,7 +48,10 @@ def trace_graph(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynami
                                  custom_translation_table={torch.ops.retnet_edge.gated_state_step.default:
                                                            linear_attention},
                                  verbose=False)
-    return prog.model_proto
+    model = prog.model_proto
+    if standard_op_available():
+        to_standard_op(model)
+    return model
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

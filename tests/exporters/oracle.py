@@ -1,8 +1,9 @@
-"""The oracle of the ONNX export: the whole model traced at once (the product path before issue 25).
+"""The oracles of the exports: the whole model traced or lowered at once (the product path before issue 25).
 
-The product exports layer by layer (`exporters/onnx/stamp.py`); this traces the whole fp32 step module
-with the same public pieces and must give the same files (weights.bin byte-identical). It lives in
-tests because it needs the whole model in memory (~3x the fp32 size).
+The product exports layer by layer (`exporters/onnx/stamp.py`, `exporters/executorch.py`); these start
+from the whole fp32 step module with the same public pieces and must give the same artifact (ONNX:
+weights.bin byte-identical; ExecuTorch: the same logits). They live in tests because they need the
+whole model in memory (~3x the fp32 size).
 """
 from __future__ import annotations
 
@@ -67,3 +68,11 @@ def export_onnx_whole(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
     save_shared(protos, out)
     extra = write_genai_files(out, cfg, tokenizer) if flavor == "genai" else []
     return [*graphs, ONNX_WEIGHTS_FILE, *extra]
+
+
+def export_executorch_whole(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: Path, flavor: str = "runner") -> list[str]:
+    """The ExecuTorch program from the whole step module, quantized at once."""
+    from retnet_edge.exporters.executorch import DEFAULT_MAX_CONTEXT, export_program, quantize_step
+
+    return export_program(lambda: quantize_step(step, plan) if plan.quantizes_anything else step, qc, plan, out,
+                          lambda s: None, flavor, DEFAULT_MAX_CONTEXT)

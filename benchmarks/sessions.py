@@ -10,8 +10,9 @@
    history each turn (10 turns, streamed, temperature 0); time to first token per turn with the cache
    and with `--cache-mb 0`.
 3. load: 16 client threads x 20 requests (streamed and not, alternating) against a server with its
-   default queue (8); every request must be answered or refused with 503 before a fixed deadline, and each
-   answer must equal the same request served alone (no lost or crossed streams); p50 / p99 latency.
+   default queue (8); every request must be answered or refused with 503 before a fixed deadline (a
+   refused client waits Retry-After, then sends its next request), and each answer must equal the same
+   request served alone (no lost or crossed streams); p50 / p99 latency of the answered ones.
 Everything binds to 127.0.0.1 on a free port; the servers are stopped at the end.
 """
 from __future__ import annotations
@@ -171,10 +172,10 @@ def load_test(server: Server) -> dict:
                     kind = "ok" if ask(prompt, stream) == alone[prompt] else "mismatch"
                 except openai.APIStatusError as exc:
                     kind = "refused_503" if exc.status_code == 503 else "error"
+                    if kind == "refused_503":  # as a well-behaved client: wait, then its next request
+                        time.sleep(float(exc.response.headers.get("Retry-After", "1")))
                 except openai.APIError:
                     kind = "error"
-                if kind == "refused_503":
-                    time.sleep(0.05)  # a client honouring Retry-After would wait longer; keep the pressure on
             with lock:
                 outcomes[kind] += 1
                 if kind == "ok":

@@ -93,6 +93,16 @@ def load_chat_template(directory: Path | None, override: str | Path | None = Non
     return template
 
 
+def end_of_turn_id(tokenizer: Tokenizer, template: ChatTemplate | None) -> int | None:
+    """The token a reply ends at: the template's eos_token where it is one token of this tokenizer (chat
+    models end a turn with their own, e.g. <|im_end|>), else the tokenizer's end of sequence."""
+    if template is not None and template.eos_token:
+        ids = tokenizer.encode(template.eos_token)
+        if len(ids) == 1:
+            return ids[0]
+    return tokenizer.eos_id
+
+
 def render_prompt(messages: list[dict], template: ChatTemplate | None) -> str:
     """The text the model reads for messages [{"role", "content"}]: the template, or plain continuation."""
     if template is not None:
@@ -167,7 +177,7 @@ class Conversation:
             raise ConfigError("nothing to send: the message and the template produce no tokens")
         stats, reply = TurnStats(), []
         tokens = generate_cached(self.runner, self.cache, ids, self.max_new_tokens, self.sampling,
-                                 self.tokenizer.eos_id, stats, cancel)
+                                 end_of_turn_id(self.tokenizer, self.template), stats, cancel)
         stream_text(self.tokenizer, _collect(tokens, reply), on_text)
         self.undo_stack = [*self.undo_stack, Turn(self.messages, self.ids, self.text, self.entry)][-UNDO_DEPTH:]
         answer = self.tokenizer.decode(reply)

@@ -139,12 +139,26 @@ def require_file(path, what: str) -> None:
         raise RetNetEdgeError(f"{what} file {path} not found")
 
 
-def runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None):
+STEP_GRAPHS = ("auto", "fused", "chain")  # runtimes.options.STEP_GRAPH_CHOICES (not imported: --help stays light)
+
+
+def runtime_options(fn):
+    """The runtime's switches as options of a command: --step-graph and --spin/--no-spin (ONNX artifacts)."""
+    fn = click.option("--spin/--no-spin", default=True, show_default=True,
+                      help="ONNX: worker threads spin between ops (lower latency; --no-spin leaves idle cores idle, "
+                           "for shared machines and battery).")(fn)
+    return click.option("--step-graph", type=click.Choice(STEP_GRAPHS), default="auto", show_default=True,
+                        help="ONNX: the step graph that decodes: fused (LinearAttention, the state in place; auto "
+                             "where the artifact has it) or chain (MatMul/Mul/Add).")(fn)
+
+
+def runner_and_tokenizer(model: str, tokenizer: str | None, threads: int | None, step_graph: str = "auto",
+                         spin: bool = True):
     """The runner of MODEL and its tokenizer (or --tokenizer), checked to fit the model's vocabulary."""
     from ..base.tokenizer import load_tokenizer
     from ..runtimes import load_runner  # here: the runtimes are not needed for --help
 
-    runner = load_runner(model, threads=threads)
+    runner = load_runner(model, threads=threads, step_graph=step_graph, spin=spin)
     source = tokenizer or runner.tokenizer_dir
     if source is None:
         raise CheckpointError(f"{model} has no tokenizer", hint="pass --tokenizer FILE")

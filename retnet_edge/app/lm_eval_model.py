@@ -125,19 +125,18 @@ class RetNetEdgeLM(TemplateLM):
         """Each text scored whole from its BOS (the state carries everything before); with a length limit,
         lm-eval's disjoint rolling windows of at most max_length tokens."""
         out = []
-        for (text,) in (r.args for r in requests):
+        for n, (text,) in enumerate(r.args for r in requests):
             ids = self.tok_encode(text, add_special_tokens=False)
-            if not ids:
-                out.append(0.0)
-                continue
             windows = ([([self.prefix_token_id], ids)] if self.max_length is None else
                        [make_disjoint_window(w) for w in get_rolling_token_windows(
                            ids, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)])
-            scores, stats = score_requests(self.runner, [Request(tuple(c), tuple(k)) for c, k in windows],
-                                           shared=False)
+            reqs = [Request(tuple(c), tuple(k)) for c, k in windows if k]
+            scores, stats = score_requests(self.runner, reqs, shared=self.shared) if reqs else ([], ScoringStats())
             self.stats.add(stats)
             out.append(sum(s.logprob for s in scores))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), out[-1])
+            if self.progress:
+                self.progress(n + 1, len(requests))
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

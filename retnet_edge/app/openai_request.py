@@ -49,6 +49,7 @@ class Job:
     stop: list[str]
     stream: bool
     include_usage: bool
+    chat: bool = False  # a chat reply ends at the template's end-of-turn token
 
 
 def bad(message: str, param: str | None = None) -> RequestError:
@@ -183,4 +184,4 @@ def parse_chat(raw: bytes, model_id: str, tokenizer: Tokenizer, template: ChatTe
     except RetNetEdgeError as exc:
         raise bad(str(exc), "messages") from None
     ids = encode(tokenizer, text, template is None, "messages")
-    return Job(checked_ids(ids, vocab_size, limits.max_prompt_tokens, "messages"), **fields)
+    return Job(checked_ids(ids, vocab_size, limits.max_prompt_tokens, "messages"), **fields, chat=True)

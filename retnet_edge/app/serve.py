@@ -43,7 +43,7 @@ from ..runtimes.cache import (
 )
 from ..runtimes.generate import stream_text
 from ..runtimes.session_runner import Runner
-from .chat import ChatTemplate, StopMatcher, load_chat_template
+from .chat import ChatTemplate, StopMatcher, end_of_turn_id, load_chat_template
 from .cli_utils import runner_and_tokenizer
 from .openai_request import Job, RequestError, parse_chat, parse_completion
 
@@ -74,6 +74,7 @@ class Engine:
                  template: ChatTemplate | None, model_id: str, limits: Limits = Limits()):
         self.runner, self.tokenizer, self.cache, self.template = runner, tokenizer, cache, template
         self.model_id, self.limits = model_id, limits
+        self.end_of_turn = end_of_turn_id(tokenizer, template)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")  # one decode at a time
         self.admitted = 0  # running + waiting; touched only on the event loop
         self.counts = {"served": 0, "refused": 0, "cancelled": 0, "failed": 0}
@@ -98,8 +99,8 @@ class Engine:
                 pieces.append(text)
                 emit(text)
 
-        tokens = generate_cached(self.runner, self.cache, job.ids, job.max_tokens, job.sampling,
-                                 self.tokenizer.eos_id, stats, cancel)
+        eos = self.end_of_turn if job.chat else self.tokenizer.eos_id
+        tokens = generate_cached(self.runner, self.cache, job.ids, job.max_tokens, job.sampling, eos, stats, cancel)
         stream_text(self.tokenizer, _until(lambda: matcher.stopped, tokens), lambda s: show(matcher.feed(s)))
         show(matcher.flush())
         return Outcome("".join(pieces), "stop" if matcher.stopped else stats.finish_reason, stats)

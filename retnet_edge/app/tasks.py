@@ -102,18 +102,22 @@ def check_task_options(tasks: list[str], limit: int | None, num_fewshot: int | N
         raise ConfigError(f"--num-fewshot must be >= 0, got {num_fewshot}")
 
 
-METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "bits_per_byte", "perplexity")
+METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity")
+INFO = ("items", "num_fewshot")
 
 
 def summarize(results: dict) -> dict:
-    """task -> {metric: value, metric_stderr: value, items, num_fewshot} from lm-eval's results dict."""
+    """task -> {metric: value, metric_stderr: value, items, num_fewshot} from lm-eval's results dict; a
+    metric under a filter other than lm-eval's "none" is named `metric(filter)`."""
     out = {}
     for name, row in results["results"].items():
         metrics = {}
         for key, value in row.items():
             metric, _, flt = key.partition(",")
-            if flt and isinstance(value, (int, float)) and metric.removesuffix("_stderr") in METRICS:
-                metrics[metric] = float(value)
+            base = metric.removesuffix("_stderr")
+            if flt and isinstance(value, (int, float)) and base in METRICS:
+                named = base if flt == "none" else f"{base}({flt})"
+                metrics[named + metric[len(base):]] = float(value)
         n = results.get("n-samples", {}).get(name, {})
         out[name] = {**metrics, "items": n.get("effective"), "num_fewshot": results.get("n-shot", {}).get(name)}
     return out
@@ -148,15 +152,15 @@ def task_accuracy(runner: Runner, tokenizer: Tokenizer, task: str = DEMO_MC, lim
 
 def format_table(report: dict) -> str:
     """One row per task and metric: items, value, ± stderr; then what the scoring ran."""
-    lines = [f"{'task':<24} {'items':>6}  {'metric':<16} {'value':>8}  {'stderr':>8}"]
+    metrics = {n: [k for k in row if k not in INFO and not k.endswith("_stderr")] for n, row in report["tasks"].items()}
+    w = max([16, *(len(m) for ms in metrics.values() for m in ms)])
+    lines = [f"{'task':<24} {'items':>6}  {'metric':<{w}} {'value':>8}  {'stderr':>8}"]
     for name, row in report["tasks"].items():
         first = True
-        for metric in METRICS:
-            if metric not in row:
-                continue
+        for metric in metrics[name]:
             stderr = row.get(f"{metric}_stderr")
             items = row["items"] if first and row["items"] is not None else ""
-            lines.append(f"{name if first else '':<24} {items:>6}  {metric:<16} {row[metric]:>8.4f}  "
+            lines.append(f"{name if first else '':<24} {items:>6}  {metric:<{w}} {row[metric]:>8.4f}  "
                          f"{'' if stderr is None else f'±{stderr:.4f}':>8}")
             first = False
     s = report["scoring"]

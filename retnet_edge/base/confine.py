@@ -56,8 +56,8 @@ def inside(root: str | os.PathLike, path: str | os.PathLike, what: str, error: E
     """`path` after all symlinks lies inside `root` (after its symlinks); returns path unchanged."""
     real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
     if real != real_root and real_root not in real.parents:
-        raise error(f"{what} {Path(path).name!r} resolves outside {root} (through a symlink or '..'); "
-                    "a model's files must stay inside its directory")
+        raise error(f"{what} {Path(path).name!r} resolves outside {root} (through a symlink or '..')",
+                    hint="a model's files must stay inside its directory")
     return Path(path)
 
 

@@ -46,6 +46,12 @@ def parse_hub_id(text: str) -> tuple[str, str | None] | None:
     return repo, rev
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """`something/something[@...]` that is not written as a path (./x, /x, ~/x): worth naming Hub id rules."""
+    repo = text.split("@")[0]
+    return repo.count("/") == 1 and not text.startswith((".", "/", "~")) and all(repo.split("/"))
+
+
 def is_hub_id(text: str) -> bool:
     """`org/name[@rev]` that is not an existing local path (a local directory always wins)."""
     return parse_hub_id(text) is not None and not Path(text.split("@")[0]).exists() and not text.startswith(".")
@@ -73,8 +79,8 @@ def check_cached_ref(repo_folder: Path, rev: str, text: str) -> None:
     if not os.path.lexists(ref):
         return
     what = f"{text}: the Hugging Face cache's ref {rev!r}"
-    inside(repo_folder / "refs", ref, what)
-    raw = read_bounded(ref, what, REF_MAX_BYTES)
+    inside(repo_folder / "refs", ref, f"{text}: the Hugging Face cache's ref")
+    raw = read_bounded(ref, f"{text}: the Hugging Face cache's ref file", REF_MAX_BYTES)
     try:
         commit_hash(raw.decode("ascii").strip(), what)
     except UnicodeDecodeError as exc:

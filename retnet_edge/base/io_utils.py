@@ -254,7 +254,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def read_json(path: Path, what: str = "file") -> dict:
+def read_json(path: Path, what: str = "JSON file") -> dict:
     """Parse a JSON object file (a regular file of at most `confine.JSON_MAX_BYTES`) or raise
     CheckpointError naming the file and the problem."""
     try:

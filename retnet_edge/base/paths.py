@@ -19,10 +19,15 @@ def resolve_path(path: str | Path) -> Path:
     if not p.exists():
         from .hub import (  # here: huggingface_hub only when a hub id is given
             is_hub_id,
+            looks_like_hub_id,
             resolve_hub_id,
         )
 
         if isinstance(path, str) and is_hub_id(path):
             return resolve_hub_id(path)
+        if isinstance(path, str) and looks_like_hub_id(path):
+            raise CheckpointError(f"{path} does not exist, and it is not a valid Hugging Face Hub id",
+                                  hint="org/name or org/name@revision: letters, digits, '_', '-', '.'; "
+                                  "no '--' or '..'")
         raise CheckpointError(f"{p} does not exist")
     return p

@@ -1,52 +1,50 @@
 /* Streaming-read kernel for the memory roof: sums a float buffer with wide loads and independent
  * accumulators, so the loop is bound by memory, not by the add chain (a numpy reduction is not).
- * Built on first use by roof.py with -O3 -march=native; one call per thread (ctypes drops the GIL). */
+ * Built on first use by bench/tools.py with -O3 -march=native; one call per thread (ctypes drops the GIL).
+ * One loop for every ISA: the vector type, its width and its three operations are chosen below. */
 #include <stddef.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
-const char* kernel_isa(void) { return "avx512"; }
-float stream_read(const float* a, size_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  size_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_loadu_ps(a + i));
-    s1 = _mm512_add_ps(s1, _mm512_loadu_ps(a + i + 16));
-    s2 = _mm512_add_ps(s2, _mm512_loadu_ps(a + i + 32));
-    s3 = _mm512_add_ps(s3, _mm512_loadu_ps(a + i + 48));
-  }
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-  for (; i < n; ++i) s += a[i];
-  return s;
-}
+#define ISA "avx512"
+#define LANES 16
+typedef __m512 vec;
+#define ZERO() _mm512_setzero_ps()
+#define LOAD(p) _mm512_loadu_ps(p)
+#define ADD(x, y) _mm512_add_ps(x, y)
+#define STORE(p, x) _mm512_storeu_ps(p, x)
 #elif defined(__AVX2__)
 #include <immintrin.h>
-const char* kernel_isa(void) { return "avx2"; }
-float stream_read(const float* a, size_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(a + i));
-    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(a + i + 8));
-    s2 = _mm256_add_ps(s2, _mm256_loadu_ps(a + i + 16));
-    s3 = _mm256_add_ps(s3, _mm256_loadu_ps(a + i + 24));
-  }
-  float t[8], s = 0;
-  _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-  for (int k = 0; k < 8; ++k) s += t[k];
-  for (; i < n; ++i) s += a[i];
-  return s;
-}
+#define ISA "avx2"
+#define LANES 8
+typedef __m256 vec;
+#define ZERO() _mm256_setzero_ps()
+#define LOAD(p) _mm256_loadu_ps(p)
+#define ADD(x, y) _mm256_add_ps(x, y)
+#define STORE(p, x) _mm256_storeu_ps(p, x)
 #else
-const char* kernel_isa(void) { return "scalar"; }
+#define ISA "scalar"
+#define LANES 1
+typedef float vec;
+#define ZERO() 0.0f
+#define LOAD(p) (*(p))
+#define ADD(x, y) ((x) + (y))
+#define STORE(p, x) (*(p) = (x))
+#endif
+
+const char* kernel_isa(void) { return ISA; }
+
 float stream_read(const float* a, size_t n) {
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+  vec s0 = ZERO(), s1 = s0, s2 = s0, s3 = s0;  /* four chains: loads, not adds, bound the loop */
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    s0 += a[i]; s1 += a[i + 1]; s2 += a[i + 2]; s3 += a[i + 3];
-    s4 += a[i + 4]; s5 += a[i + 5]; s6 += a[i + 6]; s7 += a[i + 7];
+  for (; i + 4 * LANES <= n; i += 4 * LANES) {
+    s0 = ADD(s0, LOAD(a + i));
+    s1 = ADD(s1, LOAD(a + i + LANES));
+    s2 = ADD(s2, LOAD(a + i + 2 * LANES));
+    s3 = ADD(s3, LOAD(a + i + 3 * LANES));
   }
-  float s = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+  float lanes[LANES], s = 0;
+  STORE(lanes, ADD(ADD(s0, s1), ADD(s2, s3)));
+  for (int k = 0; k < LANES; ++k) s += lanes[k];
   for (; i < n; ++i) s += a[i];
   return s;
 }
-#endif

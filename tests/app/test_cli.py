@@ -99,3 +99,13 @@ def test_absurd_numbers_are_one_line_errors(tmp_path, args, message):
     res = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
     assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) <= 2, res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_runtime_switches_are_options_not_environment_variables():
+    """--step-graph / --spin offer exactly the runtime's choices (the CLI keeps its own copy to stay light)."""
+    from retnet_edge.app.cli_utils import STEP_GRAPHS
+    from retnet_edge.runtimes import STEP_GRAPH_CHOICES
+
+    assert STEP_GRAPHS == STEP_GRAPH_CHOICES
+    res = run("generate", "demo", "x", "--step-graph", "chian")
+    assert res.exit_code == 2 and "--step-graph" in res.stderr

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from retnet_edge.cli import main
 from retnet_edge.core.step import to_recurrent
 from retnet_edge.exporters.divergence import default_positions, state_divergence
+from retnet_edge.exporters.validate import SessionReference
 from retnet_edge.runtimes.eager import EagerSession
 
 
@@ -46,7 +47,7 @@ class LosesState:
 def test_a_lost_state_is_located_by_layer_and_position(tiny_model):
     ref = EagerSession(to_recurrent(tiny_model))
     ids = np.random.default_rng(0).integers(0, tiny_model.cfg.vocab_size, (1, 16))
-    table = state_divergence(ref, LosesState(EagerSession(to_recurrent(tiny_model))), ids, [4, 8, 12, 16])
+    table = state_divergence(SessionReference(ref), LosesState(EagerSession(to_recurrent(tiny_model))), ids, [4, 8, 12, 16])
     assert table.first_divergence() == (1, 12)  # layer 1, first seen after 12 tokens; 0 and 2 later/never
     assert max(table.rel[1][:2]) < 1e-6 and table.rel[1][2] > 0.1
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import make_model
 
 from retnet_edge.contract.quant import QuantConfig
@@ -71,6 +72,7 @@ def _gate(model, candidate, scheme: str):
     return validate(EagerSession(step), candidate, qc, model.cfg.vocab_size, steps=32, rounded=rounded)
 
 
+@pytest.mark.slow  # ~70 s alone; the tiny-model gate tests below cover pass / fail in the default run
 def test_gate_passes_healthy_quantized_exports_of_a_random_deep_model(tmp_path):
     from retnet_edge import save_pretrained
     from retnet_edge.exporters import export_model
@@ -105,6 +107,7 @@ class Saturated(EagerSession):
         super().__init__(step)
 
 
+@pytest.mark.slow  # ~60 s alone; test_gate_catches_a_lost_state_even_for_int4 and the perturbed tiny model cover it
 def test_gate_catches_a_broken_kernel_a_saturated_int8_path_and_a_lost_state_on_a_random_deep_model(tmp_path):
     import copy
 

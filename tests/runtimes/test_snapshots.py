@@ -141,3 +141,21 @@ def test_snapshot_on_other_flavours(tmp_path, target, flavor):
     runner.restore(snap)
     np.testing.assert_array_equal(_continue(runner, IDS[10:16]), first)
     np.testing.assert_array_equal(_continue(runner.fork(), [4, 5]), _continue(runner, [4, 5]))
+
+
+@pytest.mark.slow
+def test_executorch_runner_flavour_says_it_keeps_its_state(tmp_path):
+    """The real runner-flavour program (not the stub above): one line, and no prefix cache with a note."""
+    from session_helpers import text_model
+
+    from retnet_edge.contract.quant import QuantConfig
+    from retnet_edge.exporters import export_model
+    from retnet_edge.runtimes.cache import cache_for
+
+    art = export_model(str(text_model(tmp_path)), "executorch", QuantConfig("fp32"), tmp_path / "art",
+                       options={"flavor": "runner"}, validate_artifact=False)
+    runner = load_runner(art.path, threads=1)
+    with pytest.raises(ArtifactError, match="keeps its state inside itself"):
+        runner.snapshot()
+    notes: list[str] = []
+    assert cache_for(runner, warn=notes.append) is None and "keeps its state inside itself" in notes[0]

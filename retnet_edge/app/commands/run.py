@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ..cli_utils import emit, info, runner_and_tokenizer
+from ..cli_utils import emit, info, runner_and_tokenizer, runtime_options
 
 
 @click.command("generate")
 @click.argument("model")
 @click.argument("prompt")
-@click.option("-n", "--max-new-tokens", default=64, show_default=True)
+@click.option("-n", "--max-new-tokens", default=64, show_default=True, help="Tokens to generate after the prompt.")
 @click.option("--temperature", default=0.8, show_default=True, help="0 for greedy decoding.")
 @click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: off).")
 @click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass (1: off).")
@@ -17,8 +17,10 @@ from ..cli_utils import emit, info, runner_and_tokenizer
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
 @click.option("--tokenizer", type=click.Path(), help="Tokenizer file if MODEL has none.")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print text and speed as JSON (implies --no-stream).")
-def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, threads, tokenizer, as_json):
+def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, threads, tokenizer, step_graph,
+                 spin, as_json):
     """Generate text: chunkwise prefill of PROMPT, then one recurrent step per token.
 
     MODEL is `demo`, a model directory, or an exported artifact directory (ONNX or ExecuTorch).
@@ -36,7 +38,7 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
         stream_text,
     )
 
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stats = GenerationStats()
     ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sampling, tok.eos_id, stats,

@@ -249,8 +249,12 @@ def _on_fla(name, edit, expect, command="inspect", category="confinement"):
     return Case(category, name, build, expect)
 
 
-def _on_native(name, change, expect, command="inspect", category="special files", extra_args=()):
+def _on_native(name, change, expect, command="inspect", category="special files", extra_args=(), demo=False):
     def build(tmp, tiny):
+        if demo:  # a model with its tokenizer, for `generate`
+            from retnet_edge.base.paths import DEMO_DIR
+
+            tiny = DEMO_DIR
         d = _native(tmp, tiny)
         change(tmp, tiny, d)
         args = [command, str(d)] + (["-o", str(tmp / "out")] if command == "convert" else [])
@@ -390,7 +394,7 @@ def issue29_cases() -> list[Case]:
         _on_native("fifo-weights-inspect", _fifo("model.safetensors"), "is a named pipe"),
         _on_native("fifo-weights-convert", _fifo("model.safetensors"), "is a named pipe", "convert"),
         _on_native("fifo-weights-generate", _fifo("model.safetensors"), "is a named pipe", "generate",
-                   extra_args=["1,2", "-n", "1"]),
+                   extra_args=["hello", "-n", "1"], demo=True),
         _on_native("fifo-config", _fifo("config.json"), "is a named pipe"),
         _on_native("directory-as-weights", lambda tmp, tiny, d: ((d / "model.safetensors").unlink(),
                                                                  (d / "model.safetensors").mkdir()), "is a directory"),
@@ -438,7 +442,7 @@ def issue29_cases() -> list[Case]:
         # 12. messages
         Case("messages", "newline-in-a-path", _args("inspect", "{tmp}/no\nsuch"), "no\\nsuch does not exist"),
         _on_native("embed-scale-infinity", _edit_config(embed_scale=float("inf")), "positive finite", "generate",
-                   "messages", extra_args=["1,2", "-n", "1"]),
+                   "messages", extra_args=["hello", "-n", "4"], demo=True),
         Case("messages", "tokenizer-empty-vocabulary", _args("generate", "demo", "x", "-n", "1", "--tokenizer",
                                                              "{tmp}/empty-tokenizer.json", setup=_empty_tokenizer),
              "empty vocabulary"),

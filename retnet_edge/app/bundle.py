@@ -145,9 +145,15 @@ def _json(report: dict) -> str:
 
 
 def _quality(src: Path, ok: list[dict], work: Path, bar) -> dict | None:
-    """Score every exported artifact (in `work`); returns what the fp32 reference scored (the column's baseline)."""
+    """Score every exported artifact (in `work`); returns what the fp32 reference scored (the column's baseline).
+
+    With held-out text: perplexity and, on the same windows, KL / top-1 against fp32 (the fp32 windows run
+    once, `CachedReference`); without: KL / top-1 on text the fp32 model samples itself."""
     from ..base.tokenizer import load_tokenizer
     from ..runtimes import load_runner
+    from ..runtimes.scoring import compare_text
+    from .cached_reference import CachedReference
+    from .quality import QUALITY_TOKENS
 
     tok_file = tokenizer_file(src) if src.is_dir() else None
     text_file = heldout_text(src) if src.is_dir() else None
@@ -158,6 +164,7 @@ def _quality(src: Path, ok: list[dict], work: Path, bar) -> dict | None:
     if text_file and tok_file:
         tok = load_tokenizer(tok_file)
         text = text_file.read_text(encoding="utf-8")
+        reference = CachedReference(reference)
         ref = {**perplexity(reference, tok, text), "text": str(text_file)}
     else:
         start = 0
@@ -172,13 +179,14 @@ def _quality(src: Path, ok: list[dict], work: Path, bar) -> dict | None:
         try:
             runner = load_runner(work / a["name"])
             if ref["metric"] == "perplexity":
-                q = perplexity(runner, tok, text)
-                q["delta_vs_fp32"] = q["perplexity"] - ref["perplexity"]
+                c = compare_text(runner, reference, tok, text, max_tokens=QUALITY_TOKENS)
+                q = {"metric": "perplexity", "perplexity": c["perplexity"], "tokens": c["tokens"],
+                     "delta_vs_fp32": c["perplexity"] - ref["perplexity"], "kl": c["kl_mean"], "top1": c["top1"]}
             else:
                 q = agreement(reference, runner, stream)
             a["quality"] = q
-            bar.log(f"[{a['name']}] quality: " + (f"perplexity {q['perplexity']:.3f} (fp32 {ref['perplexity']:.3f})"
-                                                   if "perplexity" in q else f"KL {q['kl']:.2e}, top-1 {q['top1']:.3f}"))
+            ppl = f"perplexity {q['perplexity']:.3f} (fp32 {ref['perplexity']:.3f}), " if "perplexity" in q else ""
+            bar.log(f"[{a['name']}] quality: {ppl}KL {q['kl']:.2e}, top-1 {q['top1']:.3f}")
         except RetNetEdgeError as exc:
             a["quality"] = {"error": str(exc)}
             bar.log(f"[{a['name']}] quality pass failed: {exc}")

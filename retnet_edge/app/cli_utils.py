@@ -139,6 +139,17 @@ def require_file(path, what: str) -> None:
         raise RetNetEdgeError(f"{what} file {path} not found")
 
 
+def sampling_options(fn):
+    """--temperature, --top-k, --top-p, --seed: how the next token is drawn (generate, chat)."""
+    for option in reversed([
+            click.option("--temperature", default=0.8, show_default=True, help="0 for greedy decoding."),
+            click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: off)."),
+            click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass (1: off)."),
+            click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")]):
+        fn = option(fn)
+    return fn
+
+
 STEP_GRAPHS = ("auto", "fused", "chain")  # runtimes.options.STEP_GRAPH_CHOICES (not imported: --help stays light)
 
 

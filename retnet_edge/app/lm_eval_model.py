@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ from ..base.tokenizer import Tokenizer
 from ..errors import ConfigError
 from ..runtimes import Runner
 from ..runtimes.generate import SamplingConfig, generate_ids
-from ..runtimes.scoring import Request, ScoringStats, check_lengths, context_limit, score_requests
+from ..runtimes.scoring import Request, Score, ScoringStats, check_lengths, context_limit, score_requests
 from .cli_utils import runner_and_tokenizer
 
 MODEL_NAME = "retnet-edge"
@@ -112,11 +113,12 @@ class RetNetEdgeLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """requests: ((context, continuation), context ids, continuation ids), as TemplateLM encodes them."""
-        reqs = [Request(tuple(ctx), tuple(cont)) for _, ctx, cont in requests]
+        reqs = [Request(tuple(ctx), tuple(cont)) for _, ctx, cont in requests if cont]
         check_lengths(reqs, self.max_length)
         scores, stats = score_requests(self.runner, reqs, shared=self.shared, progress=self.progress)
         self.stats.add(stats)
-        out = [(s.logprob, s.is_greedy) for s in scores]
+        it = iter(scores)  # an empty continuation (an empty choice) has probability 1, as in lm-eval's HF model
+        out = [(s.logprob, s.is_greedy) for s in (next(it) if cont else Score(0.0, True) for _, _, cont in requests)]
         for (key, _, _), res in zip(requests, out):
             self.cache_hook.add_partial("loglikelihood", key, res)
         return out
@@ -172,13 +174,31 @@ class RetNetEdgeLM(TemplateLM):
         return text[:cut]
 
 
+@contextlib.contextmanager
+def quiet(stderr: bool = False):
+    """lm-eval's and datasets' chatter off while they work for us (restored after): their notices are not
+    for our users, and what goes wrong reaches them as our one-line errors. With stderr, their progress
+    bars too (lm-eval draws one per task while building requests, with no switch for it)."""
+    loggers = [logging.getLogger(n) for n in ("lm_eval", "datasets", "huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) if stderr else contextlib.nullcontext():
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def task_manager(names: list[str], include_paths: list[Path]) -> TaskManager:
     """An index of the local task folders, and of lm-eval's ~15,000 standard tasks (~8 s to build) only
     when a name is not local; an unknown name is an error naming the closest ones."""
     local = [str(p) for p in include_paths]
-    tm = TaskManager(include_defaults=False, include_path=local)
-    if not all(n in tm.all_tasks for n in names):
-        tm = TaskManager(include_path=local)  # local folders come after the defaults: theirs win
+    with quiet():
+        tm = TaskManager(include_defaults=False, include_path=local)
+        if not all(n in tm.all_tasks for n in names):
+            tm = TaskManager(include_path=local)  # local folders come after the defaults: theirs win
     for name in names:
         if name not in tm.all_tasks:
             close = difflib.get_close_matches(name, tm.all_tasks, n=3)
@@ -194,7 +214,7 @@ def load_tasks(tm: TaskManager, names: list[str], limit: int | None = None) -> d
     for name in names:
         check_data_files(name, tm.task_index[name].cfg or {})
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # datasets' "Generating test split" bars
+            with quiet(stderr=True):  # and datasets' "Generating test split" bars
                 loaded = tm.load([name])
         except ConnectionError as exc:  # datasets: the Hub unreachable, or HF_DATASETS_OFFLINE and not cached
             source = (tm.task_index[name].cfg or {}).get("dataset_path", "its data set")
@@ -288,8 +308,7 @@ def evaluate_tasks(lm: RetNetEdgeLM, task_dict: dict, limit: int | None, num_few
         elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)  # simple_evaluate's: the same shots through both routes
-    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval draws a bar per task while building requests
-        # (no switch for it); the caller's progress callback reports the scoring, on the stream it holds
+    with quiet(stderr=True):  # the caller's progress callback reports the scoring, on the stream it holds
         return evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
 
 

@@ -23,7 +23,7 @@ def _rss(a: dict) -> str:
 def _quality(a: dict) -> str:
     q = a.get("quality") or {}
     if "perplexity" in q:
-        return f"ppl {q['perplexity']:.3f} ({q['delta_vs_fp32']:+.3f})"
+        return f"ppl {q['perplexity']:.3f} ({q['delta_vs_fp32']:+.3f})" + (f", KL {q['kl']:.1e}" if "kl" in q else "")
     if "kl" in q:
         return f"KL {q['kl']:.1e}, top-1 {q['top1']:.3f}"
     return q.get("error", "—")[:40] if q else "—"
@@ -37,14 +37,30 @@ def _parity(a: dict) -> str:
     return f"top-1 {top1:.3f}, KL {p['kl']:.1e}"
 
 
-COLUMNS = ("artifact", "status", "MiB", "parity vs eager fp32", "quality", "ms/tok ctx 0", "ms/tok ctx 2048",
-           "RSS MiB")
+def _weights(quant: dict | None) -> str:
+    """How the artifact's weights are stored: `int4 hqq g32`, `int8`, `fp32` (from the request's QuantConfig)."""
+    if not quant:
+        return "—"
+    if quant["scheme"] == "int4":
+        mixed = len(quant["int8_modules"].split(",")) if quant.get("int8_modules") else 0
+        return f"int4 {quant.get('int4_method', 'rtn')} g{quant['group_size']}" + (f" + {mixed} int8" if mixed else "")
+    return quant["scheme"]
 
 
-def _row(a: dict) -> tuple[str, ...]:
+COLUMNS = ("artifact", "status", "weights", "MiB", "parity vs eager fp32", "quality", "ms/tok ctx 0",
+           "ms/tok ctx 2048", "RSS MiB")
+
+
+def _row(a: dict, quant: dict | None = None) -> tuple[str, ...]:
     if a["status"] != "ok":
-        return (a["name"], "FAILED", "—", "—", "—", "—", "—", "—")
-    return (a["name"], "ok", _mib(a["bytes"]), _parity(a), _quality(a), _ms(a, "0"), _ms(a, "2048"), _rss(a))
+        return (a["name"], "FAILED", _weights(quant), "—", "—", "—", "—", "—", "—")
+    return (a["name"], "ok", _weights(quant), _mib(a["bytes"]), _parity(a), _quality(a), _ms(a, "0"), _ms(a, "2048"),
+            _rss(a))
+
+
+def _rows(report: dict) -> list[tuple[str, ...]]:
+    quants = {r["name"]: r.get("quant") for r in report.get("requests", [])}
+    return [_row(a, quants.get(a["name"])) for a in report["artifacts"]]
 
 
 def _ref_quality(report: dict) -> str:
@@ -52,13 +68,14 @@ def _ref_quality(report: dict) -> str:
     if not q:
         return "no quality pass (no artifact was written)"
     if q["metric"] == "perplexity":
-        return f"fp32 eager perplexity {q['perplexity']:.3f} on {q['tokens']:,} held-out tokens"
+        return (f"fp32 eager perplexity {q['perplexity']:.3f} on {q['tokens']:,} held-out tokens (and KL / top-1 "
+                "against it on the same tokens)")
     return f"KL / top-1 against eager fp32 on {q['tokens']} tokens the fp32 model sampled itself"
 
 
 def render_table(report: dict) -> str:
     """Fits one screen: a row per artifact, then state vs KV cache and the failures."""
-    rows = [COLUMNS] + [_row(a) for a in report["artifacts"]]
+    rows = [COLUMNS] + _rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     s = report["source"]
@@ -80,7 +97,7 @@ def render_markdown(report: dict) -> str:
            f"heads={c['n_heads']} value_dim={c['value_dim']} vocab={c['vocab_size']}. Made {report['created']} "
            f"on {report['machine']['platform']} in {report['seconds']:.0f} s.", "",
            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(_row(a)) + " |" for a in report["artifacts"]]
+    out += ["| " + " | ".join(row) + " |" for row in _rows(report)]
     kv = s["kv_cache_bytes_fp16"]
     out += ["", "## Memory per sequence", "",
             f"The recurrent state is {_mib(s['state_bytes_per_sequence'])} MiB (fp32) at every context length. "
@@ -90,12 +107,14 @@ def render_markdown(report: dict) -> str:
             "Parity: the export gate's worst check (teacher-forced step and prefill paths, batch 1 and 3) against "
             "eager PyTorch fp32 (top-1 where eager is confident); an artifact past its quant mode's tolerance is "
             "not written. "
-            f"Quality: {_ref_quality(report)}.", ""]
+            f"Quality: {_ref_quality(report)}. Weights: an int4 artifact names how its weights were rounded and its "
+            "group size (`--int4-method`; docs/quantization.md has each method's measured quality).", ""]
     for a in report["artifacts"]:
         if a["status"] != "ok":
             out.append(f"- **{a['name']} failed**: {a['error']}")
-        elif a.get("quant_fallbacks"):
-            out.append(f"- {a['name']}: kept at higher precision: {', '.join(a['quant_fallbacks'])}")
+        elif a.get("quant_fallbacks"):  # never silently: each module its method could not round as asked
+            out.append(f"- {a['name']}: kept at int8 (input width not a multiple of the int4 group): "
+                       f"{', '.join(a['quant_fallbacks'])}")
     bench = [a for a in report["artifacts"] if a.get("bench") and "by_context" in a["bench"]]
     if bench:
         out += ["", "## Latency and memory per token", "",

@@ -8,11 +8,13 @@ runtime can import it without torch. May import: `base`, `core.config`, `errors`
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ..base import confine
 from ..core.config import RetNetConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -72,8 +74,14 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def tokenizer_file(directory: Path) -> Path | None:
-    """The tokenizer a model or artifact directory carries, if any."""
-    return next((Path(directory) / n for n in TOKENIZER_FILES if (Path(directory) / n).is_file()), None)
+    """The tokenizer a model or artifact directory carries, if any: a regular file of bounded size inside the
+    directory (a symlink out of it, or a FIFO, is refused by name rather than copied or skipped)."""
+    for name in TOKENIZER_FILES:
+        p = Path(directory) / name
+        if os.path.lexists(p):
+            return confine.regular_file(confine.inside(directory, p, "tokenizer"), "tokenizer",
+                                        confine.TOKENIZER_MAX_BYTES)
+    return None
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

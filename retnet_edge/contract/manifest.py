@@ -120,7 +120,8 @@ class Manifest:
         if not (isinstance(quant, dict) and isinstance(quant.get("scheme"), str)):
             raise bad("no \"quant\" object with a scheme")
         known = {f.name for f in dataclasses.fields(QuantConfig)}
-        if not set(quant) <= known or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in quant.values()):
+        if not set(quant) <= known or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                              for v in quant.values()):  # float: --quant auto's max_kl
             raise bad(f"\"quant\" holds fields other than {', '.join(sorted(known))} or values of the wrong type")
         try:
             qc = QuantConfig(**quant)

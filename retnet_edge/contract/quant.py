@@ -8,6 +8,7 @@ backend turns the plan into its own library calls (onnxruntime.quantization, tor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -57,6 +58,39 @@ TOLERANCES: dict[QuantScheme, Tolerance] = {
 # prompt 512 tokens 2.28 -> ~1.05 s on the 2-core Xeon, for a weights.bin ~1.7x larger. Decode is unchanged.
 PREFILL_WEIGHTS = ("same", "int8")
 
+# How int4 weights are rounded, each through the library the target already uses (docs/quantization.md):
+#   rtn  round to nearest per group, symmetric: onnxruntime's MatMulNBits default quantizer; torchao's affine
+#        8da4w. What every int4 artifact before this field was (a manifest without it loads as rtn).
+#   hqq  half-quadratic quantization (no calibration data): onnxruntime's HQQWeightOnlyQuantConfig (asymmetric,
+#        fp32 zero points: weights.bin +20 % at group 32, and onnxruntime 1.32 dequantizes such MatMulNBits
+#        weights on every call: one matmul at M = 1 ~100x slower, demo decode 11-34x); torchao's scale-only
+#        HQQ for 8da4w (`intx_choose_qparams_algorithm`, symmetric: the same bytes and kernel as rtn).
+# Measured on the demo and the 12-layer model, both targets: benchmarks/results/int4_methods_*.json.
+INT4_METHODS = ("rtn", "hqq")
+# `--int4-method auto` (the CLI's default): each target's best method at the same artifact size. Measured on
+# the demo, 16k held-out tokens, KL vs fp32 (benchmarks/results/int4_methods_demo.json): ExecuTorch hqq 0.92x
+# rtn's at g32, 0.86x at g128, same bytes and decode speed; ONNX hqq 0.87x at g32 but +10 % artifact and
+# 11x slower decode, and at rtn g32's bytes (hqq g64) 1.10x, so ONNX keeps rtn.
+DEFAULT_INT4_METHODS = {"onnx": "rtn", "executorch": "hqq"}
+
+
+def check_int4_method(method: str) -> None:
+    if method not in INT4_METHODS:
+        raise ConfigError(f"unknown int4 method {method!r}; expected one of {', '.join(INT4_METHODS)}")
+
+
+# What a method cannot round on a target: onnxruntime's HQQ quantizer has no Gather (the embedding), and
+# quietly writing that one rtn would be a silent fallback. Checked where the export request is built.
+INT4_METHOD_CANNOT = {("onnx", "hqq"): "onnxruntime's HQQ quantizer has no Gather"}
+
+
+def check_int4_method_target(qc: QuantConfig, target: str) -> None:
+    """Refuse a method x target that cannot round what qc asks at int4 (INT4_METHOD_CANNOT)."""
+    why = INT4_METHOD_CANNOT.get((target, qc.int4_method))
+    if why and qc.embedding == "int4":
+        raise ConfigError(f"--int4-method {qc.int4_method} cannot quantize an int4 embedding for the {target} target "
+                          f"({why}); use --embedding int8 or fp32, or --int4-method rtn")
+
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -67,9 +101,19 @@ class QuantConfig:
     lm_head: str = "auto"  # auto (int8 under int4, else the scheme) | fp32 | int8 | int4
     embedding: str = "fp32"  # fp32 | int8 | int4
     prefill_weights: str = "same"  # same | int8: the prompt graph reads int8 copies of int4 weights (ONNX)
+    int4_method: str = "rtn"  # how int4 weights are rounded (INT4_METHODS); the CLI's default is measured
+    int8_modules: str = ""  # under int4: linears kept at int8, comma-separated (`--quant auto` writes it)
+    max_kl: float = 0.0  # `--quant auto`'s bound on the eager KL that chose int8_modules (0: not auto)
+    calibration: str = ""  # the text `--quant auto` measured on (its source and token count)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scheme", QuantScheme.parse(self.scheme))
+        check_int4_method(self.int4_method)
+        if not (isinstance(self.max_kl, (int, float)) and math.isfinite(self.max_kl) and self.max_kl >= 0):
+            raise ConfigError(f"max_kl must be a non-negative number, got {self.max_kl}")
+        object.__setattr__(self, "max_kl", float(self.max_kl))
+        if self.int8_modules and self.scheme != QuantScheme.INT4:
+            raise ConfigError(f"int8_modules is for int4 (the {self.scheme.value} body has one precision)")
         if self.lm_head not in ("auto", "fp32", "int8", "int4"):
             raise ConfigError(f"unknown lm_head precision {self.lm_head!r}; expected auto, fp32, int8 or int4")
         if self.embedding not in ("fp32", "int8", "int4"):
@@ -120,6 +164,7 @@ class QuantPlan:
     int8_qmax: int = INT8_QMAX_FULL  # int8 linears round to [-qmax, qmax] per output channel (the target's)
     int8_row_activations: bool = False  # the target's int8 linears also round their inputs, 8 bits per row
     prefill_int8: bool = False  # the prompt graph's int4 linears are int8 (QuantConfig.prefill_weights)
+    int4_method: str = "rtn"  # QuantConfig.int4_method: how each target rounds its int4 modules
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""
@@ -141,17 +186,22 @@ class QuantPlan:
 def plan_quantization(qc: QuantConfig, linears: dict[str, int], embedding: str = "embed") -> QuantPlan:
     """Resolve qc over a model's linears ({fqn: in_features}, "lm_head" among them) and its embedding.
 
-    The body gets the scheme, the head `qc.head_precision`, the embedding `qc.embedding`. Group-wise int4
+    The body gets the scheme (int8 for the linears `qc.int8_modules` names), the head `qc.head_precision`, the
+    embedding `qc.embedding`. Group-wise int4
     needs in_features divisible by the group; such a linear falls back to int8 (per channel), and the plan
     says which, so both backends make the same choice.
     """
     precision, fallbacks = {}, []
+    int8 = set(filter(None, qc.int8_modules.split(",")))
+    unknown = sorted(int8 - set(linears))
+    if unknown:
+        raise ConfigError(f"int8_modules names modules that are not linears of this model: {', '.join(unknown[:4])}")
     for name, in_features in linears.items():
-        p = qc.head_precision if name == "lm_head" else qc.scheme.value
+        p = qc.head_precision if name == "lm_head" else "int8" if name in int8 else qc.scheme.value
         if p == "int4" and in_features % qc.group_size:
             p = "int8"
             fallbacks.append(name)
         precision[name] = p
     precision[embedding] = qc.embedding
     return QuantPlan(precision, qc.group_size, tuple(fallbacks), embedding,
-                     prefill_int8=qc.prefill_weights == "int8")
+                     prefill_int8=qc.prefill_weights == "int8", int4_method=qc.int4_method)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import TARGET_FLAVORS
-from .quant import QuantConfig, QuantScheme
+from .quant import (
+    DEFAULT_INT4_METHODS,
+    QuantConfig,
+    QuantScheme,
+    check_int4_method,
+    check_int4_method_target,
+)
 
 DEFAULT_TARGETS = ("onnx", "executorch")
 DEFAULT_QUANTS = ("int8", "int4")
@@ -58,6 +64,7 @@ class ExportRequest:
         if pw != "same" and flavor not in PREFILL_GRAPH_FLAVORS:
             raise ConfigError(f"--prefill-weights {pw} needs the standard flavour's separate prompt graph "
                               f"(prefill.onnx); the {flavor} flavour prompts through its one graph")
+        check_int4_method_target(self.quant, self.target)
         check_steps(self.steps)
 
     @property
@@ -74,9 +81,10 @@ class ExportRequest:
 def export_requests(model: str, output: str | Path, targets: list[str], quants: list[str], *, single: bool,
                     group_size: int = 32, lm_head: str = "auto", embedding: str = "fp32",
                     prefill_weights: str = "same", flavor: str | None = None, steps: int = 64,
-                    validate: bool = True, force: bool = False) -> list[ExportRequest]:
+                    validate: bool = True, force: bool = False, int4_method: str = "auto") -> list[ExportRequest]:
     """The artifacts one export command asks for. `single`: OUTPUT is the one artifact (one target, one
-    quant); otherwise OUTPUT/<target>-<quant>/ each. --prefill-weights applies to the int4 artifacts of the
+    quant); otherwise OUTPUT/<target>-<quant>/ each. `int4_method` "auto" is each target's measured best
+    (quant.DEFAULT_INT4_METHODS). --prefill-weights applies to the int4 artifacts of the
     targets and flavours that offer it, --flavor to the target whose flavour it is."""
     if not targets or not quants:
         raise ConfigError("--target and --quant need at least one value each")
@@ -84,6 +92,8 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
         raise ConfigError("--target and --quant must not repeat a value")
     for q in quants:
         QuantScheme.parse(q)
+    if int4_method != "auto":
+        check_int4_method(int4_method)
     QuantConfig("int4", group_size=group_size, lm_head=lm_head, embedding=embedding,
                 prefill_weights=prefill_weights)  # every value is checked, whichever quants are asked
     for t in targets:
@@ -97,19 +107,23 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
     if not validate and not single:
         raise ConfigError("--no-validate is for a single artifact (--target T --quant Q); a report needs the gate")
 
+    def method_of(t: str) -> str:  # "auto": the target's measured best (quant.DEFAULT_INT4_METHODS)
+        return DEFAULT_INT4_METHODS[t] if int4_method == "auto" else int4_method
+
     def request(t: str, q: str) -> ExportRequest:
         fl = flavor if flavor in TARGET_FLAVORS[t] else None
         fl_resolved = fl or TARGET_FLAVORS[t][0]
         pw = prefill_weights if (q == "int4" and prefill_weights in TARGET_PREFILL_WEIGHTS[t]
                                  and fl_resolved in PREFILL_GRAPH_FLAVORS) else "same"
-        qc = QuantConfig(q, group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=pw)
+        qc = QuantConfig(q, group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=pw,
+                         int4_method=method_of(t))
         out = Path(output) if single else Path(output) / f"{t}-{QuantScheme.parse(q).value}"
         return ExportRequest(model, t, qc, out, fl, steps, validate, force)
 
     if single:  # one artifact: every option must apply to it as given
         fl = flavor or TARGET_FLAVORS[targets[0]][0]
         qc = QuantConfig(quants[0], group_size=group_size, lm_head=lm_head, embedding=embedding,
-                         prefill_weights=prefill_weights)
+                         prefill_weights=prefill_weights, int4_method=method_of(targets[0]))
         return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force)]
     requests = [request(t, q) for t in targets for q in quants]
     if prefill_weights != "same" and all(r.quant.prefill_weights == "same" for r in requests):

@@ -102,8 +102,10 @@ def constant_methods(step: RetNetStep, max_context: int = DEFAULT_MAX_CONTEXT) -
 def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: str | None = None) -> None:
     """Quantize, in place, the modules of `root` the plan quantizes (their names are `prefix` + the name
     under root): 8-bit dynamic activations with int8 per-channel (8da8w) or int4 group-wise (8da4w)
-    weights; the embedding weight-only. The streamed export calls it per layer as each one is read, then
-    on the whole step with `skip="layers."` (the embedding and head)."""
+    weights; the embedding weight-only. int4 scales are chosen by `plan.int4_method`: rtn is torchao's
+    affine (min-max) choice, hqq its scale-only half-quadratic solver (`intx_choose_qparams_algorithm`;
+    symmetric, so the same bytes per weight and the same XNNPACK kernel). The streamed export calls it per
+    layer as each one is read, then on the whole step with `skip="layers."` (the embedding and head)."""
     # torchao only when quantizing: it is slow to import and noisy
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
@@ -111,12 +113,17 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
         Int8DynamicActivationIntxWeightConfig,
         IntxWeightOnlyConfig,
     )
+    from torchao.quantization.quantize_.workflows import IntxChooseQParamsAlgorithm
 
+    int4_qparams = {"rtn": IntxChooseQParamsAlgorithm.AFFINE,
+                    "hqq": IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY}[plan.int4_method]
     linear = {"int8": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
               "int4": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                           weight_granularity=PerGroup(plan.group_size))}
+                                                           weight_granularity=PerGroup(plan.group_size),
+                                                           intx_choose_qparams_algorithm=int4_qparams)}
     embedding = {"int8": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-                 "int4": IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(plan.group_size))}
+                 "int4": IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(plan.group_size),
+                                              intx_choose_qparams_algorithm=int4_qparams)}
     for precision in ("int8", "int4"):
         names = {n[len(prefix):] for n in plan.modules(precision)
                  if n.startswith(prefix) and not (skip and n.startswith(skip))}

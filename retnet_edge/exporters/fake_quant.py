@@ -8,6 +8,13 @@ used to benchmark realistic sizes) has near-flat logits, where a healthy int8 ex
 on most argmaxes and its KL passes the fixed limit. Measuring what the same rounding does in eager
 PyTorch gives each model its own yardstick: a healthy artifact lands near it, a broken kernel, a
 saturated int8 path or a lost state lands far beyond it.
+
+The int4 rounding here is round-to-nearest whatever `plan.int4_method` is: the yardstick, not a replica.
+A method exists to round better than rtn, and the gate allows an artifact KL_FACTOR (4) x the yardstick's
+KL, so an hqq artifact is judged against a limit it beats with room (measured KL hqq / rtn: 0.7-1.0 on
+the demo and the 12-layer model, benchmarks/results/int4_methods_*.json), while a broken kernel or a lost
+state (10-100x) still fails. A replica would need the target's own quantizer here (onnxruntime's HQQ
+and torchao's scale-only HQQ round differently), and a plan does not name its target.
 """
 from __future__ import annotations
 

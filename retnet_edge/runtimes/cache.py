@@ -42,6 +42,9 @@ class GenerationCancelled(RetNetEdgeError):
 
 @dataclass
 class CacheStats:
+    """What the cache did since it was made: lookups that found a prefix (hits) or none, states stored and
+    evicted, disk entries refused, and the prompt tokens the hits saved."""
+
     hits: int = 0
     misses: int = 0
     stored: int = 0

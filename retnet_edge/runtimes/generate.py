@@ -57,6 +57,8 @@ def sample(logits: np.ndarray, sc: SamplingConfig, rng: np.random.Generator) -> 
 
 @dataclass
 class GenerationStats:
+    """Token counts and seconds of one generation (prompt, then new tokens)."""
+
     prompt_tokens: int = 0
     new_tokens: int = 0
     prefill_s: float = 0.0

@@ -76,7 +76,7 @@ def test_cli_import_is_lazy():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "/nope/corpus.txt", "-o", "x"], "corpus file /nope/corpus.txt not found"),
+    (["train", "/nope/corpus.txt", "-o", "x"], "corpus /nope/corpus.txt not found"),
     (["eval", "demo", "--text", "/nope.txt"], "text file /nope.txt not found"),
     (["generate", "demo", "hi", "--tokenizer", "/nope.json"], "tokenizer /nope.json not found"),
     (["verify", "/nope-artifact"], "not an exported artifact"),

@@ -100,8 +100,6 @@ def test_sigterm_stops_the_measuring_child_and_removes_the_temp_dir(saved_tiny, 
     assert not list(tmp_path.glob("retnet-edge-bench-*")), list(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(reason="needs exporters/onnx stamp.trace_templates to run its child through "
-                          "base.interrupts.run_tied (issue 29 item 8; reported to the lead)", strict=False)
 def test_a_killed_export_leaves_no_tracing_child(tmp_path):
     """Item 8: SIGKILL during the template trace left the tracing child running for ~20 s (the demo's)."""
     proc = subprocess.Popen([sys.executable, "-m", "retnet_edge", "export", "demo", "--target", "onnx",

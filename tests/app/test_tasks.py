@@ -132,6 +132,7 @@ def test_loglikelihood_of_the_fp32_artifact_equals_eager_summed_logprobs(fp32):
         ref = float(rows[np.arange(len(ids) - 1 - n, len(ids) - 1), ids[-n:]].sum())
         assert abs(lp - ref) <= 1e-4 * abs(ref), (ctx, cont, lp, ref)
     assert lm.stats.contexts == 2 and lm.stats.requests == 3
+    assert lm.loglikelihood([Instance("loglikelihood", {}, ("And God said", ""), 0)]) == [(0.0, True)]  # as HF's
 
 
 def test_generate_until_stops_at_a_stop_string_and_max_tokens(fp32):

@@ -7,6 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from retnet_edge.cli import main
+from retnet_edge.contract import SessionDefaults
 from retnet_edge.core.step import to_recurrent
 from retnet_edge.exporters.divergence import default_positions, state_divergence
 from retnet_edge.exporters.validate import SessionReference
@@ -29,7 +30,7 @@ def test_verify_prints_per_layer_state_differences_of_an_artifact(tiny_onnx):
     assert "layer" in res.stderr and "no layer differs" in res.stderr
 
 
-class LosesState:
+class LosesState(SessionDefaults):
     """An eager session whose state hand-off drops layer 1's state from position 8 on: a 'lost state' bug."""
 
     def __init__(self, inner: EagerSession):

@@ -24,9 +24,9 @@ TASKS_ONLY = ("limit", "num_fewshot", "include_path", "max_length")
 @click.option("--include-path", type=click.Path(), help="A folder of local task files (YAML + JSONL).")
 @click.option("--max-length", type=int, default=None,
               help="Refuse items longer than N tokens (default: the artifact's own limit, if it declares one).")
-@click.option("--threads", type=int, default=None)
-@click.option("--tokenizer", type=click.Path())
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
+@click.option("--tokenizer", type=click.Path(), help="Tokenizer file if MODEL has none.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def eval_cmd(ctx, model, text_file, window, max_tokens, reference, tasks, limit, num_fewshot, include_path,
              max_length, threads, tokenizer, as_json):
@@ -79,12 +79,8 @@ def _progress(what: str, as_json: bool):
 
 
 def _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, tokenizer, as_json):
-    import logging
-
     from ..tasks import format_table, run_tasks
 
-    for name in ("lm_eval", "datasets", "huggingface_hub"):  # their warnings are not for end users: errors are ours
-        logging.getLogger(name).setLevel(logging.ERROR)
     runner, tok = runner_and_tokenizer(model, tokenizer, threads)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     r = run_tasks(runner, tok, names, limit=limit, num_fewshot=num_fewshot, include_path=include_path,

@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from ...contract import TARGET_FLAVORS
-from ...contract.quant import QuantScheme
+from ...contract.quant import INT4_METHODS, QuantScheme
 from ...contract.request import DEFAULT_QUANTS, DEFAULT_TARGETS
+from ...errors import ConfigError
 from ..cli_utils import CommaChoice, emit, info, int_list
 
 PRECISION = click.Choice(["fp32", "int8", "int4"])
@@ -16,10 +17,17 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.argument("model")
 @click.option("--target", type=CommaChoice(tuple(TARGET_FLAVORS)), default=None,
               help="Comma-separated targets. Default: both when --quant is not given either, else onnx.")
-@click.option("--quant", type=CommaChoice(tuple(s.value for s in QuantScheme)), default=None,
+@click.option("--quant", type=CommaChoice((*(s.value for s in QuantScheme), "auto")), default=None,
               help="Comma-separated weight precisions: fp32 (the checkpoint's weights, unquantized), int8 (8-bit "
-                   "per output channel), int4 (4-bit groups of --group-size; lm_head int8). Default: int8,int4 when "
-                   "--target is not given either, else fp32.")
+                   "per output channel), int4 (4-bit groups of --group-size; lm_head int8), auto (int4 / int8 per "
+                   "linear by measured sensitivity, the smallest mix under --max-kl; one artifact). Default: "
+                   "int8,int4 when --target is not given either, else fp32.")
+@click.option("--max-kl", type=float, default=None,
+              help="--quant auto: the bound on KL(fp32 || eager with the artifact's rounding) on calibration text, "
+                   "in nats per token (all-int8 is ~1e-3 on the demo, all-int4 ~1e-2).")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="--quant auto: calibration text (UTF-8, or .jsonl with a \"text\" per line). Default: the model's "
+                   "heldout.txt, else the gate's validation text.")
 @click.option("--group-size", default=32, show_default=True, help="Group size of int4 weights (a power of two, 16-4096).")
 @click.option("--lm-head", type=click.Choice(["auto", "fp32", "int8", "int4"]), default="auto", show_default=True,
               help="lm_head precision: auto = int8 under int4, else the --quant precision.")
@@ -28,6 +36,10 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
               help="ONNX int4 only: `int8` gives the prompt graph int8 copies of the int4 weights, so prompts run "
                    "through the int8 GEMM (~2x faster prompts on AVX-512/AMX; weights.bin ~1.7x larger). "
                    "Decode is unchanged.")
+@click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,
+              help="How int4 weights are rounded: rtn (round to nearest per group) or hqq (half-quadratic; ONNX: "
+                   "fp32 zero points, larger and slower to decode). auto: each target's measured best "
+                   "(docs/quantization.md). Recorded in the manifest.")
 @click.option("--flavor", type=click.Choice(FLAVORS), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
@@ -40,8 +52,8 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
               help="Several artifacts: a short bench of each in the report (decode at context 0 and 2048).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT (the whole directory) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the report) as JSON.")
-def export_cmd(model, target, quant, group_size, lm_head, embedding, prefill_weights, flavor, output, steps, validate,
-               bench, force, as_json):
+def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, embedding, prefill_weights, int4_method,
+               flavor, output, steps, validate, bench, force, as_json):
     """Export MODEL to verified ONNX / ExecuTorch artifacts, with a report.
 
     MODEL is `demo`, a native model directory or any supported checkpoint. With one --target and one
@@ -61,6 +73,8 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, prefill_wei
       retnet-edge export demo --target onnx --quant int4 -o out/demo-onnx-int4
       retnet-edge export my-model --target executorch --quant int8,int4 --no-bench -o out/pte
       retnet-edge export my-model --target onnx --quant int4 --prefill-weights int8 -o out/fast-prompts
+      retnet-edge export demo --target executorch --quant int4 --int4-method hqq -o out/pte-hqq
+      retnet-edge export demo --target onnx --quant auto --max-kl 0.005 -o out/demo-auto
     """
     from ...base.progress import bar_enabled
     from ...contract.request import export_requests
@@ -68,9 +82,19 @@ def export_cmd(model, target, quant, group_size, lm_head, embedding, prefill_wei
     targets = target or (list(DEFAULT_TARGETS) if quant is None else ["onnx"])
     quants = quant or (list(DEFAULT_QUANTS) if target is None else ["fp32"])
     single = len(targets) == 1 and len(quants) == 1 and (target is not None or quant is not None)
-    requests = export_requests(model, output, targets, quants, single=single, group_size=group_size, lm_head=lm_head,
-                               embedding=embedding, prefill_weights=prefill_weights, flavor=flavor, steps=steps,
-                               validate=validate, force=force)
+    options = dict(group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=prefill_weights,
+                   flavor=flavor, steps=steps, validate=validate, force=force, int4_method=int4_method)
+    if "auto" in quants:
+        from ...exporters.sensitivity import auto_export_request
+
+        if quants != ["auto"]:
+            raise ConfigError("--quant auto makes one artifact: give it alone (--target T --quant auto --max-kl X)")
+        requests = [auto_export_request(model, output, targets, max_kl, calibration, log=info, **options)[0]]
+        single = True
+    elif max_kl is not None or calibration is not None:
+        raise ConfigError("--max-kl and --calibration are for --quant auto")
+    else:
+        requests = export_requests(model, output, targets, quants, single=single, **options)
     if single:
         from ...exporters import export_artifact
 

@@ -33,7 +33,8 @@ def inspect_cmd(path: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="Directory to write (native format).")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--std", default=0.02, show_default=True, help="Init std of every matrix.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Dtype the weights are stored in.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init_random_cmd(preset: str, output: str, seed: int, std: float, dtype: str, force: bool, as_json: bool) -> None:
@@ -60,14 +61,14 @@ def init_random_cmd(preset: str, output: str, seed: int, std: float, dtype: str,
               help="JSON file of RetNetConfig fields overriding the preset (vocab_size comes from the tokenizer).")
 @click.option("--tokenizer", type=click.Path(), help="Existing tokenizer.json/.model; else BPE is trained.")
 @click.option("--vocab-size", default=4096, show_default=True, help="Vocabulary of the BPE tokenizer trained here.")
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--seq-len", default=512, show_default=True)
-@click.option("--lr", default=1.5e-3, show_default=True)
-@click.option("--warmup", default=100, show_default=True)
-@click.option("--dropout", default=0.1, show_default=True)
-@click.option("--eval-every", default=100, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=2000, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", default=32, show_default=True, help="Sequences per step.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per training sequence.")
+@click.option("--lr", default=1.5e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--warmup", default=100, show_default=True, help="Linear warm-up steps.")
+@click.option("--dropout", default=0.1, show_default=True, help="Dropout probability while training.")
+@click.option("--eval-every", default=100, show_default=True, help="Steps between validation passes (the best is kept).")
+@click.option("--seed", default=0, show_default=True, help="Random seed (data order and init).")
 @click.option("--device", default="auto", show_default=True, help="cuda, cpu or auto.")
 @click.option("--no-resume", is_flag=True, help="Ignore a saved training state in OUTPUT.work/.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
@@ -118,7 +119,7 @@ def train_cmd(corpus, output, preset, config_file, tokenizer, vocab_size, steps,
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Weight dtype of the output (auto keeps the source's).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def convert_cmd(src, output, fmt, dtype, force, as_json):
     """Convert a torchscale / fairseq / syncdoth / fla checkpoint to the native format.
 

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import click
 
-from ..cli_utils import emit, info, runner_and_tokenizer, runtime_options
+from ..cli_utils import emit, info, runner_and_tokenizer, runtime_options, sampling_options
 
 
 @click.command("generate")
 @click.argument("model")
 @click.argument("prompt")
 @click.option("-n", "--max-new-tokens", default=64, show_default=True, help="Tokens to generate after the prompt.")
-@click.option("--temperature", default=0.8, show_default=True, help="0 for greedy decoding.")
-@click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: off).")
-@click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass (1: off).")
-@click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")
+@sampling_options
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
 @click.option("--tokenizer", type=click.Path(), help="Tokenizer file if MODEL has none.")

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ...errors import MissingExtraError
-from ..cli_utils import info
+from ..cli_utils import info, sampling_options
 
 DEFAULT_SAVE_DIR = Path("~/.cache/retnet-edge/chats")
 
@@ -29,10 +29,7 @@ def with_model_options(fn):
 @click.command("chat")
 @click.argument("model")
 @click.option("-n", "--max-new-tokens", default=256, show_default=True, help="Longest reply, in tokens.")
-@click.option("--temperature", default=0.8, show_default=True, help="0 for greedy decoding.")
-@click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0: off).")
-@click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass (1: off).")
-@click.option("--seed", type=int, default=None, help="Sampling seed (reproducible replies).")
+@sampling_options
 @click.option("--save-dir", type=click.Path(file_okay=False), default=str(DEFAULT_SAVE_DIR), show_default=True,
               help="Where /save and /load keep conversations.")
 @with_model_options

@@ -112,10 +112,29 @@ def _checkrefuse_non_finite(model: onnx.ModelProto, op_types: tuple[str, ...], e
                     refuse_non_finite(name, numpy_helper.to_array(inits[name]))
 
 
+def int4_config(method: str, block: int, op_types: tuple[str, ...]):
+    """onnxruntime.quantization's config for `method` (contract.quant.INT4_METHODS) at 4 bits.
+
+    rtn: symmetric blocks, no zero points, accuracy_level 4 (int8 activations in the kernel).
+    hqq: HQQWeightOnlyQuantConfig as the library defines it: asymmetric, a fp32 scale and a fp32 zero point per
+    block (the zero point is what HQQ optimises), and no accuracy_level (the library writes none). It has no
+    Gather quantizer (`check_int4_method_target` refuses an int4 embedding with it before any export)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+    )
+
+    if method == "hqq":
+        return HQQWeightOnlyQuantConfig(block_size=block, bits=4, op_types_to_quantize=op_types)
+    return DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=4,
+                                        op_types_to_quantize=op_types,
+                                        quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
+
+
 def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
-              op_types: tuple[str, ...] = ("MatMul",)) -> onnx.ModelProto:
-    """int8 MatMuls -> an int8 GEMM with per-row activations (`_int8_dynamic`); int4 MatMuls and quantized Gathers ->
-    onnxruntime.quantization's MatMulNBits / GatherBlockQuantized (blockwise, symmetric, accuracy_level 4)."""
+                     op_types: tuple[str, ...] = ("MatMul",), method: str = "rtn") -> onnx.ModelProto:
+    """int8 MatMuls -> an int8 GEMM with per-row activations (`int8_dynamic`); int4 MatMuls and quantized
+    Gathers -> onnxruntime.quantization's MatMulNBits / GatherBlockQuantized, rounded by `method` (`int4_config`)."""
     if bits == 8 and op_types == ("MatMul",):
         return int8_dynamic(model, exclude, INT8_QMAX_REDUCED)  # the range Target("onnx").int8_qmax declares
     _checkrefuse_non_finite(model, op_types, exclude)
@@ -126,9 +145,15 @@ def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: lis
     )
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=bits,
-                                       op_types_to_quantize=op_types,
-                                       quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
+    if bits == 4:
+        if method == "hqq" and "Gather" in op_types:
+            raise ExportError("int4 method hqq cannot quantize a Gather (onnxruntime's HQQ quantizer has none)",
+                              hint="--embedding int8 or fp32, or --int4-method rtn")
+        cfg = int4_config(method, block, op_types)
+    else:
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=bits,
+                                           op_types_to_quantize=op_types,
+                                           quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
                              nodes_to_exclude=exclude, algo_config=cfg)
     q.process()
@@ -148,11 +173,13 @@ def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         linears = set(plan.modules(precision))
         matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
         if any(module_of(n) in linears for n in matmuls):
-            model = quantize_matmuls(model, bits, plan.group_size, exclude=[n for n in matmuls if module_of(n) not in linears])
+            model = quantize_matmuls(model, bits, plan.group_size, method=plan.int4_method,
+                                     exclude=[n for n in matmuls if module_of(n) not in linears])
         gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
         if plan.embedding in plan.modules(precision, kind="embedding"):
             model = quantize_matmuls(model, bits, plan.group_size, op_types=("Gather",),
-                              exclude=[n for n in gathers if module_of(n) != plan.embedding])
+                                     exclude=[n for n in gathers if module_of(n) != plan.embedding],
+                                     method=plan.int4_method)
     return model
 
 

@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ...base.interrupts import run_tied
 from ...checkpoints.streaming import ModelWeights
 from ...contract import ONNX_WEIGHTS_FILE
 from ...contract.quant import INT8_QMAX_REDUCED, QuantConfig, QuantPlan
@@ -300,7 +301,7 @@ class WeightSource:
 
 
 def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits: int, block: int,
-                        name: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+                        name: str, method: str = "rtn") -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Quantize one MatMul (weight [K, N]) or Gather (table [V, D]) through MatMulNBitsQuantizer on a graph
     holding just that node: the per-node call quantizing a whole graph makes, so the bytes are the same."""
     w = numpy_helper.from_array(data, name)
@@ -313,7 +314,7 @@ def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     one = helper.make_node(node.op_type, inputs, ["y"], name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     model = helper.make_model(helper.make_graph([one], "q", [x], [y], [w]), opset_imports=[helper.make_opsetid("", OPSET)])
-    q = quantize_matmuls(model, bits, block, exclude=[], op_types=op_types)
+    q = quantize_matmuls(model, bits, block, exclude=[], op_types=op_types, method=method)
     # copies, not references: a protobuf sub-message keeps its whole parent alive, and the parent still
     # holds the fp32 weight (7B: ~1 GB a layer kept for the rest of the export)
     return [copy.deepcopy(n) for n in q.graph.node], [copy.deepcopy(t) for t in q.graph.initializer]
@@ -352,7 +353,8 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
                 if precision == "fp32":
                     source.cache[key] = (None, [source.writer.add(numpy_helper.from_array(data, name))])
                 else:
-                    qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name)
+                    qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name,
+                                                        plan.int4_method)
                     source.cache[key] = (qnode, [source.writer.add(t) for t in qinits])
             qnode, tensors = source.cache[key]
             for t in tensors:
@@ -400,7 +402,6 @@ def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], 
     after it returns (measured: the template's weights, 0.8 GB at 1.3B and 2.1 GB at 7B, for the rest of
     the export), and a process that exits hands everything back. (A plain subprocess, not
     multiprocessing: its spawn re-imports the caller's __main__, which a user's script may not guard.)"""
-    import subprocess
     import sys
 
     log(f"  tracing the {' and '.join(k for k, _ in graphs.values())} template (one layer, in a child process) ...")
@@ -408,8 +409,9 @@ def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], 
     job.mkdir()
     (job / "job.json").write_text(json.dumps({"cfg": weights.cfg.to_dict(), "graphs": graphs}))
     try:
-        proc = subprocess.run([sys.executable, "-c", "import sys; from retnet_edge.exporters.onnx.stamp import trace_child; "
-                               "sys.exit(trace_child(sys.argv[1]))", str(job)], capture_output=True, text=True)
+        # tied: a killed export takes its tracing child with it (issue 29)
+        proc = run_tied([sys.executable, "-c", "import sys; from retnet_edge.exporters.onnx.stamp import trace_child; "
+                         "sys.exit(trace_child(sys.argv[1]))", str(job)])
         err = job / "error.txt"
         if err.is_file():
             raise ExportError(err.read_text())

@@ -1,0 +1,150 @@
+"""`--quant auto --max-kl X` and `--calibration FILE` (issue 28 items 2-3): calibration text checked once (one
+line, exit 1, nothing written), each linear's measured ΔKL, a deterministic greedy mix under the bound,
+recorded in the manifest as `int8_modules`."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from helpers import make_model
+
+from retnet_edge import save_pretrained
+from retnet_edge.checkpoints.loader import DEMO_DIR
+from retnet_edge.cli import main
+from retnet_edge.contract.manifest import Manifest
+from retnet_edge.contract.quant import QuantConfig, plan_quantization
+from retnet_edge.errors import ConfigError
+from retnet_edge.exporters import sensitivity
+from retnet_edge.exporters.sensitivity import Sensitivity, choose, read_calibration
+
+
+def _export(*args):
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def test_int8_modules_keep_those_linears_at_int8_and_must_name_linears():
+    linears = {"layers.0.q": 64, "layers.0.fc2": 96, "lm_head": 64}
+    plan = plan_quantization(QuantConfig("int4", int8_modules="layers.0.fc2"), linears)
+    assert plan.precision == {"layers.0.q": "int4", "layers.0.fc2": "int8", "lm_head": "int8", "embed": "fp32"}
+    with pytest.raises(ConfigError, match="not linears of this model: layers.9.q"):
+        plan_quantization(QuantConfig("int4", int8_modules="layers.9.q"), linears)
+    with pytest.raises(ConfigError, match="int8_modules is for int4"):
+        QuantConfig("int8", int8_modules="layers.0.q")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="max_kl"):
+            QuantConfig("int4", max_kl=bad)
+
+
+def test_choose_is_greedy_by_kl_per_byte_under_the_bound_and_deterministic():
+    s = Sensitivity(int8_kl=1e-3, delta_kl={"a": 4e-3, "b": 1e-3, "c": 1e-3, "d": -1e-4},
+                    saved_bytes={"a": 1000, "b": 100, "c": 1000, "d": 100}, calibration="t")
+    assert choose(s, 1e-3) == ["d"]  # only what costs nothing fits at the int8 KL itself
+    assert choose(s, 2.5e-3) == ["d", "c"]  # c: 1e-6 / byte before b: 1e-5 / byte; then b would pass the bound
+    assert choose(s, 2e-3) == ["d", "c"] and choose(s, 4e-3) == ["d", "c", "b"]  # a (4e-3) skipped, b still fits
+    assert choose(s, 1.0) == ["d", "c", "a", "b"] == choose(s, 1.0)
+    assert [n for n, _ in s.worst(2)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "calibration file .* not found"),
+    (b"", "has no text"),
+    (b"   \n\n", "has no text"),
+    (b"abc\0def", "is binary"),
+    (b"\xff\xfe\x00", "is binary"),
+    (b"\xc3\x28 text", "is not UTF-8"),
+])
+def test_a_bad_calibration_file_is_one_line_and_exit_1(tmp_path, content, message):
+    f = tmp_path / "calib.txt"
+    if content is not None:
+        f.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        read_calibration(f)
+    res = _export("demo", "--target", "onnx", "--quant", "auto", "--max-kl", "0.01", "--calibration", f,
+                  "-o", tmp_path / "x")
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_jsonl_calibration_reads_each_lines_text(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"text": "In the beginning"}\n\n{"text": "God created"}\n')
+    assert read_calibration(f) == "In the beginning\nGod created"
+    f.write_text('{"text": "ok"}\n{"prompt": "no text"}\n')
+    with pytest.raises(ConfigError, match="line 2 has no \"text\" string"):
+        read_calibration(f)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quant", "auto", "--max-kl", "-0.1"], "--max-kl must be a positive number"),
+    (["--quant", "auto", "--max-kl", "nan"], "--max-kl must be a positive number"),
+    (["--quant", "auto", "--max-kl", "0"], "--max-kl must be a positive number"),
+    (["--quant", "auto"], "--max-kl must be a positive number"),
+    (["--quant", "auto,int8", "--max-kl", "0.01"], "--quant auto makes one artifact"),
+    (["--quant", "int4", "--max-kl", "0.01"], "--max-kl and --calibration are for --quant auto"),
+])
+def test_bad_auto_arguments_are_one_line_and_exit_1(tmp_path, args, message):
+    res = _export("demo", "--target", "onnx", *args, "-o", tmp_path / "x")
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) <= 2 and not (tmp_path / "x").exists()  # Error: + hint
+
+
+@pytest.fixture
+def tiny_with_tokenizer(tmp_path, monkeypatch):
+    """A 2-layer model with the demo's vocabulary, tokenizer and held-out text; calibration cut to one window
+    of 128 tokens so each eager pass is short."""
+    monkeypatch.setattr(sensitivity, "WINDOW", 128)
+    monkeypatch.setattr(sensitivity, "CALIBRATION_TOKENS", 128)
+    path = tmp_path / "m"
+    save_pretrained(make_model(n_layers=2, vocab_size=4096, seed=1), path)
+    for f in ("tokenizer.json", "heldout.txt"):
+        shutil.copy(DEMO_DIR / f, path)
+    return path
+
+
+def test_auto_respects_its_bound_and_plans_int8_where_it_must(tiny_with_tokenizer):
+    from retnet_edge.base.tokenizer import load_tokenizer
+    from retnet_edge.checkpoints.streaming import open_weights
+    from retnet_edge.exporters.target import config_quant_plan
+
+    weights, tok = open_weights(tiny_with_tokenizer), load_tokenizer(tiny_with_tokenizer / "tokenizer.json")
+    ids, source = sensitivity.calibration_ids(weights, tok, None)
+    assert ids.shape == (1, 128) and source.startswith("heldout.txt")
+    s = sensitivity.measure(weights, "onnx", QuantConfig("int4"), ids, source)
+    assert len(s.delta_kl) == 17 and all(d > 0 for d in s.delta_kl.values())  # 8 per layer + the head
+    bound = s.int8_kl + sorted(s.delta_kl.values())[len(s.delta_kl) // 2]  # room for some of them
+    chosen = choose(s, bound)
+    assert 0 < len(chosen) < 17 and s.int8_kl + sum(s.delta_kl[n] for n in chosen) <= bound
+    qc, record = sensitivity.auto_quant(weights, "onnx", QuantConfig("int4"), bound, tok)
+    assert record["kl"] <= bound and record["int8_kl"] == s.int8_kl and record["int4"]
+    assert (qc.max_kl, qc.calibration, qc.scheme.value) == (bound, source, "int4")
+    plan = config_quant_plan(weights.cfg, qc)
+    assert sorted(n for n, p in plan.precision.items() if p == "int4") == record["int4"]
+    assert sorted(n for n, p in plan.precision.items() if p == "int8") == record["int8"]
+
+
+@pytest.mark.slow
+def test_auto_export_records_its_plan_and_is_deterministic(tiny_with_tokenizer, tmp_path):
+    from retnet_edge.base.tokenizer import load_tokenizer
+    from retnet_edge.checkpoints.streaming import open_weights
+
+    weights, tok = open_weights(tiny_with_tokenizer), load_tokenizer(tiny_with_tokenizer / "tokenizer.json")
+    qc, _ = sensitivity.auto_quant(weights, "onnx", QuantConfig("int4"), 1e-3, tok)
+    res = _export(tiny_with_tokenizer, "--target", "onnx", "--quant", "auto", "--max-kl", 1e-3, "--steps", 8,
+                  "-o", tmp_path / "a", "--json")
+    assert res.exit_code == 0, res.output
+    m = Manifest.load(tmp_path / "a")
+    assert m.quant_config() == qc and m.validated  # the same plan, measured again by the command
+    assert json.loads(res.stdout)["quant"]["int8_modules"] == qc.int8_modules
+
+
+@pytest.mark.slow
+def test_auto_on_the_demo_respects_its_bound(tmp_path):
+    from retnet_edge.base.tokenizer import load_tokenizer
+    from retnet_edge.checkpoints.streaming import open_weights
+
+    weights, tok = open_weights(DEMO_DIR), load_tokenizer(DEMO_DIR / "tokenizer.json")
+    qc, record = sensitivity.auto_quant(weights, "executorch", QuantConfig("int4"), 5e-3, tok)
+    assert record["kl"] <= 5e-3 and record["int4"] and qc.int8_modules
+    assert sensitivity.auto_quant(weights, "executorch", QuantConfig("int4"), 5e-3, tok)[0] == qc

@@ -80,3 +80,17 @@ def test_bundle_refuses_an_existing_directory_or_a_single_artifact(saved_tiny, t
     assert res.exit_code == 0, res.output
     res = _export(saved_tiny, "--quant", "fp32,int8", "-o", tmp_path / "one", "--force")
     assert res.exit_code == 1 and "is a single artifact" in res.output
+
+
+def test_force_replaces_the_whole_bundle(saved_tiny, tmp_path):
+    """Issue 29 item 9: --force over a bundle leaves nothing of the previous export (no artifact of another
+    quant list beside the new ones, no stale plot or report)."""
+    out = tmp_path / "b"
+    res = _export(saved_tiny, "--target", "onnx", "--quant", "fp32,int8", "--no-bench", "-o", out, "--steps", "8")
+    assert res.exit_code == 0, res.output
+    (out / "latency_vs_context.png").write_bytes(b"old plot")
+    res = _export(saved_tiny, "--target", "onnx", "--quant", "fp32,int4", "--no-bench", "-o", out, "--steps", "8",
+                  "--force")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["onnx-fp32", "onnx-int4", "report.json", "report.md"]
+    assert [a["name"] for a in json.loads((out / "report.json").read_text())["artifacts"]] == ["onnx-fp32", "onnx-int4"]

@@ -8,6 +8,13 @@ scale, so it is also exported at twice the group size, where its weights take rt
 
     python benchmarks/int4_methods.py --model demo --out benchmarks/results/int4_methods_demo.json
     python benchmarks/int4_methods.py --model .data/deep --out benchmarks/results/int4_methods_deep.json
+
+`--auto FILE` instead measures `--quant auto` (issue 28 item 3) on the first target: the all-int8 artifact,
+then auto at --max-kl = 1, 2 and 4 x the all-int8 eager KL on calibration text FILE (one sensitivity
+measurement for the three), each artifact scored as above:
+
+    python benchmarks/int4_methods.py --model demo --targets onnx --auto .data/kjv/train.txt \
+        --out benchmarks/results/int4_auto_demo.json
 """
 from __future__ import annotations
 
@@ -42,28 +49,55 @@ def decode_ms(path: Path, tokens: int = 32, repeat: int = 3) -> float:
 
 
 def run_one(model: str, target: str, group: int, method: str, work: Path, reference, tok, text: str,
-            max_tokens: int, log) -> dict:
+            max_tokens: int, log, qc=None, tag: str = "") -> dict:
     from retnet_edge.contract.quant import QuantConfig
     from retnet_edge.exporters import export_model
     from retnet_edge.runtimes import load_runner
     from retnet_edge.runtimes.scoring import compare_text
 
-    out = work / f"{target}-g{group}-{method}"
+    qc = qc or QuantConfig("int4", group_size=group, int4_method=method)
+    out = work / f"{target}-g{group}-{method}{tag}"
     t = time.perf_counter()
-    art = export_model(model, target, QuantConfig("int4", group_size=group, int4_method=method), out, steps=64)
+    art = export_model(model, target, qc, out, steps=64)
     seconds = time.perf_counter() - t
     worst = art.manifest.worst_check()
     q = compare_text(load_runner(out, threads=2), reference, tok, text, window=512, max_tokens=max_tokens)
-    row = {"target": target, "group_size": group, "method": method, "bytes": art.manifest.size_bytes,
-           "export_seconds": round(seconds, 1), "gate_passed": art.manifest.validated,
+    row = {"target": target, "group_size": group, "method": method, "scheme": qc.scheme.value,
+           "bytes": art.manifest.size_bytes, "export_seconds": round(seconds, 1), "gate_passed": art.manifest.validated,
            "gate_worst_kl": worst["kl"], "gate_rounding_kl": worst.get("rounding_kl"),
            "fallbacks": list(art.manifest.quant_fallbacks), "decode_ms_per_token": round(decode_ms(out), 3),
            **{k: q[k] for k in ("tokens", "kl_mean", "kl_p99", "top1", "perplexity", "reference_perplexity",
                                 "delta_ppl", "delta_ppl_pct")}}
-    log(f"{target} g{group} {method}: KL {row['kl_mean']:.5f} top-1 {row['top1']:.4f} "
+    log(f"{target} g{group} {method}{tag}: KL {row['kl_mean']:.5f} top-1 {row['top1']:.4f} "
         f"Δppl {row['delta_ppl_pct']:+.2f} % "
         f"{row['bytes'] / 2**20:.2f} MiB export {seconds:.0f} s decode {row['decode_ms_per_token']:.2f} ms")
     return row
+
+
+def run_auto(model: str, target: str, group: int, method: str, calibration: str, work: Path, reference, tok,
+             text: str, max_tokens: int, log) -> dict:
+    """all-int8, then `--quant auto` at 1, 2, 4 x the all-int8 eager KL on the calibration text."""
+    from retnet_edge.base.paths import resolve_path
+    from retnet_edge.checkpoints.streaming import open_weights
+    from retnet_edge.contract.quant import QuantConfig
+    from retnet_edge.exporters import sensitivity
+
+    weights = open_weights(resolve_path(model))
+    qc = QuantConfig("int4", group_size=group, int4_method=method)
+    rows = [run_one(model, target, group, method, work, reference, tok, text, max_tokens, log,
+                    qc=QuantConfig("int8"), tag="-all-int8")]
+    ids, source = sensitivity.calibration_ids(weights, tok, calibration)
+    t = time.perf_counter()
+    s = sensitivity.measure(weights, target, qc, ids, source)
+    measure_seconds = time.perf_counter() - t
+    for factor in (1, 2, 4):
+        auto, record = sensitivity.plan_under(weights, target, qc, s, ids, factor * s.int8_kl)
+        row = run_one(model, target, group, method, work, reference, tok, text, max_tokens, log, qc=auto,
+                      tag=f"-auto-x{factor}")
+        row.update(max_kl_factor=factor, plan=record)
+        rows.append(row)
+    return {"calibration": source, "int8_kl_calibration": s.int8_kl, "measure_seconds": round(measure_seconds, 1),
+            "delta_kl": s.delta_kl, "rows": rows}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -104,6 +138,8 @@ def main() -> None:
     ap.add_argument("--groups", default="32,128")
     ap.add_argument("--methods", default="rtn,hqq")
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--auto", metavar="CALIBRATION", default=None,
+                    help="measure --quant auto on the first target, calibrating on this text file")
     args = ap.parse_args()
     log = lambda s: print(s, flush=True)  # noqa: E731
     src = resolve_path(args.model)
@@ -111,6 +147,17 @@ def main() -> None:
     text = (src / "heldout.txt").read_text(encoding="utf-8")
     reference = CachedReference(load_runner(src, threads=2))
     groups = [int(g) for g in args.groups.split(",")]
+    if args.auto:
+        target, method = args.targets.split(",")[0], args.methods.split(",")[0]
+        t0, load = time.time(), Path("/proc/loadavg").read_text().split()[:3]
+        with tempfile.TemporaryDirectory() as work:
+            doc = run_auto(args.model, target, groups[0], method, args.auto, Path(work), reference, tok, text,
+                           args.tokens, log)
+        doc.update(benchmark="--quant auto (issue 28)", model=args.model, target=target, tokens=args.tokens,
+                   machine={"cpu": cpu_name(), "platform": platform.platform(), "loadavg_at_start": load},
+                   seconds=round(time.time() - t0))
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        return
     plan = [(t, g, m) for t in args.targets.split(",") for g in groups for m in args.methods.split(",")]
     if "onnx" in args.targets and "hqq" in args.methods and 32 in groups:
         plan.append(("onnx", 64, "hqq"))  # hqq's weights at rtn g32's bytes (a fp32 zero point per group)

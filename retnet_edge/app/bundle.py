@@ -36,6 +36,7 @@ from .report import render_markdown
 
 BENCH_CONTEXTS = (0, 2048)
 BENCH_TOKENS, BENCH_REPEAT = 32, 3
+TASK_ITEMS = 100  # demo-mc items per artifact in the report (the whole 300 is `eval --tasks demo-mc`)
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
 
@@ -184,6 +185,9 @@ def _quality(src: Path, ok: list[dict], work: Path, bar) -> dict | None:
                      "delta_vs_fp32": c["perplexity"] - ref["perplexity"], "kl": c["kl_mean"], "top1": c["top1"]}
             else:
                 q = agreement(reference, runner, stream)
+            acc = _task_accuracy(src, runner, tok, bar) if ref["metric"] == "perplexity" else None
+            if acc:
+                q["task"] = acc
             a["quality"] = q
             ppl = f"perplexity {q['perplexity']:.3f} (fp32 {ref['perplexity']:.3f}), " if "perplexity" in q else ""
             bar.log(f"[{a['name']}] quality: {ppl}KL {q['kl']:.2e}, top-1 {q['top1']:.3f}")
@@ -192,6 +196,24 @@ def _quality(src: Path, ok: list[dict], work: Path, bar) -> dict | None:
             bar.log(f"[{a['name']}] quality pass failed: {exc}")
         bar.done()
     return ref
+
+
+def _task_accuracy(src: Path, runner, tok, bar) -> dict | None:
+    """demo-mc accuracy (first TASK_ITEMS items) beside perplexity: only for the demo, whose held-out text the
+    task is built from, and only with the `eval` extra (lm-eval); otherwise the report says nothing of it."""
+    import importlib.util
+
+    from ..base.paths import DEMO_DIR
+    from .tasks import DEMO_MC, task_accuracy
+
+    if src.resolve() != DEMO_DIR.resolve():
+        return None
+    if importlib.util.find_spec("lm_eval") is None:
+        bar.log("task accuracy skipped: the `eval` extra (lm-eval) is not installed")
+        return None
+    r = task_accuracy(runner, tok, DEMO_MC, limit=TASK_ITEMS)
+    return {"task": DEMO_MC, "items": r["items"], "acc": r["acc"], "acc_stderr": r["acc_stderr"],
+            "seconds": round(r["seconds"], 1)}
 
 
 def _bench(ok: list[dict], work: Path, bar) -> list[str]:

@@ -29,6 +29,11 @@ def _quality(a: dict) -> str:
     return q.get("error", "—")[:40] if q else "—"
 
 
+def _task(a: dict) -> str:
+    t = (a.get("quality") or {}).get("task")
+    return "—" if not t else f"{100 * t['acc']:.1f} ± {100 * t['acc_stderr']:.1f}"
+
+
 def _parity(a: dict) -> str:
     p = a.get("parity")
     if not p:
@@ -47,14 +52,15 @@ def _weights(quant: dict | None) -> str:
     return quant["scheme"]
 
 
-COLUMNS = ("artifact", "status", "weights", "MiB", "parity vs eager fp32", "quality", "ms/tok ctx 0",
+COLUMNS = ("artifact", "status", "weights", "MiB", "parity vs eager fp32", "quality", "demo-mc %", "ms/tok ctx 0",
            "ms/tok ctx 2048", "RSS MiB")
 
 
 def _row(a: dict, quant: dict | None = None) -> tuple[str, ...]:
     if a["status"] != "ok":
-        return (a["name"], "FAILED", _weights(quant), "—", "—", "—", "—", "—", "—")
-    return (a["name"], "ok", _weights(quant), _mib(a["bytes"]), _parity(a), _quality(a), _ms(a, "0"), _ms(a, "2048"),
+        return (a["name"], "FAILED", _weights(quant), "—", "—", "—", "—", "—", "—", "—")
+    return (a["name"], "ok", _weights(quant), _mib(a["bytes"]), _parity(a), _quality(a), _task(a), _ms(a, "0"),
+            _ms(a, "2048"),
             _rss(a))
 
 

@@ -94,3 +94,34 @@ def test_force_replaces_the_whole_bundle(saved_tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["onnx-fp32", "onnx-int4", "report.json", "report.md"]
     assert [a["name"] for a in json.loads((out / "report.json").read_text())["artifacts"]] == ["onnx-fp32", "onnx-int4"]
+
+
+def test_the_demo_reports_task_accuracy_beside_perplexity(demo_export, saved_tiny):
+    """On the demo, each artifact's quality carries its demo-mc accuracy (TASK_ITEMS items, lm-eval) and both
+    tables show it; a model the task was not built from gets none."""
+    from retnet_edge.app import bundle
+    from retnet_edge.app.report import render_markdown, render_table
+    from retnet_edge.base.paths import DEMO_DIR
+    from retnet_edge.base.tokenizer import load_tokenizer
+    from retnet_edge.contract import tokenizer_file
+    from retnet_edge.runtimes import load_runner
+
+    class Bar:
+        def log(self, s):
+            pass
+
+    art = demo_export("onnx", "int8")
+    runner, tok = load_runner(art.path), load_tokenizer(tokenizer_file(DEMO_DIR))
+    acc = bundle._task_accuracy(DEMO_DIR, runner, tok, Bar())
+    assert acc["task"] == "demo-mc" and acc["items"] == bundle.TASK_ITEMS
+    assert 0.3 < acc["acc"] <= 1 and 0 < acc["acc_stderr"] < 0.1  # 4 choices: chance is 0.25, the demo scores ~0.37
+    assert bundle._task_accuracy(saved_tiny, runner, tok, Bar()) is None
+    report = {"source": {"path": "demo", "parameters": 1, "config": {"n_layers": 1, "d_model": 1, "n_heads": 1,
+                                                                      "value_dim": 1, "vocab_size": 1},
+                         "state_bytes_per_sequence": 1, "kv_cache_bytes_fp16": {"2048": 1, "32768": 2}},
+              "created": "now", "machine": {"platform": "x"}, "seconds": 1, "output": "out", "quality_reference": None,
+              "requests": [], "artifacts": [{"name": "onnx-int8", "status": "ok", "bytes": 1, "parity": None,
+                                             "quality": {"kl": 0.01, "top1": 0.9, "task": acc}}]}
+    cell = f"{100 * acc['acc']:.1f} ± {100 * acc['acc_stderr']:.1f}"
+    assert cell in render_table(report) and "demo-mc %" in render_table(report)
+    assert f"| {cell} |" in render_markdown(report)

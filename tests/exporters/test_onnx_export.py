@@ -94,7 +94,8 @@ def _ops(path, fname):
 
 def test_two_step_graphs_one_state_update_each(tiny_onnx):
     """model.onnx: the state update as MatMul/Mul/Add/MatMul (ai.onnx ops); model_fused.onnx: one
-    ai.onnx LinearAttention (opset 27) per layer and no state MatMul. The runner decodes with the fused graph
+    LinearAttention per layer (ai.onnx opset 27 where onnxruntime has its kernel, else com.microsoft's) and no
+    state MatMul. The runner decodes with the fused graph
     (state in place) at any thread count, with the chain under step_graph="chain"; both give the
     same logits."""
     from retnet_edge.runtimes import load_runner
@@ -105,9 +106,12 @@ def test_two_step_graphs_one_state_update_each(tiny_onnx):
     assert not [n for n in chain if n.op_type == "LinearAttention"]
     assert sum(n.op_type == "MatMul" for n in chain) - sum(n.op_type == "MatMul" for n in fused) == 2 * L
     la = [n for n in fused if n.op_type == "LinearAttention"]
-    assert len(la) == L and {n.domain for n in la} == {""}  # ai.onnx's op (onnxruntime 1.32 runs it)
+    from retnet_edge.exporters.onnx.fused import standard_op_available
+
+    standard = standard_op_available()  # onnxruntime 1.32 has no kernel for the ai.onnx op: the contrib one
+    assert len(la) == L and {n.domain for n in la} == ({""} if standard else {"com.microsoft"})
     imports = {o.domain: o.version for o in onnx.load(str(art.path / "model_fused.onnx"), load_external_data=False).opset_import}
-    assert imports.get("") == 27 and "com.microsoft" not in imports
+    assert (imports.get("") == 27 and "com.microsoft" not in imports) if standard else "com.microsoft" in imports
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in la[0].attribute}
     assert attrs == {"q_num_heads": model.cfg.n_heads, "kv_num_heads": model.cfg.n_heads, "scale": 1.0,
                      "update_rule": b"gated"}
@@ -147,8 +151,8 @@ def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx
 
 
 def test_the_contrib_op_where_onnxruntime_lacks_the_standard_one(monkeypatch):
-    """Exported where onnxruntime predates opset 27's LinearAttention (< 1.32), the fused graph keeps the
-    com.microsoft op; `to_standard_op` makes it the ai.onnx op with the same outputs (float rounding: the two
+    """Exported where onnxruntime has no kernel for opset 27's LinearAttention (1.32 inlines its function body),
+    the fused graph keeps the com.microsoft op; `to_standard_op` makes it the ai.onnx op with the same outputs (float rounding: the two
     kernels sum in their own order)."""
     import onnxruntime as ort
     from helpers import make_model

@@ -172,7 +172,12 @@ def auto_quant(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: floa
     max_kl = check_max_kl(max_kl)
     ids, source = calibration_ids(weights, tokenizer, calibration)
     log(f"  measuring each linear's sensitivity on {source} ...")
-    s = measure(weights, target, qc, ids, source, log)
+    return plan_under(weights, target, qc, measure(weights, target, qc, ids, source, log), ids, max_kl, log)
+
+
+def plan_under(weights: ModelWeights, target: str, qc: QuantConfig, s: Sensitivity, ids: np.ndarray, max_kl: float,
+               log=lambda s: None) -> tuple[QuantConfig, dict]:
+    """`auto_quant` from a measured Sensitivity (several bounds, one measurement: the benchmark)."""
     chosen = choose(s, max_kl)
     ref = log_softmax(StreamedReference(weights).prompt(ids))
     while True:  # the sum is an estimate: measure the mix, and move the last choice back while it is over
@@ -183,8 +188,8 @@ def auto_quant(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: floa
     int8 = sorted(set(s.delta_kl) - set(chosen) | _unquantizable(weights, target, qc, s))
     auto = dataclasses.replace(qc, scheme="int4", lm_head="int4" if "lm_head" in chosen else "int8",
                                int8_modules=",".join(n for n in int8 if n != "lm_head"), max_kl=max_kl,
-                               calibration=source)
-    record = {"max_kl": max_kl, "calibration": source, "int8_kl": s.int8_kl, "kl": kl, "int4": sorted(chosen),
+                               calibration=s.calibration)
+    record = {"max_kl": max_kl, "calibration": s.calibration, "int8_kl": s.int8_kl, "kl": kl, "int4": sorted(chosen),
               "int8": int8, "worst": [{"module": n, "delta_kl": d} for n, d in s.worst()]}
     if not chosen:
         log(f"  no linear fits int4 under --max-kl {max_kl:g} (all-int8 KL {s.int8_kl:.2e}): exporting int8")

@@ -42,7 +42,7 @@ class ParityError(RetNetEdgeError):
 # top-level module -> the pip extra that installs it (the base install runs ONNX artifacts only)
 EXTRA_OF = {"torch": "export", "onnxscript": "export", "executorch": "export", "torchao": "export",
             "matplotlib": "bench", "psutil": "bench", "lm_eval": "eval", "starlette": "serve", "uvicorn": "serve",
-            "jinja2": "serve"}
+            "jinja2": "serve", "llama_cpp": "llamacpp", "gguf": "llamacpp"}
 
 
 class MissingExtraError(RetNetEdgeError):

@@ -221,7 +221,7 @@ def _bench(ok: list[dict], work: Path, bar) -> list[str]:
     from ..bench import BenchConfig, run_bench
 
     bc = BenchConfig(contexts=list(BENCH_CONTEXTS), tokens=BENCH_TOKENS, threads=[1], repeat=BENCH_REPEAT,
-                     baseline=None)
+                     baselines=())
     try:
         doc = run_bench([str(work / a["name"]) for a in ok], bc, log=bar.log)
     except RetNetEdgeError as exc:

@@ -27,7 +27,7 @@ def machine_facts() -> dict:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("retnet-edge", "onnxruntime", "executorch", "torch", "numpy"):
+    for pkg in ("retnet-edge", "onnxruntime", "executorch", "torch", "numpy", "llama_cpp_python"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

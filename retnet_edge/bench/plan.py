@@ -79,11 +79,14 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:,.1f} h"
 
 
-def check_plan(subjects: list[Subject], bc: BenchConfig, baselines: int) -> str:
-    """Refuse, before any work, contexts the baseline cannot hold or a run past a day; else the estimate."""
+def check_plan(subjects: list[Subject], bc: BenchConfig, baselines: int, n_llama: int = 0) -> str:
+    """Refuse, before any work, contexts the baseline cannot hold or a run past a day; else the estimate.
+    `baselines`: Transformer-KV artifacts to build; `n_llama`: llama.cpp GGUFs to build and measure."""
     total = BUILD_S * baselines + len(bc.threads) * sum(process_seconds(s, bc, s.model) for s in subjects)
     retnets = [s for s in subjects if s.model == "retnet"]
-    if bc.baseline:
+    total += BUILD_S * n_llama + len(bc.threads) * n_llama * max(
+        (process_seconds(s, bc, "transformer") for s in retnets), default=0.0)
+    if "transformer" in bc.baselines:
         total += len(bc.threads) * sum(process_seconds(s, bc, "transformer") for s in retnets)
         need = max((_positions(s, bc) for s in retnets), default=0)
         if need > BASELINE_MAX_CONTEXT:
@@ -97,7 +100,7 @@ def check_plan(subjects: list[Subject], bc: BenchConfig, baselines: int) -> str:
         raise ConfigError(f"this bench would take about {duration(total)} (deepest context {max(bc.contexts):,}, "
                           f"{bc.repeat} x {bc.tokens} timed tokens per context); at most {duration(MAX_ESTIMATE_S)}",
                           hint="lower --contexts, --tokens or --repeat, or split the run")
-    jobs = len(bc.threads) * (len(subjects) + (len(retnets) if bc.baseline else 0))
+    jobs = len(bc.threads) * (len(subjects) + (len(retnets) if "transformer" in bc.baselines else 0) + n_llama)
     return f"{jobs} measuring process(es), deepest context {max(bc.contexts):,}: about {duration(total)} (estimate)"
 
 

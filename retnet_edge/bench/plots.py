@@ -1,4 +1,4 @@
-"""PNG plots of a bench document: latency and resident memory vs context, RetNet vs the baseline."""
+"""PNG plots of a bench document: latency and resident memory vs context, RetNet vs its baselines (one line each)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +26,9 @@ def write_plots(doc: dict, directory: Path) -> list[Path]:
             series: dict = {}
             for r in doc["results"]:
                 if r["quant"] == quant and r[key] is not None:
-                    label = f"{'RetNet' if r['model'] == 'retnet' else 'Transformer-KV'} {r['runtime']} {r['threads']}t"
+                    name = Path(r["artifact"]).name if r["model"] == "retnet" else r["artifact"]
+                    who = {"retnet": "RetNet", "transformer": "Transformer-KV"}.get(r["model"], "")
+                    label = f"{who} {name} {r['runtime']} {r['threads']}t".strip()
                     series.setdefault(label, []).append((r["context"], r[key]))
             for label, pts in sorted(series.items()):
                 pts.sort()

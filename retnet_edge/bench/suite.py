@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,7 @@ from .roof import measure_read_bandwidth
 from .tools import build_harness, harness_path
 
 BENCH_RUNTIMES = ("auto", "python", "cpp")
+BASELINES = ("transformer", "llama.cpp")  # `--baseline`, comma-separated; none: no baseline
 PROFILE_BELOW = 0.6  # records under this fraction of the read roof carry a profile (onnxruntime)
 
 
@@ -41,7 +43,7 @@ class BenchConfig:
     tokens: int = 128
     threads: list[int] = field(default_factory=lambda: [1, 2])
     repeat: int = 5
-    baseline: str | None = "transformer"  # or None
+    baselines: tuple[str, ...] = ("transformer",)  # any of BASELINES; () measures the artifacts alone
     runtime: str = "auto"  # ExecuTorch: auto (C++ harness if built) | python | cpp
     work_dir: Path | None = None  # where baseline artifacts are cached
 
@@ -56,8 +58,11 @@ class BenchConfig:
             check_threads(t)
         if self.runtime not in BENCH_RUNTIMES:
             raise ConfigError(f"unknown --runtime {self.runtime!r}; expected one of {', '.join(BENCH_RUNTIMES)}")
-        if self.baseline not in (None, "transformer"):
-            raise ConfigError(f"unknown --baseline {self.baseline!r}; expected transformer or none")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"unknown --baseline {unknown[0]!r}; expected {', '.join(BASELINES)} or none "
+                              "(comma-separated)")
+        self.baselines = tuple(dict.fromkeys(self.baselines))
         # a depth or a thread count given twice is measured once (`--contexts 0,0,0` gave a flatness line)
         self.contexts, self.threads = sorted(set(self.contexts)), list(dict.fromkeys(self.threads))
 
@@ -147,6 +152,20 @@ def baseline_for(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> Subj
     return describe(str(out), "python")
 
 
+def llama_subjects(subject: Subject, bc: BenchConfig, work_dir: Path, log) -> list[Subject]:
+    """The same-shape Llama GGUF at each of llama.cpp's quants that match the subject's bits (built once)."""
+    from .llamacpp import LLAMA_QUANTS, LlamaShape, gguf_for, weight_bytes
+
+    shape = LlamaShape.of(subject.cfg, ctx=max(max(bc.contexts) + bc.tokens + 16, PROMPT + 16))
+    out = []
+    for quant in LLAMA_QUANTS[subject.quant]:
+        path = gguf_for(shape, quant, work_dir, log)
+        weights, size = weight_bytes(path)
+        out.append(Subject(f"llama.cpp {quant}", "llama.cpp", "llama.cpp", path, subject.cfg, subject.quant, weights,
+                           size, "none (random weights)"))
+    return out
+
+
 def _run_child(cmd: list[str]) -> list[dict]:
     res = run_tied(cmd)  # dies with this process, even SIGKILLed (a measuring child held ~930 MB)
     if res.returncode != 0:
@@ -172,6 +191,13 @@ def measure_subject(s: Subject, threads: int, bc: BenchConfig) -> dict:
     spec = {"model": s.model, "runtime": s.runtime, "path": str(s.path), "threads": threads,
             "contexts": sorted(bc.contexts), "tokens": bc.tokens, "repeat": bc.repeat,
             "profile": s.model == "retnet" and s.runtime == "onnxruntime"}
+    if s.runtime == "llama.cpp":
+        from dataclasses import asdict
+
+        from .llamacpp import LlamaShape
+
+        spec["shape"] = asdict(LlamaShape.of(s.cfg, ctx=max(max(bc.contexts) + bc.tokens + 16, PROMPT + 16)))
+        return _run_child([sys.executable, "-m", "retnet_edge.bench.llamacpp", json.dumps(spec)])[0]
     return _run_child([sys.executable, "-m", "retnet_edge.bench.measure", json.dumps(spec)])[0]
 
 
@@ -180,9 +206,10 @@ def flatten(s: Subject, threads: int, result: dict, bandwidth: dict) -> list[dic
     out = []
     roof = bandwidth["gb_per_s"].get(threads) or max(bandwidth["gb_per_s"].values())
     for r in result["records"]:
-        state = r["state_bytes_now"] if s.model == "transformer" else s.cfg.state_bytes(1)
-        # RetNet: S read and written each token; the baseline reads its whole cache each token
-        bytes_per_token = s.weight_bytes_per_token + (state if s.model == "transformer" else 2 * state)
+        kv = s.model != "retnet"
+        state = r["state_bytes_now"] if kv else s.cfg.state_bytes(1)
+        # RetNet: S read and written each token; a baseline reads its whole cache each token
+        bytes_per_token = s.weight_bytes_per_token + (state if kv else 2 * state)
         tok_s = 1e3 / r["ms_per_token_median"]
         mem = r["memory_mb"]
         out.append({
@@ -207,17 +234,28 @@ def run_bench(paths: list[str], bc: BenchConfig, log: Callable[[str], None] = la
     """Measure every path (and its baseline) at every thread count; one JSON document."""
     subjects = unique_subjects([describe(p, bc.runtime) for p in paths], log)
     check_runtime(subjects, bc.runtime)
+    if "llama.cpp" in bc.baselines:
+        from .llamacpp import require
+
+        require()  # the missing extra is one line before any work, not after the exports
     baselines = {(s.cfg.to_json(), s.quant, s.runtime.startswith("executorch")): s
-                 for s in subjects if s.model == "retnet"} if bc.baseline else {}
-    log(f"plan: {check_plan(subjects, bc, len(baselines))}")
+                 for s in subjects if s.model == "retnet"} if "transformer" in bc.baselines else {}
+    llamas = {(s.cfg.to_json(), s.quant): s
+              for s in subjects if s.model == "retnet"} if "llama.cpp" in bc.baselines else {}
+    from .llamacpp import LLAMA_QUANTS
+
+    n_llama = sum(len(LLAMA_QUANTS[s.quant]) for s in llamas.values())
+    log(f"plan: {check_plan(subjects, bc, len(baselines), n_llama)}")
     with sigterm_as_exit():  # SIGTERM unwinds: the measuring child is killed and the temp dir removed
-        return _measure_all(subjects, list(baselines.values()), bc, log, progress)
+        return _measure_all(subjects, list(baselines.values()), list(llamas.values()), bc, log, progress)
 
 
-def _measure_all(subjects: list[Subject], retnets: list[Subject], bc: BenchConfig, log, progress) -> dict:
+def _measure_all(subjects: list[Subject], retnets: list[Subject], llamas: list[Subject], bc: BenchConfig, log,
+                 progress) -> dict:
     work = bc.work_dir or work_dir()
     try:
         subjects = subjects + [baseline_for(s, bc, work, log) for s in retnets]
+        subjects += [x for s in llamas for x in llama_subjects(s, bc, work, log)]
         machine = machine_facts()
         log("measuring this machine's read bandwidth ...")
         bandwidth = measure_read_bandwidth(sorted(set(bc.threads)))
@@ -233,18 +271,23 @@ def _measure_all(subjects: list[Subject], retnets: list[Subject], bc: BenchConfi
                            "memory_after_prefill_mb": res.get("memory_after_prefill_mb"),
                            "torch_imported": res.get("torch_imported")})
         machine["load_average_after"] = machine_facts()["load_average"]
+        if llamas:
+            from .llamacpp import system_info
+
+            machine["llama_cpp"] = system_info()
     finally:
         if not bc.work_dir:  # baseline artifacts built for this run only
             shutil.rmtree(work, ignore_errors=True)
-    return {"tool": "retnet-edge bench", "machine": machine, "versions": versions(),
+    return {"tool": "retnet-edge bench", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine, "versions": versions(),
             "config": {"contexts": sorted(bc.contexts), "tokens": bc.tokens, "threads": bc.threads,
-                       "repeat": bc.repeat, "baseline": bc.baseline, "runtime": bc.runtime},
+                       "repeat": bc.repeat, "baselines": list(bc.baselines), "runtime": bc.runtime},
             "results": results, "processes": extras, "summary": summarize(results)}
 
 
 def summarize(results: list[dict]) -> dict:
     """Flatness (latency at the deepest context ÷ at the shallowest) and RetNet-vs-baseline speedups."""
-    out: dict = {"flatness": [], "speedup_vs_baseline": []}
+    out: dict = {"flatness": [], "speedup_vs_baseline": [], "vs_llama_cpp": vs_llama_cpp(results)}
     groups: dict = {}
     for r in results:
         groups.setdefault((r["artifact"], r["model"], r["runtime"], r["quant"], r["threads"]), []).append(r)
@@ -272,20 +315,62 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def vs_llama_cpp(results: list[dict]) -> list[dict]:
+    """Each RetNet record against every llama.cpp record of its bits, threads and context, as ratios a user
+    reads: decode tok/s, prompt tok/s at 512 (pp512) and time to first token (> 1: retnet-edge is faster)."""
+    out = []
+    for r in results:
+        if r["model"] != "retnet":
+            continue
+        for b in results:
+            if b["model"] == "llama.cpp" and (b["quant"], b["threads"], b["context"]) == \
+                    (r["quant"], r["threads"], r["context"]):
+                pp = (r["prefill_tokens_per_s"] / b["prefill_tokens_per_s"]
+                      if r["prefill_tokens_per_s"] and b["prefill_tokens_per_s"] else None)
+                out.append({"artifact": r["artifact"], "runtime": r["runtime"], "quant": r["quant"],
+                            "llama_cpp": b["artifact"].split()[-1], "threads": r["threads"], "context": r["context"],
+                            "decode_tok_s": [r["tokens_per_s"], b["tokens_per_s"]],
+                            "decode_ratio": round(r["tokens_per_s"] / b["tokens_per_s"], 3),
+                            "pp512_tok_s": [r["prefill_tokens_per_s"], b["prefill_tokens_per_s"]],
+                            "pp512_ratio": None if pp is None else round(pp, 3),
+                            "ttft_ms": [r["ttft_ms"], b["ttft_ms"]]})
+    return out
+
+
 def render_bench_table(doc: dict) -> str:
-    """The short table `retnet-edge bench` prints on stdout."""
-    rows = [f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} {'context':>7} {'ms/tok':>8} {'p90':>8} "
-            f"{'tok/s':>8} {'rss MB':>7} {'state MB':>8} {'roof':>5}"]
+    """The tables `retnet-edge bench` prints: what a user feels first (decode tok/s per context, prompt
+    tok/s at 512, time to first token), then what explains it (ms, bytes per token, the read roof, memory)."""
+    contexts = doc["config"]["contexts"]
+    groups: dict = {}
+    for r in doc["results"]:
+        groups.setdefault((r["artifact"], r["runtime"], r["quant"], r["threads"]), {})[r["context"]] = r
+    head = (f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} "
+            + " ".join(f"{'tok/s@' + str(c):>11}" for c in contexts) + f" {'pp512 tok/s':>11} {'TTFT ms':>8}")
+    rows = ["decode tok/s at each context; the prompt (512 tokens) in tok/s and as time to its first token", head]
+    for (art, rt, quant, th), by_ctx in groups.items():
+        first = next(iter(by_ctx.values()))
+        pp, ttft = first["prefill_tokens_per_s"], first["ttft_ms"]
+        rows.append(f"{art[-28:]:<28} {rt:<15} {quant:<5} {th:>3} "
+                    + " ".join(f"{by_ctx[c]['tokens_per_s']:>11.1f}" if c in by_ctx else f"{'—':>11}" for c in contexts)
+                    + f" {pp if pp else '—':>11} {ttft if ttft else '—':>8}")
+    for v in doc["summary"].get("vs_llama_cpp", []):
+        pp = f"; pp512 x{v['pp512_ratio']:.2f}" if v["pp512_ratio"] else ""
+        rows.append(f"vs llama.cpp {v['llama_cpp']} ({v['quant']}, {v['threads']} thr, context {v['context']}): "
+                    f"decode x{v['decode_ratio']:.2f} ({v['decode_tok_s'][0]:.1f} vs {v['decode_tok_s'][1]:.1f} tok/s)"
+                    + pp + (f", TTFT {v['ttft_ms'][0]} vs {v['ttft_ms'][1]} ms" if v["ttft_ms"][0] else ""))
+    rows += ["", "what explains it:",
+             f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} {'context':>7} {'ms/tok':>8} {'p90':>8} "
+             f"{'MB/tok':>7} {'GB/s':>6} {'roof':>5} {'rss MB':>7} {'state MB':>8}"]
     for r in doc["results"]:
         rows.append(f"{r['artifact'][-28:]:<28} {r['runtime']:<15} {r['quant']:<5} {r['threads']:>3} {r['context']:>7} "
-                    f"{r['ms_per_token_median']:>8.3f} {r['ms_per_token_p90']:>8.3f} {r['tokens_per_s']:>8.1f} "
-                    f"{(r['rss_mb'] or 0):>7.1f} {r['state_bytes'] / 2**20:>8.2f} {r['roof_fraction']:>5.0%}")
-    bw = doc["machine"]["read_bandwidth"]
+                    f"{r['ms_per_token_median']:>8.3f} {r['ms_per_token_p90']:>8.3f} {r['bytes_per_token'] / 1e6:>7.1f} "
+                    f"{r['effective_gb_per_s']:>6.2f} {r['roof_fraction']:>5.0%} {(r['rss_mb'] or 0):>7.1f} "
+                    f"{r['state_bytes'] / 2**20:>8.2f}")
+    bw, m = doc["machine"]["read_bandwidth"], doc["machine"]
     rows.append(f"read roof: {', '.join(f'{t} thread(s) {g} GB/s' for t, g in bw['gb_per_s'].items())} "
-                f"[{bw['kernel']}]; load average {doc['machine']['load_average']} -> "
-                f"{doc['machine']['load_average_after']}")
+                f"[{bw['kernel']}]; CPU {m['cpu']} ({', '.join(m['flags']) or 'no listed ISA flags'}), {m['cores']} cores; "
+                f"load average {m['load_average']} -> {m['load_average_after']}")
     for f in doc["summary"]["flatness"]:
         rows.append(f"flatness {f['artifact']} ({f['model']}, {f['runtime']}, {f['threads']} thr): latency "
                     f"x{f['latency_ratio']} from context {f['contexts'][0]} to {f['contexts'][1]}")
     return "\n".join(rows)
-

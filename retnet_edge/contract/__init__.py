@@ -29,6 +29,7 @@ ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.on
 ONNX_STEP_FUSED_FILE = "model_fused.onnx"
 # its op: ai.onnx LinearAttention of opset 27 where the exporting onnxruntime runs it (1.32+), else onnxruntime's
 # com.microsoft op of the same signature (1.24.4 lacks its CPU kernel, 1.25.1 has it)
+LOGITS_TO_KEEP = "logits_to_keep"  # prefill.onnx: int64 [1], default 0 = every position (exporters/onnx/logits.py)
 FUSED_STATE_OP = ("com.microsoft", "LinearAttention")
 STANDARD_STATE_OP_OPSET = 27
 # ExecuTorch: the program and its XNNPACK partition summary (+ flavour and config)

@@ -18,6 +18,7 @@ from ..contract import (
     GENAI_CONV_SHAPE,
     INPUT_IDS,
     LOGITS,
+    LOGITS_TO_KEEP,
     MANIFEST_FILE,
     ONNX_PREFILL_FILE,
     ONNX_STEP_FILE,
@@ -89,6 +90,7 @@ class OnnxSession(SessionDefaults):
         self.step_file = step_graph_for(self.directory, step_graph)
         self._step = self._open_step()
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
+        self._keeps: bool | None = None  # the prompt graph takes logits_to_keep (known once it is open)
         # a prompt run on a session that also decodes hands its prompt-sized activations back afterwards
         self.prompt_run_options = ort.RunOptions()
         if self.flavor == "genai":
@@ -173,6 +175,16 @@ class OnnxSession(SessionDefaults):
     def init_state(self, batch_size: int) -> list[np.ndarray]:
         return [np.zeros((batch_size, *self.cfg.state_shape), np.float32) for _ in range(self.cfg.n_layers)]
 
+    def keep_last(self, last_only: bool) -> dict:
+        """The prompt graph's `logits_to_keep` feed: [1] when only the last position's logits are wanted and
+        the graph takes the input (exporters/onnx/logits.py; older artifacts and genai compute them all)."""
+        if not last_only:
+            return {}
+        if self._keeps is None:
+            sess = self.prefill_session  # an input with a default is an "overridable initializer" to onnxruntime
+            self._keeps = LOGITS_TO_KEEP in {i.name for i in [*sess.get_inputs(), *sess.get_overridable_initializers()]}
+        return {LOGITS_TO_KEEP: np.ones(1, np.int64)} if self._keeps else {}
+
     def _feed(self, ids, pos, state) -> dict:
         conv = np.zeros((ids.shape[0], *GENAI_CONV_SHAPE), np.float32)
         return {INPUT_IDS: ids, POSITION_IDS: pos, **dict(zip(self.names["past_recurrent"], state)),
@@ -186,8 +198,9 @@ class OnnxSession(SessionDefaults):
         outs = []
         for c in range(0, ids.shape[1], self.prefill_chunk):
             sl = slice(c, c + self.prefill_chunk)
-            logits, *state = self.prefill_session.run(self.outputs, self._feed(ids[:, sl], pos[:, sl], state),
-                                                      self.prompt_run_options)
+            logits, *state = self.prefill_session.run(
+                self.outputs, {**self._feed(ids[:, sl], pos[:, sl], state), **self.keep_last(last_only)},
+                self.prompt_run_options)
             outs = [logits[:, -1:]] if last_only else [*outs, logits]
         return np.concatenate(outs, axis=1), state
 
@@ -264,6 +277,8 @@ class BoundDecoder:
         for c in range(0, ids.shape[1], self.session.prefill_chunk):
             sl = slice(c, c + self.session.prefill_chunk)
             io = self._bind(sess, self.cur, np.ascontiguousarray(ids[:, sl]), np.ascontiguousarray(pos[:, sl]), None)
+            for name, value in self.session.keep_last(last_only).items():  # (bind_cpu_input refuses an input
+                io.bind_ortvalue_input(name, self.session._ort.OrtValue.ortvalue_from_numpy(value))  # with a default)
             sess.run_with_iobinding(io, self.session.prompt_run_options)
             self.cur = 1 - self.cur
             logits = io.get_outputs()[0].numpy()

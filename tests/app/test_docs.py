@@ -41,3 +41,13 @@ def test_docs_exist_and_name_only_real_files():
         text = page.read_text()
         for path in re.findall(r"`((?:benchmarks|retnet_edge|docs|scripts|tests)/[\w/.-]+\.(?:py|sh|md|cpp|c|json))`", text):
             assert (DOCS.parent / path).is_file(), f"{page.name} names {path}, which does not exist"
+
+
+def test_results_page_and_readme_figures_come_from_the_bench_json():
+    """benchmarks/RESULTS.md and the README's bench block are what results_md.py renders from the newest bench
+    JSON per machine: a hand-edited figure or a new run without re-rendering fails here."""
+    script = DOCS.parent / "benchmarks" / "results_md.py"
+    res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    readme = (DOCS.parent / "README.md").read_text()
+    assert readme.count("<!-- bench:begin") == 1 and readme.count("<!-- bench:end -->") == 1

@@ -72,7 +72,7 @@ def test_read_bandwidth_kernel_names_itself():
 
 
 @pytest.mark.parametrize("kwargs", [dict(contexts=[-1]), dict(threads=[0]), dict(threads=[100000]),
-                                    dict(tokens=0), dict(repeat=0), dict(runtime="gpu"), dict(baseline="mamba")])
+                                    dict(tokens=0), dict(repeat=0), dict(runtime="gpu"), dict(baselines=("mamba",))])
 def test_absurd_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         BenchConfig(**kwargs)

@@ -16,6 +16,7 @@ from retnet_edge.contract.quant import QuantConfig, QuantPlan
 from retnet_edge.core.step import RetNetStep
 from retnet_edge.errors import ExportError
 from retnet_edge.exporters.onnx.genai import to_genai_io, write_genai_files
+from retnet_edge.exporters.onnx.logits import add_logits_to_keep
 from retnet_edge.exporters.onnx.quantize import quantize_onnx
 from retnet_edge.exporters.onnx.trace import (
     STEP_KINDS,
@@ -61,6 +62,8 @@ def export_onnx_whole(step: RetNetStep, qc: QuantConfig, plan: QuantPlan, out: P
             log(f"  quantizing {graph} graph ({qc.scheme.value}, lm_head {qc.head_precision}, embedding "
                 f"{qc.embedding}{', int8 weights' if gplan is not plan else ''}) ...")
             model = quantize_onnx(model, gplan)
+        if graph == "prefill":
+            add_logits_to_keep(model)
         if graph == "genai":
             to_genai_io(model, cfg.n_layers)
         set_metadata(model, cfg, qc, graph, tokenizer)

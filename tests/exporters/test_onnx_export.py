@@ -176,3 +176,35 @@ def test_the_contrib_op_where_onnxruntime_lacks_the_standard_one(monkeypatch):
             for m in (contrib, standard))
     for x, y in zip(a, b):
         assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max()
+
+
+def test_the_prompt_graph_computes_the_lm_head_only_where_asked(tiny_onnx):
+    """prefill.onnx's optional `logits_to_keep` input (default 0: every position, so a caller that does not
+    feed it sees the documented contract); 1 keeps the last position, bit-identical to the full run's last
+    row, and the runner feeds it when a prompt needs only the next token."""
+    import onnxruntime as ort
+
+    from retnet_edge.runtimes import load_runner
+
+    model, art = tiny_onnx
+    m = onnx.load(str(art.path / "prefill.onnx"), load_external_data=False)
+    assert "logits_to_keep" in [i.name for i in m.graph.input]
+    default = next(t for t in m.graph.initializer if t.name == "logits_to_keep")
+    assert onnx.numpy_helper.to_array(default).tolist() == [0]
+    sess = ort.InferenceSession(str(art.path / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(3, model.cfg.vocab_size, (2, 9)), "position_ids": np.tile(np.arange(9), (2, 1)),
+            **{f"past.{i}.recurrent": np.zeros((2, *model.cfg.state_shape), np.float32)
+               for i in range(model.cfg.n_layers)}}
+    full = sess.run(None, feed)
+    last = sess.run(None, {**feed, "logits_to_keep": np.array([1])})
+    assert full[0].shape[1] == 9 and last[0].shape[1] == 1
+    np.testing.assert_array_equal(full[0][:, -1:], last[0])
+    for a, b in zip(full[1:], last[1:]):  # the state is the same either way
+        np.testing.assert_array_equal(a, b)
+    r = load_runner(art.path, threads=1)
+    ids = feed["input_ids"][0].tolist()
+    every = r.prefill(ids, all_logits=True)
+    r.reset()
+    np.testing.assert_array_equal(r.prefill(ids, all_logits=False)[-1], every[-1])
+    assert r.session._keeps is True  # it fed the input

@@ -6,7 +6,7 @@ import json
 import click
 
 from ...errors import RetNetEdgeError
-from ..cli_utils import emit, info, int_list
+from ..cli_utils import CommaChoice, emit, info, int_list
 
 
 @click.command("bench")
@@ -16,8 +16,11 @@ from ..cli_utils import emit, info, int_list
 @click.option("--tokens", default=128, show_default=True, help="Timed decode steps per repetition.")
 @click.option("--threads", "threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
 @click.option("--repeat", default=5, show_default=True, help="Repetitions per depth (each restarts at the depth).")
-@click.option("--baseline", type=click.Choice(["transformer", "none"]), default="transformer", show_default=True,
-              help="Same-size Transformer with a KV cache, at each RetNet ONNX artifact's quant mode.")
+@click.option("--baseline", type=CommaChoice(("transformer", "llama.cpp", "none")), default="transformer",
+              show_default=True,
+              help="What each RetNet artifact is compared with, comma-separated: transformer (a same-size "
+                   "Transformer-KV artifact, same target and quant), llama.cpp (a same-shape Llama GGUF at the "
+                   "matching bits: Q8_0 for int8, Q4_0 and Q4_K_M for int4; extra `llamacpp`), or none.")
 @click.option("--runtime", type=click.Choice(["auto", "python", "cpp"]), default="auto", show_default=True,
               help="ExecuTorch artifacts: C++ retnet_bench when built (auto), the Python runtime, or force C++.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots into this directory.")
@@ -25,24 +28,28 @@ from ..cli_utils import emit, info, int_list
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Keep baseline artifacts here (reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document instead of the table.")
 def bench_cmd(models, contexts, tokens, threads, repeat, baseline, runtime, plot_dir, output, work_dir, as_json):
-    """Per-token latency and memory of artifacts over context, vs a Transformer-KV baseline and the read roof.
+    """Decode tok/s over context, prompt tok/s at 512 and time to first token, against a baseline and the read roof.
 
     MODELS are exported artifact directories (ONNX or ExecuTorch) or checkpoints (`demo`: eager PyTorch).
     Each artifact runs in a fresh process per thread count; the JSON has one record per (artifact,
-    context, threads) with median/p90 ms per token, RSS (anonymous / file-backed), state bytes, bytes
-    read per token and the fraction of this machine's measured read bandwidth.
+    context, threads): tok/s, median/p90 ms per token, the 512-token prompt's tok/s and time to first
+    token, RSS (anonymous / file-backed), state bytes, bytes read per token and the fraction of this
+    machine's measured read bandwidth; with llama.cpp as a baseline, the ratios from this one run.
 
     \b
     Examples:
       retnet-edge bench out/demo-onnx-int4 --contexts 0,2048,8192 --threads 1
       retnet-edge bench out/onnx-int8 out/pte-int8 -o results.json --plot plots/
       retnet-edge bench demo --baseline none --contexts 0,512 --tokens 32 --repeat 2
+      retnet-edge bench out/demo/onnx-int4 --baseline llama.cpp --contexts 0,512,4096 --threads 1,2
     """
     from pathlib import Path
 
     from ...base.io_utils import atomic_write_text, check_output_path
     from ...bench import BenchConfig, render_bench_table, run_bench
 
+    if "none" in baseline and len(baseline) > 1:
+        raise click.UsageError("--baseline none stands alone (no baseline); drop it or the others")
     for path, is_dir in ((output, False), (plot_dir, True)):  # before any measuring, not after it
         if path:
             check_output_path(path, directory=is_dir)
@@ -57,7 +64,7 @@ def bench_cmd(models, contexts, tokens, threads, repeat, baseline, runtime, plot
         if twice:
             info(f"{name}: {', '.join(map(str, twice))} given more than once; each is measured once")
     bc = BenchConfig(contexts=depths, tokens=tokens, threads=counts, repeat=repeat,
-                     baseline=None if baseline == "none" else baseline, runtime=runtime,
+                     baselines=tuple(b for b in baseline if b != "none"), runtime=runtime,
                      work_dir=Path(work_dir) if work_dir else None)
     doc = run_bench(list(models), bc, log=info)
     if plot_dir:

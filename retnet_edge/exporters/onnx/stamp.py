@@ -48,6 +48,7 @@ from ...core.step import RetNetStep, to_recurrent
 from ...errors import ExportError, RetNetEdgeError
 from ..target import register_target
 from .genai import to_genai_io, write_genai_files
+from .logits import add_logits_to_keep
 from .quantize import BITS, quantize_matmuls
 from .trace import (
     ONNX_FLAVORS,
@@ -465,6 +466,8 @@ def export_onnx(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Pa
                 + (f", {qc.scheme.value}, lm_head {qc.head_precision}, embedding {qc.embedding}" if plan.quantizes_anything else "")
                 + ") ...")
             model = write_graph(templates[fname], source, cfg.n_layers, kind)
+            if kind == "prefill":
+                add_logits_to_keep(model)
             if kind == "genai":
                 to_genai_io(model, cfg.n_layers)
             set_metadata(model, cfg, qc, kind, tokenizer)

@@ -234,11 +234,12 @@ class Conversation:
 def open_conversation(model: str, tokenizer: str | None = None, threads: int | None = None,
                       sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 256,
                       cache_mb: float | None = None, chat_template: str | None = None,
-                      warn: Callable[[str], None] = lambda message: None) -> Conversation:
+                      warn: Callable[[str], None] = lambda message: None, step_graph: str = "auto",
+                      spin: bool = True) -> Conversation:
     """A new conversation with MODEL (an artifact directory, a checkpoint, or `demo`)."""
     if max_new_tokens < 1:
         raise ConfigError(f"-n/--max-new-tokens must be >= 1, got {max_new_tokens}")
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin)
     template = load_chat_template(runner.tokenizer_dir, chat_template)
     cache = cache_for(runner, cache_mb, warn=warn)
     return Conversation(runner, tok, cache, template, sampling, max_new_tokens)

@@ -318,6 +318,8 @@ class ServerConfig:
     cache_dir: str | None = None
     chat_template: str | None = None
     limits: Limits = Limits()
+    step_graph: str = "auto"  # ONNX: fused | chain | auto (runtimes.options)
+    spin: bool = True
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -325,7 +327,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def open_engine(config: ServerConfig, warn: Callable[[str], None] = lambda message: None) -> Engine:
     """The engine for the config's model, with its prefix cache and chat template."""
-    runner, tok = runner_and_tokenizer(config.model, config.tokenizer, config.threads)
+    runner, tok = runner_and_tokenizer(config.model, config.tokenizer, config.threads, config.step_graph, config.spin)
     cache = cache_for(runner, config.cache_mb, config.cache_dir, warn=warn)
     template = load_chat_template(runner.tokenizer_dir, config.chat_template)
     name = config.model_name or Path(str(config.model).rstrip("/")).name

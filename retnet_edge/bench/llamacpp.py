@@ -17,14 +17,16 @@ use (f16 K and V) is its `state_bytes_now`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -118,6 +120,21 @@ def write_gguf(shape: LlamaShape, path: Path, seed: int = 0) -> None:
     w.close()
 
 
+@contextlib.contextmanager
+def _quiet_native() -> Iterator[None]:
+    """llama.cpp's C code prints a line per tensor to the process's stdout/stderr: send both to /dev/null."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1), os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def quantize(src: Path, dst: Path, quant: str) -> None:
     """llama.cpp's own quantizer (llama_model_quantize) at `quant` (Q8_0, Q4_0, Q4_K_M, F16)."""
     import llama_cpp
@@ -125,7 +142,9 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     tmp = dst.with_name(dst.name + ".partial")
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
+    with _quiet_native():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"llama.cpp could not quantize {src.name} to {quant}")
     tmp.replace(dst)

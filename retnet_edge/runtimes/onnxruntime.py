@@ -67,6 +67,12 @@ def step_graph_for(directory: Path, choice: str) -> str:
     return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
 
 
+# prompt tokens per prefill call: 128 beat 256 and 512 on `small` (int8: 1,871 / 2,032 / 2,493 ms to the first
+# token of a 512-token prompt at 1 thread; int4 at 2 threads 1,703 / 1,842 / 1,913; int4 at 1 thread even),
+# benchmarks/results/prompt_levers_amd_epyc.json: the chunk's activations stay in cache
+PREFILL_CHUNK = 128
+
+
 class OnnxSession(SessionDefaults):
     """Batched, functional access to an ONNX artifact (numpy in/out); the validator's candidate.
 
@@ -78,7 +84,7 @@ class OnnxSession(SessionDefaults):
 
     batch_sizes = (1, 3)
 
-    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = 256,
+    def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
                  profile_prefix: str | None = None, step_graph: str = "auto", spin: bool = True,
                  flavor: str | None = None):
         import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine

@@ -101,6 +101,69 @@ def explanation(doc: dict) -> list[str]:
     return out
 
 
+def _machine(doc: dict) -> str:
+    m = doc["machine"]
+    load = (doc.get("load_average") or doc.get("load_average_before") or m.get("load_average")
+            or m.get("loadavg_at_start") or ["?"])
+    flags = ", ".join(m["flags"]) or "none listed" if "flags" in m else "not recorded"
+    return f"{m['cpu']} (flags {flags}, {m.get('cores', '?')} cores; load average {float(load[0]):.1f})"
+
+
+def task_section(results: Path) -> list[str]:
+    """`eval --tasks demo-mc` per subject (benchmarks/task_accuracy.py)."""
+    out = []
+    for path in sorted(results.glob("task_accuracy_*.json")):
+        doc = json.loads(path.read_text())
+        out += [f"### {doc['task']} on `{doc['model']}` — `benchmarks/results/{path.name}`", "",
+                f"{_machine(doc)}, {doc['threads']} thread. Accuracy of every artifact, items/s with shared "
+                "contexts, the speedup over scoring each choice from scratch, and whether lm-eval's own command "
+                "line gave the same accuracy.", "",
+                "| subject | acc | vs eager fp32 (points) | items/s | shared vs scratch | lm_eval CLI same |",
+                "|---|---|---|---|---|---|"]
+        for name, r in doc["subjects"].items():
+            sp = r.get("vs_scratch", {}).get("speedup")
+            same = r.get("lm_eval_cli", {}).get("same_accuracy")
+            out.append(f"| {name} | {100 * r['acc']:.1f} ± {100 * r['acc_stderr']:.1f} | "
+                       f"{r.get('acc_minus_eager_fp32_points', 0):+.2f} | {r.get('items_per_s', 0):.2f} | "
+                       f"{f'{sp:.2f}x' if sp else '—'} | {'yes' if same else '—' if same is None else 'NO'} |")
+        out.append("")
+    return out
+
+
+def sessions_section(results: Path) -> list[str]:
+    """Restoring a prompt's state vs reading the prompt again (benchmarks/sessions.py)."""
+    path = results / "sessions_demo.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    out = [f"### Sessions — `benchmarks/results/{path.name}`", "",
+           f"{_machine(doc)}; {doc['made_with']}, {doc['threads']} thread. A prompt's state "
+           f"({doc['restore']['state_bytes'] / 2**20:.2f} MiB at any length) restored from memory or disk "
+           "instead of the prompt read again:", "",
+           "| prompt tokens | read again | restored (memory) | restored (disk) |", "|---|---|---|---|"]
+    for n, r in doc["restore"]["prefixes"].items():
+        out.append(f"| {int(n):,} | {r['reprefill_ms']:,.0f} ms | {r['restore_ms_median']:.3f} ms | "
+                   f"{r['disk_restore_ms_median']:.2f} ms |")
+    return out + [""]
+
+
+def int4_section(results: Path) -> list[str]:
+    """int4 rounding methods against fp32 (benchmarks/int4_methods.py)."""
+    out = []
+    for path in sorted(results.glob("int4_methods_*.json")):
+        doc = json.loads(path.read_text())
+        out += [f"### int4 methods on `{Path(doc['model']).name}` — `benchmarks/results/{path.name}`", "",
+                f"{_machine(doc)}; {doc['rows'][0]['tokens']:,} held-out tokens against eager fp32 "
+                f"(docs/quantization.md reads them):", "",
+                "| target | group | method | MiB | KL | top-1 | Δppl | decode ms |", "|---|---|---|---|---|---|---|---|"]
+        for r in doc["rows"]:
+            out.append(f"| {r['target']} | {r['group_size']} | {r['method']} | {r['bytes'] / 2**20:.2f} | "
+                       f"{r['kl_mean']:.5f} | {r['top1']:.4f} | {r['delta_ppl_pct']:+.2f} % | "
+                       f"{r['decode_ms_per_token']:.2f} |")
+        out.append("")
+    return out
+
+
 def page(runs: list[tuple[Path, dict]]) -> str:
     out = ["# Benchmark results", "",
            "The latest `retnet-edge bench` run per machine, rendered from its JSON by `python benchmarks/results_md.py`"
@@ -116,6 +179,8 @@ def page(runs: list[tuple[Path, dict]]) -> str:
                 f"Settings: contexts {c['contexts']}, {c['tokens']} timed tokens x {c['repeat']} repetitions per "
                 f"context, threads {c['threads']}, baselines {', '.join(c.get('baselines', [])) or 'none'}.", "",
                 *headline(doc), "", "What explains it:", "", *explanation(doc), ""]
+    out += ["## Other measurements (each names its machine)", "", *task_section(RESULTS), *sessions_section(RESULTS),
+            *int4_section(RESULTS)]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -19,11 +19,12 @@ from ..base.progress import stages
 from ..base.tokenizer import load_tokenizer
 from ..checkpoints.loader import load
 from ..checkpoints.streaming import ModelWeights, open_weights
+from ..contract import GENAI_TOKENIZER_CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from ..contract import MANIFEST_FILE, tokenizer_file
 from ..contract.manifest import Manifest
 from ..contract.quant import QuantConfig
 from ..contract.request import MIN_STEPS, ExportRequest, check_steps
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, RetNetEdgeError
 from ..runtimes import RUNTIMES, RuntimeOptions, check_config_matches
 from .divergence import (
     LayerTable,
@@ -94,6 +95,7 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
     with atomic_output_dir(request.output, force=request.force) as tmp:
         if tok_file:  # first: an exporter may read it (the genai flavour's tokenizer_config.json)
             shutil.copyfile(tok_file, tmp / tok_file.name)
+            copy_chat_config(src, tmp, log)
         bar.stage("trace, quantize, write")
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
                                            **request.options)
@@ -119,6 +121,27 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
                                   quant_fallbacks=tuple(plan.fallbacks), export_seconds=round(time.time() - t0, 1))
         bar.done()
     return Artifact(Path(request.output), manifest)
+
+
+def copy_chat_config(src: Path, out: Path, log) -> None:
+    """The source's tokenizer_config.json (its `chat_template`, bos/eos text) goes with the tokenizer, so
+    `chat` and `serve` on the artifact speak the model's chat format as on the checkpoint. A file that is not
+    a JSON object is left behind with a note: the export does not fail for what only chat reads."""
+    import json
+
+    from ..base.confine import read_bounded
+
+    path = src / TOKENIZER_CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(read_bounded(path, "tokenizer config"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RetNetEdgeError) as exc:
+        log(f"  note: {path} not copied ({str(exc).splitlines()[0][:120]}): chat on the artifact has no template")
+        return
+    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 @dataclass

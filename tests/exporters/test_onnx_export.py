@@ -208,3 +208,29 @@ def test_the_prompt_graph_computes_the_lm_head_only_where_asked(tiny_onnx):
     r.reset()
     np.testing.assert_array_equal(r.prefill(ids, all_logits=False)[-1], every[-1])
     assert r.session._keeps is True  # it fed the input
+
+
+def test_the_checkpoints_chat_template_travels_with_the_artifact(tmp_path):
+    """tokenizer_config.json (chat_template, bos/eos text) is copied beside the tokenizer, hashed in the
+    manifest, and `chat` on the artifact finds the template; one that is not a JSON object stays behind."""
+    import shutil
+
+    from retnet_edge.app.chat import load_chat_template
+    from retnet_edge.base.paths import DEMO_DIR
+    from retnet_edge.exporters import export_model
+    from retnet_edge.contract.quant import QuantConfig
+    from retnet_edge.exporters.pipeline import copy_chat_config
+
+    src = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, src)
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
+    art = export_model(str(src), "onnx", QuantConfig("int8"), tmp_path / "art", steps=8)
+    assert "tokenizer_config.json" in art.manifest.files
+    assert load_chat_template(art.path).render([{"role": "user", "content": "hi"}]) == "<user>hi\n<assistant>"
+    notes = []
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tokenizer_config.json").write_text("[1, 2]")
+    (tmp_path / "out").mkdir()
+    copy_chat_config(tmp_path / "bad", tmp_path / "out", notes.append)
+    assert not (tmp_path / "out" / "tokenizer_config.json").exists() and "not a JSON object" in notes[0]

@@ -107,8 +107,11 @@ def write_genai_files(out: Path, cfg: RetNetConfig, tokenizer: str | None, threa
         # add_special_tokens=false, so it applies after update_options(add_special_tokens="true") only.
         # Only with a BOS token: without one, extensions prepends id 0 (tried with genai 0.18).
         bos = "bos_token" in special
+        source = out / GENAI_TOKENIZER_CONFIG_FILE  # the checkpoint's, copied by the pipeline: keep its chat template
+        kept = {k: v for k, v in (json.loads(source.read_text()) if source.is_file() else {}).items()
+                if k == "chat_template"}
         (out / GENAI_TOKENIZER_CONFIG_FILE).write_text(json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": bos, **special}, indent=2) + "\n")
+            {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": bos, **special, **kept}, indent=2) + "\n")
         files.append(GENAI_TOKENIZER_CONFIG_FILE)
         if bos:
             log(f"  note: {BOS_NOTE}")

@@ -3,10 +3,10 @@
 Same d_model, layers, vocabulary and GLU FFN as the RetNet config; Llama-style attention (head dim 64,
 rotary, RMSNorm), random weights (speed and memory only), quantized by the same QuantPlan.
 
-- ONNX (`export_baseline_onnx`), through the RetNet exporter's naming, quantization and weight writer, as
-  one graph with a dynamic past length, driven by `KVRunner` with plain onnxruntime:
-      forward(input_ids [B,T], position_ids [B,T], *past) -> (logits [B,T,V], *present)
-      past.{i}.key / past.{i}.value [B, H, P, 64] fp32  ->  present.{i}.* [B, H, P+T, 64]
+- ONNX (`export_baseline_onnx`): the graph onnxruntime-genai's model builder emits for a Llama on the CPU —
+  GroupQueryAttention with rotary inside and one preallocated KV buffer per layer shared by past and
+  present (`kv_onnx.build_graph`), quantized by the RetNet exporter's plan — driven by `kv_onnx.GQARunner`
+  as genai's generator drives it (IOBinding, the cache written in place).
 - ExecuTorch (`export_baseline_executorch`): ExecuTorch's own LLM recipe — KV-cache buffers
   [1, max_context, H, 64] written by `llama::update_cache` and read up to the position by
   `llama::custom_sdpa` — with the RetNet runner flavour's contract forward(tokens, input_pos) -> logits,
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,7 +31,7 @@ from ..contract.quant import QuantConfig
 from ..core.config import RetNetConfig
 from ..core.model import FeedForward
 from ..core.ops import RMSNorm, rotary_cos_sin, rotate_half_split
-from ..errors import ArtifactError
+
 
 HEAD_DIM = 64
 
@@ -49,21 +47,6 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(D, self.H * HEAD_DIM, bias=False) for _ in range(3))
         self.o_proj = nn.Linear(self.H * HEAD_DIM, D, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_past: Tensor, v_past: Tensor):
-        """x [B,T,D], past [B,H,P,Dh] -> (y [B,T,D], k, v [B,H,P+T,Dh])."""
-        B, T, _ = x.shape
-        q = rotate_half_split(self.q_proj(x).view(B, T, self.H, HEAD_DIM), cos, sin).transpose(1, 2)
-        k = rotate_half_split(self.k_proj(x).view(B, T, self.H, HEAD_DIM), cos, sin).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.H, HEAD_DIM).transpose(1, 2)
-        k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)  # the cache grows by T
-        P = k.shape[2] - T
-        # causal over the new tokens; every cached position is visible
-        allowed = torch.arange(P + T, device=x.device)[None, :] <= (P + torch.arange(T, device=x.device))[:, None]
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(HEAD_DIM)  # [B, H, T, P+T]
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        o = torch.softmax(scores, dim=-1) @ v  # [B, H, T, Dh]
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.H * HEAD_DIM)), k, v
-
 
 class Block(nn.Module):
     def __init__(self, cfg: RetNetConfig):
@@ -73,7 +56,7 @@ class Block(nn.Module):
 
 
 class TransformerKV(nn.Module):
-    """Pre-norm Llama-style decoder with an explicit KV cache (functional: past in, present out)."""
+    """Pre-norm Llama-style decoder: the weights both baselines are made of (each target has its graph)."""
 
     def __init__(self, cfg: RetNetConfig):
         super().__init__()
@@ -84,21 +67,6 @@ class TransformerKV(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         freqs = 1.0 / cfg.rope_theta ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)
         self.register_buffer("freqs", freqs.float(), persistent=False)
-
-    def init_cache(self, batch_size: int = 1, length: int = 0) -> list[Tensor]:
-        return [torch.zeros(batch_size, baseline_heads(self.cfg), length, HEAD_DIM)
-                for _ in range(2 * self.cfg.n_layers)]
-
-    def forward(self, input_ids: Tensor, position_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
-        x = self.embed(input_ids)
-        cos, sin = rotary_cos_sin(position_ids, self.freqs)  # [B, T, 1, Dh/2]
-        present = []
-        for i, layer in enumerate(self.layers):
-            y, k, v = layer.attn(layer.attn_norm(x), cos, sin, past[2 * i], past[2 * i + 1])
-            x = x + y
-            x = x + layer.ffn(layer.ffn_norm(x))
-            present += [k, v]
-        return (self.lm_head(self.norm(x)), *present)
 
 
 # Loggers that print while torch.onnx / torch.export trace the baseline ("torchvision is not installed",
@@ -122,102 +90,35 @@ def quiet_export() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def kv_io_names(n_layers: int) -> tuple[list[str], list[str]]:
-    kv = [f"{{}}.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
-    return (["input_ids", "position_ids", *(n.format("past") for n in kv)],
-            ["logits", *(n.format("present") for n in kv)])
-
-
 def kv_cache_bytes(cfg: RetNetConfig, context: int, bytes_per_value: int = 4) -> int:
     """The baseline's cache at `context` tokens: K and V, L layers, H x 64 values each (fp32 here)."""
     return 2 * cfg.n_layers * context * baseline_heads(cfg) * HEAD_DIM * bytes_per_value
 
 
 def export_baseline_onnx(cfg: RetNetConfig, qc: QuantConfig, output: Path, seed: int = 0, log=lambda s: None) -> Path:
-    """Random-weight TransformerKV -> ONNX (one graph, dynamic past), quantized by the RetNet exporter's plan."""
+    """Random-weight TransformerKV -> the GroupQueryAttention graph onnxruntime-genai's builder would emit
+    (`kv_onnx.build_graph`), quantized by the RetNet exporter's plan for the same linears."""
     from ..contract.quant import plan_quantization
     from ..exporters.onnx.quantize import quantize_onnx
-    from ..exporters.onnx.trace import OPSET, name_nodes
     from ..exporters.onnx.weights import save_shared
+    from .kv_onnx import build_graph
 
     model = _random_baseline(cfg, seed)
-    B, T, P = 1, 3, 5
-    args = (torch.zeros(B, T, dtype=torch.long), torch.arange(P, P + T)[None], *model.init_cache(B, P))
-    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("sequence", min=1, max=8192)
-    past = torch.export.Dim("past", min=0, max=65536)
-    inputs, outputs = kv_io_names(cfg.n_layers)
-    log(f"  tracing the Transformer-KV baseline ({qc.scheme.value}) ...")
-    with torch.no_grad():
-        prog = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET, input_names=inputs,
-                                 output_names=outputs, verbose=False,
-                                 dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq},
-                                                 tuple({0: batch, 2: past} for _ in range(2 * cfg.n_layers))))
-    proto = prog.model_proto
-    name_nodes(proto)
+    log(f"  building the Transformer-KV baseline (GroupQueryAttention, {qc.scheme.value}) ...")
+    proto = build_graph({k: v.numpy() for k, v in model.state_dict().items()}, cfg, baseline_heads(cfg))
     linears = {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     plan = plan_quantization(qc, linears)
     if plan.quantizes_anything:
         proto = quantize_onnx(proto, plan)
-    proto.metadata_props.add(key="retnet_edge.baseline", value="transformer-kv")
-    proto.metadata_props.add(key="retnet_edge.config", value=cfg.to_json())
+    for key, value in (("retnet_edge.baseline", "transformer-kv-gqa"), ("retnet_edge.config", cfg.to_json()),
+                       ("retnet_edge.kv_heads", str(baseline_heads(cfg)))):
+        proto.metadata_props.add(key=key, value=value)
     with atomic_output_dir(output, force=True) as tmp:
         save_shared({ONNX_STEP_FILE: proto}, tmp)
         Manifest.write(tmp, target="onnx", config=cfg, quant=qc, validation=None,
-                       extra={"model": "transformer", "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
+                       extra={"model": "transformer", "graph": "GroupQueryAttention, shared KV buffer",
+                              "kv_heads": baseline_heads(cfg), "head_dim": HEAD_DIM})
     return output
-
-
-class KVRunner:
-    """Batch-1 decoding of the baseline with plain onnxruntime: the cache is fed back every call."""
-
-    def __init__(self, directory: Path, threads: int | None = None):
-        import json
-
-        import onnxruntime as ort
-
-        from ..runtimes.onnxruntime import session_options
-
-        so = session_options(threads)  # as the RetNet runner
-        path = Path(directory) / ONNX_STEP_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{path} not found")
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.cfg = RetNetConfig.from_dict(json.loads(meta["retnet_edge.config"]))
-        self.input_names, _ = kv_io_names(self.cfg.n_layers)
-        self.reset()
-
-    def reset(self) -> None:
-        H, L = baseline_heads(self.cfg), self.cfg.n_layers
-        self.position, self.cache = 0, [np.zeros((1, H, 0, HEAD_DIM), np.float32) for _ in range(2 * L)]
-
-    def _run(self, ids: list[int]) -> np.ndarray:
-        pos = np.arange(self.position, self.position + len(ids), dtype=np.int64)[None]
-        feed = dict(zip(self.input_names, [np.array([ids], dtype=np.int64), pos, *self.cache]))
-        logits, *self.cache = self.session.run(None, feed)
-        self.position += len(ids)
-        return logits[0]
-
-    def prefill(self, ids: list[int], all_logits: bool = True, chunk: int = 512) -> np.ndarray:
-        outs = []
-        for c in range(0, len(ids), chunk):
-            logits = self._run(ids[c : c + chunk])
-            outs = [*outs, logits] if all_logits else [logits[-1:]]
-        return np.concatenate(outs)
-
-    def step(self, token: int) -> np.ndarray:
-        return self._run([token])[-1]
-
-    def snapshot(self):
-        return self.position, list(self.cache)
-
-    def restore(self, snap) -> None:
-        self.position, self.cache = snap[0], list(snap[1])
-
-    @property
-    def state_bytes(self) -> int:
-        return sum(c.nbytes for c in self.cache)
-
 
 
 class TransformerKVProgram(nn.Module):

@@ -111,13 +111,14 @@ class _ProgramKVAdapter(_RetNetAdapter):
         return kv_cache_bytes(self.r.cfg, self.r.position)
 
 
-def open_decoder(model: str, runtime: str, path: str, threads: int):
+def open_decoder(model: str, runtime: str, path: str, threads: int, positions: int = PROMPT + 16):
+    """The subject's decoder; `positions`: what the run reaches (the ONNX baseline preallocates its cache)."""
     from ..runtimes import load_runner
 
     if model == "transformer" and runtime == "onnxruntime":
-        from .baseline import KVRunner
+        from .kv_onnx import GQARunner
 
-        return _KVAdapter(KVRunner(Path(path), threads))
+        return _KVAdapter(GQARunner(Path(path), threads, max_len=positions))
     if model == "transformer":
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels it calls)
 
@@ -140,7 +141,8 @@ def measure(spec: dict) -> dict:
     _import_engine(spec["runtime"])
     base = memory_mb()
     t0 = time.perf_counter()
-    dec = open_decoder(spec["model"], spec["runtime"], spec["path"], spec["threads"])
+    positions = max(max(spec["contexts"]) + spec["tokens"] + 16, PROMPT + 16)
+    dec = open_decoder(spec["model"], spec["runtime"], spec["path"], spec["threads"], positions)
     load_s = time.perf_counter() - t0
     after_load = _delta(memory_mb(), base)
     vocab = dec.r.cfg.vocab_size

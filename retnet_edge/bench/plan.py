@@ -16,9 +16,9 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from .suite import BenchConfig, Subject
 
-# The Transformer-KV baseline's cache holds at most this many positions: its ONNX graph is exported with a
-# past length of at most 65,536 (baseline.export_baseline_onnx), and its ExecuTorch program preallocates
-# the cache for the whole run.
+# The Transformer-KV baseline's cache holds at most this many positions: its ONNX graph's rotary caches have
+# 65,536 rows (kv_onnx.MAX_POSITIONS; the run preallocates what it reaches), and its ExecuTorch program
+# preallocates the cache for the whole run.
 BASELINE_MAX_CONTEXT = 65_536
 # Rough rates for the estimate, from the demo model (17M parameters) on one core of a Xeon: prefill ~5e10
 # (eager) to ~1.6e11 (ONNX int8) FLOP/s, a decode step 1 ms (ONNX) to 11 ms (eager) — the slower of each.

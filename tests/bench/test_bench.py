@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -10,7 +12,7 @@ from retnet_edge.bench import BenchConfig
 from retnet_edge.bench.baseline import kv_cache_bytes
 from retnet_edge.bench.roof import measure_read_bandwidth
 from retnet_edge.cli import main
-from retnet_edge.errors import ConfigError
+from retnet_edge.errors import ArtifactError, ConfigError
 
 RECORD_KEYS = {"model", "runtime", "quant", "threads", "context", "ms_per_token_median", "ms_per_token_p90",
                "tokens_per_s", "prefill_tokens_per_s", "rss_peak_mb", "rss_anon_mb", "rss_file_mb", "state_bytes",
@@ -95,3 +97,44 @@ def test_profiler_drives_the_step_graph_the_runner_uses(tiny_onnx, graph):
     shares = prof["share_of_node_time"]
     assert abs(sum(shares.values()) - 1) < 0.01 and prof["profiled_ms_per_step"] > 0
     assert (graph == "fused") == any("LinearAttention" in k for k in shares), shares
+
+
+def test_the_onnx_baseline_is_the_gqa_graph_people_deploy_and_it_is_right(tmp_path):
+    """The ONNX Transformer baseline: GroupQueryAttention with one KV buffer per layer shared by past and present
+    (no concatenation), the prompt and each step equal to eager causal attention over the same weights, a
+    rewind costs nothing and the cache in use is what a token reads."""
+    import onnx
+    import torch
+
+    from retnet_edge.bench.baseline import HEAD_DIM, _random_baseline, baseline_heads, export_baseline_onnx
+    from retnet_edge.bench.kv_onnx import GQARunner
+    from retnet_edge.contract.quant import QuantConfig
+    from retnet_edge.core.config import RetNetConfig
+    from retnet_edge.core.ops import rotary_cos_sin, rotate_half_split
+
+    cfg = RetNetConfig(vocab_size=300, d_model=128, n_layers=2, n_heads=2, ffn_dim=256)
+    export_baseline_onnx(cfg, QuantConfig("fp32"), tmp_path / "b")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "Concat" not in ops
+    m, H, ids = _random_baseline(cfg, 0), baseline_heads(cfg), [5, 17, 42, 99, 7, 3, 250, 11]
+    with torch.no_grad():
+        x, T = m.embed(torch.tensor([ids])), len(ids)
+        cos, sin = rotary_cos_sin(torch.arange(T)[None], m.freqs)
+        for layer in m.layers:
+            a, h = layer.attn, layer.attn_norm(x)
+            q, k = (rotate_half_split(p(h).view(1, T, H, HEAD_DIM), cos, sin).transpose(1, 2) for p in (a.q_proj, a.k_proj))
+            v = a.v_proj(h).view(1, T, H, HEAD_DIM).transpose(1, 2)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + a.o_proj(o.transpose(1, 2).reshape(1, T, H * HEAD_DIM))
+            f, hh = layer.ffn, layer.ffn_norm(x)
+            x = x + f.fc2(torch.nn.functional.silu(f.fc1(hh)) * f.gate(hh))
+        ref = m.lm_head(m.norm(x))[0].numpy()
+    r = GQARunner(tmp_path / "b", 1, max_len=16)
+    assert np.abs(r.prefill(ids[:5])[-1] - ref[4]).max() < 1e-5 * np.abs(ref).max()
+    for t in range(5, 8):
+        assert np.abs(r.step(ids[t]) - ref[t]).max() < 1e-5 * np.abs(ref).max()
+    assert r.state_bytes == 2 * cfg.n_layers * 8 * H * HEAD_DIM * 4
+    r.restore(5)
+    assert np.abs(r.step(ids[5]) - ref[5]).max() < 1e-5 * np.abs(ref).max()  # rewound: the same token, the same logits
+    with pytest.raises(ArtifactError, match="holds 16"):
+        r.prefill(list(range(3, 20)))

@@ -4,9 +4,9 @@
     python benchmarks/results_md.py            # rewrite RESULTS.md and the README block
     python benchmarks/results_md.py --check    # exit 1 when either differs from what the JSON gives
 
-One page of current numbers: for each machine (CPU model and ISA flags) the latest bench document in
-benchmarks/results/ (by its "created" stamp; documents without one are older formats and stay in git
-history), headline first (decode tok/s at each context, prompt tok/s at 512, time to first token, the
+One page of current numbers: every bench document in benchmarks/results/ with a "created" stamp (each
+file is named for its suite and the machine's CPU, so a new run replaces that machine's old one; documents
+without a stamp are older formats and stay in git history), newest first, headline first (decode tok/s at each context, prompt tok/s at 512, time to first token, the
 ratios against llama.cpp from the same run), then what explains it (ms, bytes per token, the read roof,
 memory). The README shows the newest machine's headline between its `bench:begin` / `bench:end` markers.
 """
@@ -25,17 +25,19 @@ BEGIN, END = "<!-- bench:begin (benchmarks/results_md.py writes this block) -->"
 
 
 def current_runs(results: Path = RESULTS) -> list[tuple[Path, dict]]:
-    """The latest bench document per machine, newest first."""
-    latest: dict[tuple, tuple[Path, dict]] = {}
+    """Every bench document with a `created` stamp, newest first. A file is named for its suite and the
+    machine's CPU (run_bench.sh), so a machine's new run replaces its old one and git keeps the history."""
+    runs = []
     for path in sorted(results.glob("bench_*.json")):
         doc = json.loads(path.read_text())
-        if doc.get("tool") != "retnet-edge bench" or "created" not in doc:
-            continue
-        m = doc["machine"]
-        key = (m["cpu"], tuple(m["flags"]), m["cores"])
-        if key not in latest or doc["created"] > latest[key][1]["created"]:
-            latest[key] = (path, doc)
-    return sorted(latest.values(), key=lambda pd: pd[1]["created"], reverse=True)
+        if doc.get("tool") == "retnet-edge bench" and "created" in doc:
+            runs.append((path, doc))
+    return sorted(runs, key=lambda pd: pd[1]["created"], reverse=True)
+
+
+def main_run(runs: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """The README's run: the newest `bench_small_<cpu>.json` (not a variants or long-context suite)."""
+    return next(((p, d) for p, d in runs if not any(t in p.name for t in ("_variants_", "_16k_"))), None)
 
 
 def machine_line(doc: dict) -> str:
@@ -166,7 +168,7 @@ def int4_section(results: Path) -> list[str]:
 
 def page(runs: list[tuple[Path, dict]]) -> str:
     out = ["# Benchmark results", "",
-           "The latest `retnet-edge bench` run per machine, rendered from its JSON by `python benchmarks/results_md.py`"
+           "The latest `retnet-edge bench` run of each suite per machine, rendered from its JSON by `python benchmarks/results_md.py`"
            " (`bash benchmarks/run_bench.sh` measures and renders; earlier runs live in git history). Figures from "
            "different machines are never compared. Subjects with random weights (`small`) are for speed and memory "
            "only; llama.cpp runs a same-shape Llama GGUF (d_model, layers, FFN, vocabulary; head dim 64) quantized "
@@ -185,9 +187,10 @@ def page(runs: list[tuple[Path, dict]]) -> str:
 
 
 def readme_block(runs: list[tuple[Path, dict]]) -> str:
-    if not runs:
+    main = main_run(runs)
+    if main is None:
         return f"{BEGIN}\nNo bench run recorded yet.\n{END}"
-    path, doc = runs[0]
+    path, doc = main
     return "\n".join([BEGIN, f"Measured by `retnet-edge bench` (`benchmarks/results/{path.name}`) on "
                       + machine_line(doc), "", *headline(doc), END])
 
@@ -215,7 +218,7 @@ def main() -> int:
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(p)
-    print(f"wrote {PAGE.relative_to(ROOT)} and the README block ({len(runs)} machine(s))", file=sys.stderr)
+    print(f"wrote {PAGE.relative_to(ROOT)} and the README block ({len(runs)} bench run(s))", file=sys.stderr)
     return 0
 
 

@@ -2,10 +2,15 @@
 byte-level tokenizer, exported to ONNX once per test session, and a Python preamble that blocks torch."""
 from __future__ import annotations
 
+import os
+import pty
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 from helpers import make_model
+from pexpect import fdpexpect
 
 from retnet_edge import save_pretrained
 from retnet_edge.base.paths import DEMO_DIR
@@ -52,3 +57,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PtyChild(fdpexpect.fdspawn):
+    """pexpect on a pseudo-terminal whose process subprocess starts (vfork/posix_spawn + exec).
+
+    pexpect.spawn forks this pytest process and runs Python in the child before exec; with onnxruntime's
+    and torch's worker threads alive here, a lock one of them held at the fork stays locked in the child
+    forever (seen: the child asleep on a futex, the test waiting on it). subprocess never runs Python
+    between fork and exec. The child leads its own session, so Ctrl-C is SIGINT to its process group, as
+    a terminal sends it; Ctrl-D is the terminal's EOF character."""
+
+    def __init__(self, argv: list[str], timeout: float = 60):
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     close_fds=True)
+        os.close(slave)  # the child holds the only copy: its exit is EOF here
+        super().__init__(master, encoding="utf-8", timeout=timeout)
+        self.exitstatus: int | None = None
+
+    def sendintr(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def sendeof(self) -> None:
+        self.send("\x04")
+
+    def close(self) -> None:
+        try:
+            self.exitstatus = self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            super().close()

@@ -8,7 +8,7 @@ import numpy as np
 import pexpect
 import pytest
 from click.testing import CliRunner
-from session_helpers import BLOCK_TORCH, text_artifact
+from session_helpers import BLOCK_TORCH, PtyChild, text_artifact
 
 from retnet_edge.app.chat import Conversation, StopMatcher, open_conversation
 from retnet_edge.cli import main
@@ -102,15 +102,15 @@ def test_stop_matcher_holds_back_a_possible_stop():
     assert m.feed("y\n") == "y" and m.feed("\nmore") == "" and m.stopped and m.flush() == ""
 
 
-def _spawn(args: list[str], block_torch: bool = False) -> pexpect.spawn:
+def _spawn(args: list[str], block_torch: bool = False) -> PtyChild:
     script = (BLOCK_TORCH if block_torch else "import sys\n") + (
         "from retnet_edge.cli import main\nsys.argv = ['retnet-edge'] + sys.argv[1:]\nmain()\n")
-    child = pexpect.spawn(sys.executable, ["-c", script, "chat", *args], encoding="utf-8", timeout=60)
+    child = PtyChild([sys.executable, "-c", script, "chat", *args], timeout=60)
     child.expect("> ")
     return child
 
 
-def _turn(child: pexpect.spawn, text: str) -> tuple[str, str]:
+def _turn(child: PtyChild, text: str) -> tuple[str, str]:
     """Send a message; (the reply, the stats line)."""
     child.sendline(text)
     child.expect(r"\[[^\]]*cached\]\r\n")

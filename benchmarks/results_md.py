@@ -75,14 +75,19 @@ def headline(doc: dict) -> list[str]:
                    + f" | {pp if pp else '—'} | {f'{ttft:,.0f} ms' if ttft else '—'} |")
     ratios = doc["summary"].get("vs_llama_cpp", [])
     if ratios:
-        out += ["", "Against llama.cpp in the same run (> 1: retnet-edge is faster; same bits, threads and context):", "",
-                "| retnet-edge | llama.cpp | threads | context | decode tok/s | ratio | prompt tok/s (512) | ratio |",
-                "|---|---|---|---|---|---|---|---|"]
+        rows: dict = {}
         for v in ratios:
-            pp = v["pp512_tok_s"]
-            out.append(f"| {_name(v['artifact'])} | {v['llama_cpp']} | {v['threads']} | {v['context']} | "
-                       f"{v['decode_tok_s'][0]:.1f} vs {v['decode_tok_s'][1]:.1f} | **{v['decode_ratio']:.2f}x** | "
-                       + (f"{pp[0]} vs {pp[1]} | **{v['pp512_ratio']:.2f}x** |" if v["pp512_ratio"] else "— | — |"))
+            rows.setdefault((_name(v["artifact"]), v["llama_cpp"], v["threads"]), {})[v["context"]] = v
+        out += ["", "Against llama.cpp in the same run, retnet-edge ÷ llama.cpp tok/s (> 1: retnet-edge is faster; same "
+                "bits, threads and context):", "",
+                "| retnet-edge | llama.cpp | threads | " + " | ".join(f"decode @{c}" for c in ctx)
+                + " | prompt (512) | time to first token |", "|---|---|---|" + "---|" * len(ctx) + "---|---|"]
+        for (art, q, th), by in rows.items():
+            first = next(iter(by.values()))
+            cells = [f"**{by[c]['decode_ratio']:.2f}x**" if c in by else "—" for c in ctx]
+            pp, ttft = first["pp512_ratio"], first["ttft_ms"]
+            out.append(f"| {art} | {q} | {th} | " + " | ".join(cells) + f" | {f'**{pp:.2f}x**' if pp else '—'} | "
+                       + (f"{ttft[0]:,.0f} vs {ttft[1]:,.0f} ms |" if ttft[0] and ttft[1] else "— |"))
     return out
 
 

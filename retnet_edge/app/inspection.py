@@ -85,6 +85,14 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"artifact      {a['target']}{flavor} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
                      f"{a['quant']['embedding']}{prompt}), validation {a['validation']}: "
                      + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))
+        q = a["quant"]
+        if q["scheme"] == "int4":  # how the int4 weights were chosen and rounded (issue 28)
+            mixed = [m for m in (q.get("int8_modules") or "").split(",") if m]
+            bound = f", chosen under --max-kl {q['max_kl']:g} on {q.get('calibration') or 'calibration text'}" \
+                if q.get("max_kl") else ""
+            lines.append(f"int4          {q.get('int4_method', 'rtn')} g{q['group_size']}; "
+                         + (f"{len(mixed)} linear(s) kept int8: {', '.join(mixed)}" if mixed else "every body linear int4")
+                         + bound)
     for t, b in report["kv_cache_bytes_fp16"].items():
         lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "
                      f"{report['kv_cache_over_state'][t]}x the RetNet state")

@@ -148,3 +148,18 @@ def test_auto_on_the_demo_respects_its_bound(tmp_path):
     qc, record = sensitivity.auto_quant(weights, "executorch", QuantConfig("int4"), 5e-3, tok)
     assert record["kl"] <= 5e-3 and record["int4"] and qc.int8_modules
     assert sensitivity.auto_quant(weights, "executorch", QuantConfig("int4"), 5e-3, tok)[0] == qc
+
+
+def test_inspect_names_the_int4_plan(tiny_with_tokenizer, tmp_path):
+    """`inspect` on an int4 artifact says how its weights were rounded and which linears stayed int8, with the
+    bound and the calibration text that chose them."""
+    from retnet_edge.exporters import export_model
+
+    qc = QuantConfig("int4", int8_modules="layers.0.ffn.fc2,layers.1.retention.v_proj", max_kl=0.004,
+                     calibration="heldout.txt (128 tokens)")
+    art = export_model(str(tiny_with_tokenizer), "onnx", qc, tmp_path / "a", steps=8)
+    res = CliRunner().invoke(main, ["inspect", str(art.path)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("int4 "))
+    assert line == ("int4          rtn g32; 2 linear(s) kept int8: layers.0.ffn.fc2, layers.1.retention.v_proj, "
+                    "chosen under --max-kl 0.004 on heldout.txt (128 tokens)"), line

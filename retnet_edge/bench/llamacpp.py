@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.config import RetNetConfig
 from ..errors import MissingExtraError
-from .measure import PROMPT, _delta, memory_mb, prompt_seconds
+from .measure import PROMPT, memory_delta, memory_mb, prompt_seconds
 
 HEAD_DIM = 64
 LLAMA_QUANTS: dict[str, tuple[str, ...]] = {"int8": ("Q8_0",), "int4": ("Q4_0", "Q4_K_M"), "fp32": ("F16",)}
@@ -194,14 +194,14 @@ def measure(spec: dict) -> dict:
                           n_ubatch=PROMPT, n_threads=spec["threads"], n_threads_batch=spec["threads"],
                           logits_all=False, verbose=False)
     load_s = time.perf_counter() - t0
-    after_load = _delta(memory_mb(), base)
+    after_load = memory_delta(memory_mb(), base)
     rng = np.random.default_rng(spec.get("seed", 0))
 
     def ids(n: int) -> list[int]:
         return rng.integers(FIRST_ID, shape.vocab, n).tolist()
 
     ttft = prompt_seconds(llm.reset, llm.eval, ids(PROMPT))
-    after_prefill = _delta(memory_mb(), base)
+    after_prefill = memory_delta(memory_mb(), base)
     llm.reset()
     records = []
     for context in sorted(spec["contexts"]):
@@ -227,7 +227,7 @@ def measure(spec: dict) -> dict:
             "repeat_medians_ms": [round(m, 4) for m in medians],
             "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
             "state_bytes_now": shape.kv_bytes(context + 1 + spec["tokens"] // 2), "state_fingerprint": None,
-            "memory_mb": _delta(memory_mb(), base)})
+            "memory_mb": memory_delta(memory_mb(), base)})
     return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": None,
             "torch_imported": "torch" in sys.modules, "memory_after_load_mb": after_load,
             "memory_after_prefill_mb": after_prefill, "prefill_tokens": PROMPT, "ttft_ms": round(ttft * 1e3, 2),

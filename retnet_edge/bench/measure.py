@@ -39,7 +39,8 @@ def memory_mb() -> dict:
     return out
 
 
-def _delta(m: dict, base: dict) -> dict:
+def memory_delta(m: dict, base: dict) -> dict:
+    """Each memory figure over the import baseline (MiB)."""
     return {k: round(v - base.get(k, 0.0), 1) for k, v in m.items()}
 
 
@@ -158,12 +159,12 @@ def measure(spec: dict) -> dict:
     positions = max(max(spec["contexts"]) + spec["tokens"] + 16, PROMPT + 16)
     dec = open_decoder(spec["model"], spec["runtime"], spec["path"], spec["threads"], positions)
     load_s = time.perf_counter() - t0
-    after_load = _delta(memory_mb(), base)
+    after_load = memory_delta(memory_mb(), base)
     vocab = dec.r.cfg.vocab_size
     rng = np.random.default_rng(spec.get("seed", 0))
     prompt = rng.integers(3, vocab, PROMPT).tolist()
     ttft = prompt_seconds(dec.reset, dec.prefill, prompt)
-    after_prefill = _delta(memory_mb(), base)
+    after_prefill = memory_delta(memory_mb(), base)
     dec.reset()
     records = []
     for context in sorted(spec["contexts"]):
@@ -194,7 +195,7 @@ def measure(spec: dict) -> dict:
             "repeat_medians_ms": [round(m, 4) for m in medians],
             "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
             "state_bytes_now": dec.state_bytes, "state_fingerprint": fingerprint,
-            "memory_mb": _delta(memory_mb(), base)})
+            "memory_mb": memory_delta(memory_mb(), base)})
     profile = ort_profile(spec["path"], spec["threads"]) if spec.get("profile") else None
     return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": profile,
             "torch_imported": "torch" in sys.modules,  # ONNX artifacts run without torch (the base install)

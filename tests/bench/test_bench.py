@@ -42,7 +42,8 @@ def test_document_schema(bench_doc, tiny_onnx):
     for r in doc["results"]:
         assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
         assert r["runtime"] == "onnxruntime" and r["quant"] == "fp32" and r["threads"] == 1
-        assert 0 < r["ms_per_token_median"] <= r["ms_per_token_p90"] and 0 < r["roof_fraction"] < 5
+        # a tiny model's weights sit in the caches: its "roof fraction" of DRAM bandwidth may pass 1 by far
+        assert 0 < r["ms_per_token_median"] <= r["ms_per_token_p90"] and 0 < r["roof_fraction"] < 100
         assert r["bytes_per_token"] > r["state_bytes"] > 0
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["latency_vs_context.png", "memory_vs_context.png"]
     for r in doc["results"]:  # under 60 % of the roof, a RetNet ONNX record says where its kernel time goes

@@ -20,7 +20,9 @@ def test_io_contract_and_metadata(tiny_onnx):
         m = onnx.load(str(art.path / fname))
         ins = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
         outs = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in m.graph.output}
-        assert list(ins) == ["input_ids", "position_ids", "past.0.recurrent", "past.1.recurrent", "past.2.recurrent"]
+        keep = ["logits_to_keep"] if fname == "prefill.onnx" else []  # optional, default 0 = every position
+        assert list(ins) == ["input_ids", "position_ids", "past.0.recurrent", "past.1.recurrent", "past.2.recurrent",
+                             *keep]
         assert list(outs) == ["logits", "present.0.recurrent", "present.1.recurrent", "present.2.recurrent"]
         assert ins["input_ids"] == ["batch", seq] and ins["position_ids"] == ["batch", seq]
         assert ins["past.1.recurrent"] == ["batch", 4, 16, 32] == outs["present.1.recurrent"]
@@ -221,11 +223,16 @@ def test_the_checkpoints_chat_template_travels_with_the_artifact(tmp_path):
     from retnet_edge.contract.quant import QuantConfig
     from retnet_edge.exporters.pipeline import copy_chat_config
 
-    src = tmp_path / "demo"
-    shutil.copytree(DEMO_DIR, src)
+    from helpers import make_model
+
+    from retnet_edge import save_pretrained
+
+    src = tmp_path / "m"  # a 1-layer model with the demo's vocabulary and tokenizer: the copy, not the model, is tested
+    save_pretrained(make_model(n_layers=1, vocab_size=4096), src)
+    shutil.copy(DEMO_DIR / "tokenizer.json", src)
     template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
     (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
-    art = export_model(str(src), "onnx", QuantConfig("int8"), tmp_path / "art", steps=8)
+    art = export_model(str(src), "onnx", QuantConfig("fp32"), tmp_path / "art", steps=8)
     assert "tokenizer_config.json" in art.manifest.files
     assert load_chat_template(art.path).render([{"role": "user", "content": "hi"}]) == "<user>hi\n<assistant>"
     notes = []

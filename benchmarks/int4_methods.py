@@ -86,7 +86,7 @@ def run_auto(model: str, target: str, group: int, method: str, calibration: str,
     qc = QuantConfig("int4", group_size=group, int4_method=method)
     rows = [run_one(model, target, group, method, work, reference, tok, text, max_tokens, log,
                     qc=QuantConfig("int8"), tag="-all-int8")]
-    ids, source = sensitivity.calibration_ids(weights, tok, calibration)
+    ids, source = sensitivity.calibration_ids(weights, tok, calibration, sensitivity.CALIBRATION_TOKENS)
     t = time.perf_counter()
     s = sensitivity.measure(weights, target, qc, ids, source)
     measure_seconds = time.perf_counter() - t
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--targets", default="onnx,executorch")
     ap.add_argument("--groups", default="32,128")
-    ap.add_argument("--methods", default="rtn,hqq")
+    ap.add_argument("--methods", default="rtn,hqq,gptq")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--auto", metavar="CALIBRATION", default=None,
                     help="measure --quant auto on the first target, calibrating on this text file")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +30,7 @@ from lm_eval.defaults import DEFAULT_OTHER_SEED
 from lm_eval.tasks import TaskManager
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from ..base.io_utils import jsonl_objects
 from ..base.tokenizer import Tokenizer
 from ..errors import ConfigError
 from ..runtimes import Runner
@@ -265,13 +265,7 @@ def check_data_files(name: str, cfg: dict) -> None:
         if not path.is_file():
             raise ConfigError(f"task {name!r}: data file {path} not found",
                               hint="lm-eval reads a relative data_files path from the current directory")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"task {name!r}: {path.name} line {n} is not JSON ({exc.msg})") from exc
+        for n, item in jsonl_objects(path.read_text(encoding="utf-8"), f"task {name!r}: {path.name}", ConfigError):
             missing = sorted(f for f in fields if not isinstance(item, dict) or item.get(f) is None)
             if missing:
                 raise ConfigError(f"task {name!r}: {path.name} line {n} has no {missing[0]!r} field")

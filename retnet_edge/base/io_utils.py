@@ -287,3 +287,15 @@ def release_freed_memory() -> None:
     trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
     if trim is not None:  # glibc only; a no-op elsewhere
         trim(0)
+
+
+def jsonl_objects(text: str, what: str, error: type[RetNetEdgeError]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of JSONL `text`; a line that is not JSON raises
+    `error` naming `what` and the line (one line, exit 1)."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{what} line {n} is not JSON ({exc.msg})") from exc

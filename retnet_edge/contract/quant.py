@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -66,7 +67,11 @@ PREFILL_WEIGHTS = ("same", "int8")
 #        weights on every call: one matmul at M = 1 ~100x slower, demo decode 11-34x); torchao's scale-only
 #        HQQ for 8da4w (`intx_choose_qparams_algorithm`, symmetric: the same bytes and kernel as rtn).
 # Measured on the demo and the 12-layer model, both targets: benchmarks/results/int4_methods_*.json.
-INT4_METHODS = ("rtn", "hqq")
+#   gptq GPTQ with calibration text (`exporters/gptq.py`): integers and symmetric scales chosen layer by layer
+#        so each layer's output on calibration activations stays close; written as they are by both targets
+#        (MatMulNBits without zero points, torchao scale-only intx: rtn's bytes and kernels).
+INT4_METHODS = ("rtn", "hqq", "gptq")
+CALIBRATED_METHODS = ("gptq",)  # methods that read calibration text (`--calibration`)
 # `--int4-method auto` (the CLI's default): each target's best method at the same artifact size. Measured on
 # the demo, 16k held-out tokens, KL vs fp32 (benchmarks/results/int4_methods_demo.json): ExecuTorch hqq 0.92x
 # rtn's at g32, 0.86x at g128, same bytes and decode speed; ONNX hqq 0.87x at g32 but +10 % artifact and
@@ -104,7 +109,8 @@ class QuantConfig:
     int4_method: str = "rtn"  # how int4 weights are rounded (INT4_METHODS); the CLI's default is measured
     int8_modules: str = ""  # under int4: linears kept at int8, comma-separated (`--quant auto` writes it)
     max_kl: float = 0.0  # `--quant auto`'s bound on the eager KL that chose int8_modules (0: not auto)
-    calibration: str = ""  # the text `--quant auto` measured on (its source and token count)
+    calibration: str = ""  # the text `--quant auto` or a calibrated method measured on (source, token count)
+    int4_params: str = ""  # a calibrated method's parameters as it ran (gptq: damp, block, scale search)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scheme", QuantScheme.parse(self.scheme))
@@ -165,6 +171,9 @@ class QuantPlan:
     int8_row_activations: bool = False  # the target's int8 linears also round their inputs, 8 bits per row
     prefill_int8: bool = False  # the prompt graph's int4 linears are int8 (QuantConfig.prefill_weights)
     int4_method: str = "rtn"  # QuantConfig.int4_method: how each target rounds its int4 modules
+    # a calibrated method's chosen integers and scales per module (`exporters.gptq.Int4Codes`), set by the
+    # export pipeline before the target runs; the targets write them instead of rounding again
+    int4_codes: Any = field(default=None, compare=False, repr=False)
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""

@@ -47,6 +47,7 @@ class ExportRequest:
     steps: int = 64  # the gate's teacher-forced tokens
     validate: bool = True  # False writes "validation": "skipped" (benchmarks of random weights)
     force: bool = False
+    calibration: str | None = None  # text a calibrated int4 method (gptq) reads; None: the model's own
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_FLAVORS:
@@ -81,7 +82,8 @@ class ExportRequest:
 def export_requests(model: str, output: str | Path, targets: list[str], quants: list[str], *, single: bool,
                     group_size: int = 32, lm_head: str = "auto", embedding: str = "fp32",
                     prefill_weights: str = "same", flavor: str | None = None, steps: int = 64,
-                    validate: bool = True, force: bool = False, int4_method: str = "auto") -> list[ExportRequest]:
+                    validate: bool = True, force: bool = False, int4_method: str = "auto",
+                    calibration: str | None = None) -> list[ExportRequest]:
     """The artifacts one export command asks for. `single`: OUTPUT is the one artifact (one target, one
     quant); otherwise OUTPUT/<target>-<quant>/ each. `int4_method` "auto" is each target's measured best
     (quant.DEFAULT_INT4_METHODS). --prefill-weights applies to the int4 artifacts of the
@@ -118,13 +120,13 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
         qc = QuantConfig(q, group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=pw,
                          int4_method=method_of(t))
         out = Path(output) if single else Path(output) / f"{t}-{QuantScheme.parse(q).value}"
-        return ExportRequest(model, t, qc, out, fl, steps, validate, force)
+        return ExportRequest(model, t, qc, out, fl, steps, validate, force, calibration)
 
     if single:  # one artifact: every option must apply to it as given
         fl = flavor or TARGET_FLAVORS[targets[0]][0]
         qc = QuantConfig(quants[0], group_size=group_size, lm_head=lm_head, embedding=embedding,
                          prefill_weights=prefill_weights, int4_method=method_of(targets[0]))
-        return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force)]
+        return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force, calibration)]
     requests = [request(t, q) for t in targets for q in quants]
     if prefill_weights != "same" and all(r.quant.prefill_weights == "same" for r in requests):
         raise ConfigError(f"--prefill-weights {prefill_weights} applies to ONNX int4 artifacts (standard flavour), "

@@ -22,7 +22,7 @@ from ..checkpoints.streaming import ModelWeights, open_weights
 from ..contract import GENAI_TOKENIZER_CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from ..contract import MANIFEST_FILE, tokenizer_file
 from ..contract.manifest import Manifest
-from ..contract.quant import QuantConfig
+from ..contract.quant import CALIBRATED_METHODS, QuantConfig
 from ..contract.request import MIN_STEPS, ExportRequest, check_steps
 from ..errors import ArtifactError, ConfigError, RetNetEdgeError
 from ..runtimes import RUNTIMES, RuntimeOptions, check_config_matches
@@ -32,6 +32,7 @@ from .divergence import (
     forms_divergence,
     state_divergence,
 )
+from .gptq import CODES_DIR, calibrate_plan
 from .reference import StreamedReference
 from .target import TARGETS
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
@@ -63,10 +64,10 @@ def references(weights: ModelWeights, target: str, qc: QuantConfig):
 
 def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: str | Path, force: bool = False,
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
-                 log=lambda s: None, show_bar: bool = False) -> Artifact:
+                 log=lambda s: None, show_bar: bool = False, calibration: str | None = None) -> Artifact:
     """`export_artifact` of one request built from these arguments (the library's short form)."""
     request = ExportRequest(str(model_path), target, qc, Path(output), (options or {}).get("flavor"), steps,
-                            validate_artifact, force)
+                            validate_artifact, force, calibration)
     return export_artifact(request, log, show_bar)
 
 
@@ -97,8 +98,13 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             shutil.copyfile(tok_file, tmp / tok_file.name)
             copy_chat_config(src, tmp, log)
         bar.stage("trace, quantize, write")
+        if qc.int4_method in CALIBRATED_METHODS and plan.modules("int4"):
+            plan, qc = calibrate_plan(weights, plan, qc, request.calibration,
+                                      load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
+                                      TARGETS.get(target).int4_negative_scales)
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
                                            **request.options)
+        shutil.rmtree(tmp / CODES_DIR, ignore_errors=True)  # the codes are in the artifact's own files now
         bar.done()
         bar.stage("validate")
         validation = None

@@ -8,86 +8,27 @@ export's gate needs. Then, greedily and deterministically, linears move from int
 more (a linear is moved back while the measured KL is over). The result is a QuantConfig: int4 with the
 linears kept at int8 named in `int8_modules`, which the manifest records.
 
-Calibration text (issue 28 item 2): `--calibration FILE` (plain UTF-8 text, or JSONL with a "text" field per
-line), else the model directory's held-out text, else the fixed validation text of the gate.
+Calibration text: `calibration.calibration_ids` (a file, the model's held-out text, else the gate's text).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..base.confine import read_bounded
 from ..checkpoints.streaming import ModelWeights
 from ..contract import log_softmax
 from ..contract.quant import QuantConfig, QuantPlan
 from ..contract.request import ExportRequest, export_requests
 from ..errors import ConfigError, RetNetEdgeError
+from .calibration import calibration_ids, read_calibration  # noqa: F401  (read_calibration: the CLI's check)
 from .reference import StreamedReference
 from .target import TARGETS
-from .validate import VALIDATION_TEXT
 
-CALIBRATION_MAX_BYTES = 64 * 2**20  # a text file, not a corpus: the tokens used are CALIBRATION_TOKENS
 CALIBRATION_TOKENS = 2048  # 4 windows of 512: per-linear ΔKL differences of 10 % and more are stable there
-WINDOW = 512
-HELDOUT_FILE = "heldout.txt"
-
-
-def read_calibration(path: str | Path) -> str:
-    """The text of a calibration file: plain UTF-8, or JSONL whose lines are objects with a "text" string.
-
-    Raises ConfigError (one line) for a missing, empty, binary or malformed file."""
-    data = read_bounded(path, "calibration file", CALIBRATION_MAX_BYTES, ConfigError)
-    if b"\0" in data:
-        raise ConfigError(f"calibration file {path} is binary (it has NUL bytes); expected UTF-8 text or JSONL")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"calibration file {path} is not UTF-8 text (byte {exc.start}); expected text or "
-                          "JSONL") from exc
-    if str(path).endswith(".jsonl"):
-        parts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"calibration file {path} line {n} is not JSON ({exc.msg})") from exc
-            if not (isinstance(obj, dict) and isinstance(obj.get("text"), str)):
-                raise ConfigError(f"calibration file {path} line {n} has no \"text\" string")
-            parts.append(obj["text"])
-        text = "\n".join(parts)
-    if not text.strip():
-        raise ConfigError(f"calibration file {path} has no text")
-    return text
-
-
-def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n_tokens: int | None = None
-                    ) -> tuple[np.ndarray, str]:
-    """[windows, WINDOW] int64 token ids (n_tokens of them, default CALIBRATION_TOKENS) and where they came
-    from (recorded with the plan)."""
-    n_tokens = n_tokens or CALIBRATION_TOKENS
-    if calibration:
-        text, source = read_calibration(calibration), str(Path(calibration).resolve())
-    elif (Path(weights.path) / HELDOUT_FILE).is_file():
-        text, source = (Path(weights.path) / HELDOUT_FILE).read_text(encoding="utf-8"), HELDOUT_FILE
-    else:
-        text, source = VALIDATION_TEXT * 64, "the gate's validation text"
-    if tokenizer is None:
-        raise ConfigError("--quant auto needs the model's tokenizer to read calibration text")
-    ids = tokenizer.encode(text)
-    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    width = WINDOW - (bos is not None)
-    n = max(1, min(n_tokens, len(ids)) // width)
-    if len(ids) < width:
-        raise ConfigError(f"calibration text ({source}) has {len(ids)} tokens; --quant auto needs at least {width}")
-    rows = [([bos] if bos is not None else []) + ids[i * width:(i + 1) * width] for i in range(n)]
-    return np.array(rows, dtype=np.int64), f"{source} ({n * width} tokens)"
 
 
 def _kl(ref_logp: np.ndarray, logits: np.ndarray) -> float:
@@ -170,7 +111,7 @@ def auto_quant(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: floa
     """The smallest int4 / int8 mix whose eager KL on calibration text is <= max_kl: (the QuantConfig to export,
     the plan's record: calibration, measured KLs, the worst linears)."""
     max_kl = check_max_kl(max_kl)
-    ids, source = calibration_ids(weights, tokenizer, calibration)
+    ids, source = calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS)
     log(f"  measuring each linear's sensitivity on {source} ...")
     return plan_under(weights, target, qc, measure(weights, target, qc, ids, source, log), ids, max_kl, log)
 
@@ -216,7 +157,7 @@ def auto_export_request(model: str, output: str | Path, targets: list[str], max_
     max_kl = check_max_kl(max_kl)
     if calibration:
         read_calibration(calibration)  # a bad file is refused before anything is measured
-    base = export_requests(model, output, targets, ["int4"], single=True, **options)[0]
+    base = export_requests(model, output, targets, ["int4"], single=True, calibration=calibration, **options)[0]
     if (base.output.exists() or base.output.is_symlink()) and not base.force:  # before minutes of measuring
         raise RetNetEdgeError(f"{base.output} already exists", hint="pass --force to overwrite it")
     src = resolve_path(model)

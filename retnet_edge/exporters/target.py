@@ -31,6 +31,7 @@ class Target:
     int8_qmax: int = INT8_QMAX_FULL  # the range its int8 linears round to (quant.INT8_QMAX_*)
     int8_row_activations: bool = False  # its int8 linears quantize their inputs per row (8 bits)
     prefill_weights: tuple[str, ...] = ("same",)  # the QuantConfig.prefill_weights it can write
+    int4_negative_scales: bool = False  # its int4 kernel takes a negative group scale (calibrated codes may use it)
 
     def check(self, qc: QuantConfig) -> None:
         if qc.prefill_weights not in self.prefill_weights:
@@ -52,12 +53,13 @@ TARGETS: Registry[Target] = Registry("export target", ConfigError)
 
 
 def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False,
-                    prefill_weights: tuple[str, ...] = ("same",),
+                    prefill_weights: tuple[str, ...] = ("same",), int4_negative_scales: bool = False,
                     **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
     """Decorator: register an export function as target `name` with its options (and its int8 rounding,
     which the gate's rounded reference mirrors)."""
     def add(fn: ExportFn) -> ExportFn:
-        TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations, prefill_weights))
+        TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations, prefill_weights,
+                                      int4_negative_scales))
         return fn
 
     return add

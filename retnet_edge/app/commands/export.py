@@ -26,8 +26,9 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
               help="--quant auto: the bound on KL(fp32 || eager with the artifact's rounding) on calibration text, "
                    "in nats per token (all-int8 is ~1e-3 on the demo, all-int4 ~1e-2).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="--quant auto: calibration text (UTF-8, or .jsonl with a \"text\" per line). Default: the model's "
-                   "heldout.txt, else the gate's validation text.")
+              help="Calibration text for --quant auto and --int4-method gptq (UTF-8, or .jsonl with a \"text\" per "
+                   "line). Default: the model's heldout.txt (gptq reads it from its end), else text the fp32 model "
+                   "samples (gptq) or the gate's validation text (auto).")
 @click.option("--group-size", default=32, show_default=True, help="Group size of int4 weights (a power of two, 16-4096).")
 @click.option("--lm-head", type=click.Choice(["auto", "fp32", "int8", "int4"]), default="auto", show_default=True,
               help="lm_head precision: auto = int8 under int4, else the --quant precision.")
@@ -37,9 +38,10 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
                    "through the int8 GEMM (~2x faster prompts on AVX-512/AMX; weights.bin ~1.7x larger). "
                    "Decode is unchanged.")
 @click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,
-              help="How int4 weights are rounded: rtn (round to nearest per group) or hqq (half-quadratic; ONNX: "
-                   "fp32 zero points, larger and slower to decode). auto: each target's measured best "
-                   "(docs/quantization.md). Recorded in the manifest.")
+              help="How int4 weights are rounded: rtn (round to nearest per group), hqq (half-quadratic; ONNX: "
+                   "fp32 zero points, larger and slower to decode) or gptq (error feedback on calibration text, "
+                   "--calibration; rtn's size and speed). auto: each target's measured best (docs/quantization.md). "
+                   "Recorded in the manifest with its parameters.")
 @click.option("--flavor", type=click.Choice(FLAVORS), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
@@ -74,6 +76,7 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
       retnet-edge export my-model --target executorch --quant int8,int4 --no-bench -o out/pte
       retnet-edge export my-model --target onnx --quant int4 --prefill-weights int8 -o out/fast-prompts
       retnet-edge export demo --target executorch --quant int4 --int4-method hqq -o out/pte-hqq
+      retnet-edge export my-model --target onnx --quant int4 --int4-method gptq --calibration text.txt -o out/gptq
       retnet-edge export demo --target onnx --quant auto --max-kl 0.005 -o out/demo-auto
     """
     from ...base.progress import bar_enabled
@@ -91,10 +94,12 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
             raise ConfigError("--quant auto makes one artifact: give it alone (--target T --quant auto --max-kl X)")
         requests = [auto_export_request(model, output, targets, max_kl, calibration, log=info, **options)[0]]
         single = True
-    elif max_kl is not None or calibration is not None:
-        raise ConfigError("--max-kl and --calibration are for --quant auto")
+    elif max_kl is not None:
+        raise ConfigError("--max-kl is for --quant auto")
     else:
-        requests = export_requests(model, output, targets, quants, single=single, **options)
+        requests = export_requests(model, output, targets, quants, single=single, calibration=calibration, **options)
+        if calibration is not None:
+            check_calibration_used(requests, calibration)
     if single:
         from ...exporters import export_artifact
 
@@ -110,6 +115,17 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
     failed = [a for a in report["artifacts"] if a["status"] != "ok"]
     if failed:
         click.get_current_context().exit(max(a["exit_code"] for a in failed))
+
+
+def check_calibration_used(requests, calibration: str) -> None:
+    """--calibration must reach an artifact that reads it, and a bad file fails before any export starts."""
+    from ...contract.quant import CALIBRATED_METHODS
+    from ...exporters.calibration import read_calibration
+
+    if not any(r.quant.scheme == QuantScheme.INT4 and r.quant.int4_method in CALIBRATED_METHODS for r in requests):
+        raise ConfigError("--calibration is for --quant auto and int4 exports with --int4-method "
+                          + " / ".join(CALIBRATED_METHODS))
+    read_calibration(calibration)
 
 
 def verdict(manifest) -> str:

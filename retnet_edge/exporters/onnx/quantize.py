@@ -124,17 +124,47 @@ def int4_config(method: str, block: int, op_types: tuple[str, ...]):
         HQQWeightOnlyQuantConfig,
     )
 
-    if method == "hqq":
+    if method == "hqq":  # gptq: rtn's layout, its integers and scales then replaced (`write_codes`)
         return HQQWeightOnlyQuantConfig(block_size=block, bits=4, op_types_to_quantize=op_types)
     return DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=4,
                                         op_types_to_quantize=op_types,
                                         quant_axes=(("Gather", 1),) if "Gather" in op_types else None)
 
 
+def pack_int4(codes: np.ndarray, block: int) -> np.ndarray:
+    """codes int8 [N, K] in [-8, 7] -> MatMulNBits' B uint8 [N, K / block, block / 2]: each value + 8 (the
+    implicit zero point of a MatMulNBits without zero points), two per byte, the first in the low nibble."""
+    n, k = codes.shape
+    u = (codes.astype(np.int16) + 8).astype(np.uint8).reshape(n, k // block, block)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def write_codes(model: onnx.ModelProto, codes, block: int) -> onnx.ModelProto:
+    """Each MatMulNBits whose module has calibrated integers and scales (`exporters.gptq.Int4Codes`) gets them
+    in place of the quantizer's own: the same layout (symmetric, no zero points), so the same kernel runs."""
+    inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    for node in model.graph.node:
+        got = codes.get(module_of(node.name)) if node.op_type == "MatMulNBits" else None
+        if got is None:
+            continue
+        if len(node.input) > 3 and node.input[3]:
+            raise ExportError(f"{node.name}: calibrated int4 codes need a MatMulNBits without zero points")
+        q, s = got
+        b_old, s_old = (model.graph.initializer[inits[x]] for x in node.input[1:3])
+        b = pack_int4(q, block)
+        if tuple(b_old.dims) != b.shape or int(np.prod(s_old.dims)) != s.size:
+            raise ExportError(f"{node.name}: calibrated codes {q.shape} do not fit its MatMulNBits {tuple(b_old.dims)}")
+        model.graph.initializer[inits[node.input[1]]].CopyFrom(numpy_helper.from_array(b, node.input[1]))
+        model.graph.initializer[inits[node.input[2]]].CopyFrom(
+            numpy_helper.from_array(s.astype(np.float32).reshape(tuple(s_old.dims)), node.input[2]))
+    return model
+
+
 def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
-                     op_types: tuple[str, ...] = ("MatMul",), method: str = "rtn") -> onnx.ModelProto:
+                     op_types: tuple[str, ...] = ("MatMul",), method: str = "rtn", codes=None) -> onnx.ModelProto:
     """int8 MatMuls -> an int8 GEMM with per-row activations (`int8_dynamic`); int4 MatMuls and quantized
-    Gathers -> onnxruntime.quantization's MatMulNBits / GatherBlockQuantized, rounded by `method` (`int4_config`)."""
+    Gathers -> onnxruntime.quantization's MatMulNBits / GatherBlockQuantized, rounded by `method` (`int4_config`),
+    or carrying `codes` (a calibrated method's integers and scales, `write_codes`) where it has them."""
     if bits == 8 and op_types == ("MatMul",):
         return int8_dynamic(model, exclude, INT8_QMAX_REDUCED)  # the range Target("onnx").int8_qmax declares
     _checkrefuse_non_finite(model, op_types, exclude)
@@ -157,7 +187,7 @@ def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: lis
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
                              nodes_to_exclude=exclude, algo_config=cfg)
     q.process()
-    return q.model.model
+    return write_codes(q.model.model, codes, block) if codes is not None and bits == 4 else q.model.model
 
 
 BITS = {"int8": 8, "int4": 4}
@@ -174,7 +204,7 @@ def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
         if any(module_of(n) in linears for n in matmuls):
             model = quantize_matmuls(model, bits, plan.group_size, method=plan.int4_method,
-                                     exclude=[n for n in matmuls if module_of(n) not in linears])
+                                     exclude=[n for n in matmuls if module_of(n) not in linears], codes=plan.int4_codes)
         gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
         if plan.embedding in plan.modules(precision, kind="embedding"):
             model = quantize_matmuls(model, bits, plan.group_size, op_types=("Gather",),

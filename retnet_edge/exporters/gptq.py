@@ -1,0 +1,237 @@
+"""GPTQ for the int4 linears (`--int4-method gptq`): integers and scales chosen with calibration activations.
+
+Round-to-nearest rounds each weight alone. GPTQ (Frantar et al. 2022, arXiv 2210.17323) rounds the columns
+of W [N, K] one at a time and moves each column's rounding error onto the columns not yet rounded, weighted
+by the inverse Hessian of the layer's reconstruction loss, H = XᵀX over calibration inputs X [n, K]: the
+rounded layer's output on those inputs stays close to the fp32 one. Here:
+
+- scales are symmetric per group of `group` inputs (the targets' int4 layout: ONNX MatMulNBits without
+  zero points, torchao's scale-only intx), chosen when GPTQ reaches a group, on the error-updated weights,
+  by a small search over clipping ratios (the squared error of the group's rounding);
+- sequential over layers: layer i's Hessians come from the outputs of layers 0..i-1 *already rounded*, so
+  each layer corrects what the earlier ones got wrong. The checkpoint is read one layer at a time (the
+  export's memory bound), activations of the calibration windows are the only thing carried along;
+- the chosen integers and scales are written as .npy files under a directory (`Int4Codes`), read back by
+  the target exporters (ONNX: the MatMulNBits initializers; ExecuTorch: the torchao tensors), so neither
+  target re-rounds them (a re-rounding with fresh scales undoes the error feedback: onnxruntime's own GPTQ
+  does that, docs/quantization.md).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoints.streaming import ModelWeights
+from ..contract.quant import QuantPlan
+from ..core.retention import ChunkCore
+from ..core.ops import rotary_cos_sin
+from ..errors import ExportError
+
+QMIN, QMAX = -8, 7
+DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (the GPTQ paper's default)
+BLOCK = 128  # columns updated together before the lazy update of the rest (the paper's default)
+# the scale search's candidates, as fractions of max |w| / 7 (7/8 = 0.875: the largest negative value at -8)
+CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(13))  # 1.0 .. 0.7
+BATCH_WINDOWS = 4  # calibration windows per forward pass (activations of 4 x 512 tokens at a time)
+PARAMS = f"damp {DAMP}, block {BLOCK}, clip search {min(CLIP_RATIOS):.2f}-1.0 of max/7, sequential over layers"
+
+
+def group_scales(w: Tensor, negative: bool = False) -> Tensor:
+    """w [N, g] -> scales [N]: per row, the candidate scale whose rounding to [-8, 7] has the least squared
+    error. Candidates: `CLIP_RATIOS` x max |w| / 7 (positive); with `negative` (a kernel that takes a
+    negative scale) also the ratios x (the largest-magnitude value) / -8, which puts that value at -8
+    whatever its sign (MLAS' symmetric rule at ratio 1): the side of the range with the extra level follows
+    the group's largest value."""
+    top = w.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [N, 1]
+    candidates = [top * r / QMAX for r in CLIP_RATIOS]
+    if negative:
+        signed = torch.gather(w, -1, w.abs().argmax(-1, keepdim=True))
+        signed = torch.where(signed == 0, torch.ones_like(signed), signed)
+        candidates += [signed * r / QMIN for r in CLIP_RATIOS]
+    best_err = torch.full((w.shape[0],), math.inf)
+    best = candidates[0].squeeze(-1)
+    for s in candidates:  # [N, 1] each
+        err = ((torch.clamp(torch.round(w / s), QMIN, QMAX) * s - w) ** 2).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s.squeeze(-1), best)
+    return best
+
+
+def gptq_linear(w: Tensor, h: Tensor, group: int, negative_scales: bool = False) -> tuple[Tensor, Tensor]:
+    """w [N, K] fp32, h [K, K] (XᵀX / n) -> (codes int8 [N, K] in [-8, 7], scales fp32 [N, K / group]);
+    negative_scales: see `group_scales`."""
+    w = w.detach().float().clone()
+    n_out, k = w.shape
+    h = h.double().clone()
+    dead = torch.diag(h) == 0  # inputs never active in calibration: any value, they never matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += DAMP * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    except torch.linalg.LinAlgError as exc:  # a singular H after damping: non-finite activations
+        raise ExportError(f"GPTQ: the calibration Hessian ({k} inputs) is not positive definite",
+                          hint="check the calibration text and the weights, or use --int4-method rtn") from exc
+    codes = torch.zeros(n_out, k, dtype=torch.int8)
+    scales = torch.zeros(n_out, k // group)
+    step = max(BLOCK, group)  # a group never spans two blocks: its scale is chosen on fully updated columns
+    for b0 in range(0, k, step):
+        b1 = min(b0 + step, k)
+        wb, errs = w[:, b0:b1].clone(), torch.zeros(n_out, b1 - b0)
+        hb = hinv[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            col = b0 + j
+            if col % group == 0:
+                scales[:, col // group] = group_scales(wb[:, j:j + group], negative_scales)
+            s = scales[:, col // group]
+            q = torch.clamp(torch.round(wb[:, j] / s), QMIN, QMAX)
+            codes[:, col] = q.to(torch.int8)
+            err = (wb[:, j] - q * s) / hb[j, j]
+            wb[:, j:] -= err[:, None] * hb[j, j:][None, :]
+            errs[:, j] = err
+        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
+    return codes, scales
+
+
+class Int4Codes:
+    """Integers and scales per linear module (`layers.3.ffn.fc1`), as .npy files in one directory, so a
+    7B model's codes never sit in memory together: codes int8 [N, K], scales fp32 [N, K / group]."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, module: str) -> tuple[Path, Path]:
+        return self.directory / f"{module}.codes.npy", self.directory / f"{module}.scales.npy"
+
+    def put(self, module: str, codes: Tensor, scales: Tensor) -> None:
+        qp, sp = self._paths(module)
+        np.save(qp, codes.numpy())
+        np.save(sp, scales.numpy().astype(np.float32))
+
+    def get(self, module: str) -> tuple[np.ndarray, np.ndarray] | None:
+        qp, sp = self._paths(module)
+        if not qp.is_file():
+            return None
+        return np.load(qp), np.load(sp)
+
+    def dequantized(self, module: str, group: int) -> Tensor | None:
+        """The module's weight as the integers and scales give it back: [N, K] fp32."""
+        got = self.get(module)
+        if got is None:
+            return None
+        q, s = (torch.from_numpy(a) for a in got)
+        return (q.float().view(q.shape[0], -1, group) * s[..., None]).reshape(q.shape)
+
+
+class _HessianHook:
+    """Forward pre-hook summing XᵀX of a linear's inputs (fp64: sums over 10⁴ tokens)."""
+
+    def __init__(self, k: int):
+        self.h, self.n = torch.zeros(k, k, dtype=torch.float64), 0
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].reshape(-1, args[0].shape[-1]).double()
+        self.h += x.T @ x
+        self.n += x.shape[0]
+
+    def hessian(self) -> Tensor:
+        return self.h / max(self.n, 1)
+
+
+@torch.no_grad()
+def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory: str | Path,
+              log=lambda s: None, negative_scales: bool = False) -> Int4Codes:
+    """GPTQ every int4 linear of the plan, layer by layer, on calibration windows ids [W, T]; returns the
+    codes (written under `directory`). The embedding is not a matmul: it keeps the target's rounding."""
+    cfg = weights.cfg
+    codes = Int4Codes(directory)
+    int4 = set(plan.modules("int4"))
+    x_ids = torch.from_numpy(ids)
+    positions = torch.arange(x_ids.shape[1])
+    from ..checkpoints.streaming import StreamedStack
+
+    stack = StreamedStack(weights)
+    stack._load_outer()
+    try:
+        core = ChunkCore(stack.log_gamma, positions, cfg.normalize, chunk_size=64)
+        cos, sin = rotary_cos_sin(positions, stack.freqs)
+        batches = [x_ids[i:i + BATCH_WINDOWS] for i in range(0, len(x_ids), BATCH_WINDOWS)]
+        xs = [stack.embed_tokens(b) for b in batches]  # [b, T, D] per batch of windows
+        zero_state = lambda x: torch.zeros(x.shape[0], *cfg.state_shape)  # noqa: E731  [b, H, Dk, Dv]
+        for i in range(cfg.n_layers):
+            layer = weights.layer(i)
+            names = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear) and f"layers.{i}.{n}" in int4}
+            hooks = {n: _HessianHook(m.in_features) for n, m in names.items()}
+            handles = [m.register_forward_pre_hook(hooks[n]) for n, m in names.items()]
+            for x in xs:
+                layer(x, cos, sin, core, zero_state(x))
+            for hd in handles:
+                hd.remove()
+            for n, m in names.items():
+                q, s = gptq_linear(m.weight, hooks[n].hessian(), plan.group_size, negative_scales)
+                codes.put(f"layers.{i}.{n}", q, s)
+                m.weight.copy_(codes.dequantized(f"layers.{i}.{n}", plan.group_size))
+            xs = [layer(x, cos, sin, core, zero_state(x))[0] for x in xs]  # the next layer sees this one rounded
+            log(f"  GPTQ layer {i + 1}/{cfg.n_layers}: {len(names)} linears")
+            del layer
+        if "lm_head" in int4 and stack.lm_head.in_features % plan.group_size == 0:
+            hook = _HessianHook(stack.lm_head.in_features)
+            for x in xs:
+                hook(stack.lm_head, (stack.norm(x),))
+            q, s = gptq_linear(stack.lm_head.weight, hook.hessian(), plan.group_size, negative_scales)
+            codes.put("lm_head", q, s)
+    finally:
+        stack.embed = stack.embed_norm = stack.norm = stack.lm_head = None
+    return codes
+
+
+def codes_transforms(plan: QuantPlan, codes: Int4Codes):
+    """(outer, layer) transforms for `streaming.StreamedStack`: the plan's rounding (`fake_quant`), with the
+    GPTQ integers in place of round-to-nearest for the linears that have them (eager scoring of a method)."""
+    from .fake_quant import rounding_transforms
+
+    outer_round, layer_round = rounding_transforms(plan)
+
+    def outer(name: str, module: nn.Module) -> nn.Module:
+        w = codes.dequantized(name, plan.group_size)
+        if w is not None:
+            module.weight = nn.Parameter(w, requires_grad=False)
+            return module
+        return outer_round(name, module)
+
+    def layer(i: int, module: nn.Module) -> nn.Module:
+        module = layer_round(i, module)
+        for name, sub in module.named_modules():
+            w = codes.dequantized(f"layers.{i}.{name}", plan.group_size) if isinstance(sub, nn.Linear) else None
+            if w is not None:
+                sub.weight = nn.Parameter(w, requires_grad=False)
+        return module
+
+    return outer, layer
+
+
+GPTQ_TOKENS = 8192  # 16 windows of 512; on the demo KL / rtn's was 0.55 at 4k tokens, 0.52 at 8k (eager, g32)
+CODES_DIR = ".int4-codes"  # inside the export's temporary directory, removed before the manifest is written
+
+
+def calibrate_plan(weights: ModelWeights, plan: QuantPlan, qc, calibration: str | None, tokenizer, directory: Path,
+                   log=lambda s: None, negative_scales: bool = False):
+    """(the plan carrying GPTQ's codes, qc recording the calibration text and GPTQ's parameters);
+    negative_scales: the target's int4 kernel takes them (`Target.int4_negative_scales`)."""
+    import dataclasses
+
+    from .calibration import calibration_ids
+
+    ids, source = calibration_ids(weights, tokenizer, calibration, GPTQ_TOKENS, fallback="sample", log=log)
+    log(f"  GPTQ ({len(plan.modules('int4'))} int4 linears) on {source} ...")
+    codes = calibrate(weights, plan, ids, directory, log, negative_scales)
+    recorded = f"{qc.calibration}; gptq: {source}" if qc.calibration else source
+    params = PARAMS + (", negative scales" if negative_scales else "")
+    return (dataclasses.replace(plan, int4_codes=codes),
+            dataclasses.replace(qc, calibration=recorded, int4_params=params))

@@ -16,7 +16,7 @@ from retnet_edge.cli import main
 from retnet_edge.contract.manifest import Manifest
 from retnet_edge.contract.quant import QuantConfig, plan_quantization
 from retnet_edge.errors import ConfigError
-from retnet_edge.exporters import sensitivity
+from retnet_edge.exporters import calibration, sensitivity
 from retnet_edge.exporters.sensitivity import Sensitivity, choose, read_calibration
 
 
@@ -82,7 +82,7 @@ def test_jsonl_calibration_reads_each_lines_text(tmp_path):
     (["--quant", "auto", "--max-kl", "0"], "--max-kl must be a positive number"),
     (["--quant", "auto"], "--max-kl must be a positive number"),
     (["--quant", "auto,int8", "--max-kl", "0.01"], "--quant auto makes one artifact"),
-    (["--quant", "int4", "--max-kl", "0.01"], "--max-kl and --calibration are for --quant auto"),
+    (["--quant", "int4", "--max-kl", "0.01"], "--max-kl is for --quant auto"),
 ])
 def test_bad_auto_arguments_are_one_line_and_exit_1(tmp_path, args, message):
     res = _export("demo", "--target", "onnx", *args, "-o", tmp_path / "x")
@@ -94,7 +94,7 @@ def test_bad_auto_arguments_are_one_line_and_exit_1(tmp_path, args, message):
 def tiny_with_tokenizer(tmp_path, monkeypatch):
     """A 2-layer model with the demo's vocabulary, tokenizer and held-out text; calibration cut to one window
     of 128 tokens so each eager pass is short."""
-    monkeypatch.setattr(sensitivity, "WINDOW", 128)
+    monkeypatch.setattr(calibration, "WINDOW", 128)
     monkeypatch.setattr(sensitivity, "CALIBRATION_TOKENS", 128)
     path = tmp_path / "m"
     save_pretrained(make_model(n_layers=2, vocab_size=4096, seed=1), path)
@@ -109,7 +109,7 @@ def test_auto_respects_its_bound_and_plans_int8_where_it_must(tiny_with_tokenize
     from retnet_edge.exporters.target import config_quant_plan
 
     weights, tok = open_weights(tiny_with_tokenizer), load_tokenizer(tiny_with_tokenizer / "tokenizer.json")
-    ids, source = sensitivity.calibration_ids(weights, tok, None)
+    ids, source = sensitivity.calibration_ids(weights, tok, None, sensitivity.CALIBRATION_TOKENS)
     assert ids.shape == (1, 128) and source.startswith("heldout.txt")
     s = sensitivity.measure(weights, "onnx", QuantConfig("int4"), ids, source)
     assert len(s.delta_kl) == 17 and all(d > 0 for d in s.delta_kl.values())  # 8 per layer + the head

@@ -85,7 +85,8 @@ def _export_one(request: ExportRequest, work: Path, bar) -> dict:
                               log=lambda s: bar.log(f"[{name}] {s}"))
         m = art.manifest
         rec.update(status="ok", bytes=m.size_bytes, files={k: v.bytes for k, v in m.files.items()},
-                   parity=_parity(m.worst_check()), quant_fallbacks=list(m.quant_fallbacks))
+                   parity=_parity(m.worst_check()), quant_fallbacks=list(m.quant_fallbacks),
+                   quant_layers=list(m.quant_layers))
     except RetNetEdgeError as exc:
         rec.update(status="failed", error=str(exc), exit_code=exc.exit_code)
         bar.log(f"[{name}] FAILED: {exc}")

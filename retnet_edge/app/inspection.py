@@ -37,7 +37,8 @@ def inspect_model(path: str) -> dict[str, Any]:
         artifact = {"target": m.target, "flavor": m.flavor, "quant": m.quant.to_dict(),
                     "files": {k: dataclasses.asdict(v) for k, v in m.files.items()},
                     "validation": m.validation_status, "validation_passed": m.validated,
-                    "source_model": m.source, "unlisted_files": m.unlisted_files(Path(path))}
+                    "source_model": m.source, "unlisted_files": m.unlisted_files(Path(path)),
+                    "quant_layers": list(m.quant_layers)}
     else:
         fmt, cfg, files = check_weights(path)
         source = str(resolve_path(path))
@@ -93,6 +94,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"int4          {q.get('int4_method', 'rtn')} g{q['group_size']}; "
                          + (f"{len(mixed)} linear(s) kept int8: {', '.join(mixed)}" if mixed else "every body linear int4")
                          + bound)
+            if q.get("int4_params"):  # a calibrated method: its parameters, its text, the layers it found hardest
+                lines.append(f"              {q['int4_method']} ({q['int4_params']}) on {q.get('calibration')}")
+            for x in a.get("quant_layers", []):
+                lines.append(f"              {x['module']}: output error {x['error']:.2e} (rtn {x['rtn_error']:.2e})")
     for t, b in report["kv_cache_bytes_fp16"].items():
         lines.append(f"KV cache @{t:>5} {_mib(b)} for a same-shape Transformer (fp16) = "
                      f"{report['kv_cache_over_state'][t]}x the RetNet state")

@@ -121,6 +121,14 @@ def render_markdown(report: dict) -> str:
         elif a.get("quant_fallbacks"):  # never silently: each module its method could not round as asked
             out.append(f"- {a['name']}: kept at int8 (input width not a multiple of the int4 group): "
                        f"{', '.join(a['quant_fallbacks'])}")
+    layered = [a for a in report["artifacts"] if a.get("quant_layers")]
+    if layered:  # which layers hurt: a calibrated method measures each int4 linear's output error
+        out += ["", "## Worst int4 layers", "",
+                "Relative output error of each int4 linear on the calibration text (||X ΔWᵀ||² / ||X Wᵀ||²), the "
+                "five largest per artifact, beside round-to-nearest's on the same inputs.", "",
+                "| artifact | linear | error | rtn's error |", "|---|---|---|---|"]
+        for a in layered:
+            out += [f"| {a['name']} | {x['module']} | {x['error']:.2e} | {x['rtn_error']:.2e} |" for x in a["quant_layers"]]
     bench = [a for a in report["artifacts"] if a.get("bench") and "by_context" in a["bench"]]
     if bench:
         out += ["", "## Latency and memory per token", "",

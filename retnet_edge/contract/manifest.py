@@ -64,6 +64,9 @@ class Manifest:
     validation: dict | None = None  # the gate's report (ValidationReport.to_dict); None: skipped
     quant_fallbacks: tuple[str, ...] = ()
     export_seconds: float | None = None
+    # the int4 linears whose rounding moved their output most on calibration text (a calibrated method
+    # measures it): [{"module", "error", "rtn_error"}], relative output error, worst first
+    quant_layers: tuple[dict, ...] = ()
     streamed: bool = True
     version: str = __version__
     extra: dict = field(default_factory=dict)  # fields this version does not know (kept, not used)
@@ -151,14 +154,19 @@ class Manifest:
         fallbacks = d.get("quant_fallbacks", [])
         if not (isinstance(fallbacks, list) and all(isinstance(f, str) for f in fallbacks)):
             raise bad("\"quant_fallbacks\" must be a list of module names")
+        layers = d.get("quant_layers", [])
+        if not (isinstance(layers, list) and all(isinstance(x, dict) and isinstance(x.get("module"), str)
+                                                 and _is_number(x.get("error")) and _is_number(x.get("rtn_error"))
+                                                 for x in layers)):
+            raise bad("\"quant_layers\" must be a list of {module, error, rtn_error}")
         seconds = d.get("export_seconds")
         source = d.get("source")
         known_keys = {"tool", "version", "target", "files", "config", "quant", "tokenizer", "graphs", "options",
                       "validation", "quant_fallbacks", "export_seconds", "streamed", "source",
-                      "state_bytes_per_sequence"}
+                      "state_bytes_per_sequence", "quant_layers"}
         return cls(target=d["target"], config=config, quant=qc, files=entries, graphs=tuple(graphs),
                    options=dict(options), tokenizer=tokenizer, source=source if isinstance(source, str) else None,
-                   validation=validation, quant_fallbacks=tuple(fallbacks),
+                   validation=validation, quant_fallbacks=tuple(fallbacks), quant_layers=tuple(layers),
                    export_seconds=float(seconds) if _is_number(seconds) else None,
                    streamed=bool(d.get("streamed", False)), version=str(d.get("version", "")),
                    extra={k: v for k, v in d.items() if k not in known_keys})
@@ -208,7 +216,8 @@ class Manifest:
         """The JSON form (what manifest.json holds)."""
         return {**self.extra, "tool": "retnet-edge", "version": self.version, "target": self.target,
                 "graphs": list(self.graphs), "quant": self.quant.to_dict(), "config": self.config.to_dict(),
-                "quant_fallbacks": list(self.quant_fallbacks), "source": self.source, "tokenizer": self.tokenizer,
+                "quant_fallbacks": list(self.quant_fallbacks),
+                **({"quant_layers": list(self.quant_layers)} if self.quant_layers else {}), "source": self.source, "tokenizer": self.tokenizer,
                 "state_bytes_per_sequence": self.config.state_bytes(1),
                 "validation": self.validation if self.validation is not None else "skipped",
                 "export_seconds": self.export_seconds, "streamed": self.streamed,

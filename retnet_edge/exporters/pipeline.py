@@ -98,10 +98,14 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             shutil.copyfile(tok_file, tmp / tok_file.name)
             copy_chat_config(src, tmp, log)
         bar.stage("trace, quantize, write")
+        quant_layers: list[dict] = []
         if qc.int4_method in CALIBRATED_METHODS and plan.modules("int4"):
             plan, qc = calibrate_plan(weights, plan, qc, request.calibration,
                                       load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
                                       TARGETS.get(target).int4_negative_scales)
+            quant_layers = plan.int4_codes.worst()
+            log("  worst int4 linears (relative output error on calibration text, gptq vs rtn): " + ", ".join(
+                f"{x['module']} {x['error']:.2e} vs {x['rtn_error']:.2e}" for x in quant_layers))
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
                                            **request.options)
         shutil.rmtree(tmp / CODES_DIR, ignore_errors=True)  # the codes are in the artifact's own files now
@@ -124,7 +128,8 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
         manifest = Manifest.write(tmp, target=target, config=cfg, quant=qc, graphs=tuple(files),
                                   options=request.options, tokenizer=tok_file.name if tok_file else None,
                                   source=str(Path(src).resolve()), validation=validation,
-                                  quant_fallbacks=tuple(plan.fallbacks), export_seconds=round(time.time() - t0, 1))
+                                  quant_fallbacks=tuple(plan.fallbacks), quant_layers=tuple(quant_layers),
+                                  export_seconds=round(time.time() - t0, 1))
         bar.done()
     return Artifact(Path(request.output), manifest)
 

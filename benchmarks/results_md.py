@@ -162,11 +162,15 @@ def int4_section(results: Path) -> list[str]:
         out += [f"### int4 methods on `{Path(doc['model']).name}` — `benchmarks/results/{path.name}`", "",
                 f"{_machine(doc)}; {doc['rows'][0]['tokens']:,} held-out tokens against eager fp32 "
                 f"(docs/quantization.md reads them):", "",
-                "| target | group | method | MiB | KL | top-1 | Δppl | decode ms |", "|---|---|---|---|---|---|---|---|"]
+                "| target | group | method | MiB | KL | KL / rtn's | top-1 | Δppl | export s | decode ms |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        rtn = {(r["target"], r["group_size"]): r["kl_mean"] for r in doc["rows"] if r["method"] == "rtn"}
         for r in doc["rows"]:
+            base = rtn.get((r["target"], r["group_size"]))
+            ratio = f"{r['kl_mean'] / base:.3f}" if base else "—"
             out.append(f"| {r['target']} | {r['group_size']} | {r['method']} | {r['bytes'] / 2**20:.2f} | "
-                       f"{r['kl_mean']:.5f} | {r['top1']:.4f} | {r['delta_ppl_pct']:+.2f} % | "
-                       f"{r['decode_ms_per_token']:.2f} |")
+                       f"{r['kl_mean']:.5f} | {ratio} | {r['top1']:.4f} | {r['delta_ppl_pct']:+.2f} % | "
+                       f"{r['export_seconds']:.0f} | {r['decode_ms_per_token']:.2f} |")
         out.append("")
     return out
 

@@ -66,17 +66,17 @@ PREFILL_WEIGHTS = ("same", "int8")
 #        fp32 zero points: weights.bin +20 % at group 32, and onnxruntime 1.32 dequantizes such MatMulNBits
 #        weights on every call: one matmul at M = 1 ~100x slower, demo decode 11-34x); torchao's scale-only
 #        HQQ for 8da4w (`intx_choose_qparams_algorithm`, symmetric: the same bytes and kernel as rtn).
-# Measured on the demo and the 12-layer model, both targets: benchmarks/results/int4_methods_*.json.
 #   gptq GPTQ with calibration text (`exporters/gptq.py`): integers and symmetric scales chosen layer by layer
 #        so each layer's output on calibration activations stays close; written as they are by both targets
-#        (MatMulNBits without zero points, torchao scale-only intx: rtn's bytes and kernels).
+#        (MatMulNBits without zero points, torchao scale-only intx: rtn's bytes and kernels). The embedding is
+#        not a matmul: under gptq it is rounded data-free (ONNX rtn, ExecuTorch hqq).
+# Measured on the demo and the 12-layer model, both targets: benchmarks/results/int4_methods_*.json.
 INT4_METHODS = ("rtn", "hqq", "gptq")
 CALIBRATED_METHODS = ("gptq",)  # methods that read calibration text (`--calibration`)
-# `--int4-method auto` (the CLI's default): each target's best method at the same artifact size. Measured on
-# the demo, 16k held-out tokens, KL vs fp32 (benchmarks/results/int4_methods_demo.json): ExecuTorch hqq 0.92x
-# rtn's at g32, 0.86x at g128, same bytes and decode speed; ONNX hqq 0.87x at g32 but +10 % artifact and
-# 11x slower decode, and at rtn g32's bytes (hqq g64) 1.10x, so ONNX keeps rtn.
-DEFAULT_INT4_METHODS = {"onnx": "rtn", "executorch": "hqq"}
+# `--int4-method auto` (the CLI's default): each target's best method at the same artifact size, measured on
+# held-out text against fp32 (benchmarks/results/int4_methods_*.json, docs/quantization.md): gptq on both
+# (rtn's bytes and kernels; ExecuTorch hqq was 0.86-0.92x rtn's KL, ONNX hqq bigger and 11x slower to decode).
+DEFAULT_INT4_METHODS = {"onnx": "gptq", "executorch": "gptq"}
 
 
 def check_int4_method(method: str) -> None:

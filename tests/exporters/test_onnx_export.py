@@ -68,7 +68,8 @@ def test_parity_failure_exits_3_and_writes_nothing(tmp_path, monkeypatch):
 
     # top-1 above 1 where eager is confident cannot be met (the KL limit alone would widen to the rounding's)
     monkeypatch.setitem(quant.TOLERANCES, quant.QuantScheme.INT4, quant.Tolerance(None, 1.01, 1e-9))
-    res = CliRunner().invoke(main, ["export", "demo", "--quant", "int4", "--steps", "8", "-o", str(tmp_path / "x")])
+    res = CliRunner().invoke(main, ["export", "demo", "--quant", "int4", "--int4-method", "rtn", "--steps", "8",
+                                    "-o", str(tmp_path / "x")])
     assert res.exit_code == 3, res.output
     assert "failed validation" in res.stderr and "top-1 agreement" in res.stderr
     assert list(tmp_path.iterdir()) == []

@@ -125,10 +125,11 @@ def render_markdown(report: dict) -> str:
     if layered:  # which layers hurt: a calibrated method measures each int4 linear's output error
         out += ["", "## Worst int4 layers", "",
                 "Relative output error of each int4 linear on the calibration text (||X ΔWᵀ||² / ||X Wᵀ||²), the "
-                "five largest per artifact, beside round-to-nearest's on the same inputs.", "",
+                "five largest per artifact, beside symmetric round-to-nearest's (max |w| / 7) on the same inputs.", "",
                 "| artifact | linear | error | rtn's error |", "|---|---|---|---|"]
         for a in layered:
-            out += [f"| {a['name']} | {x['module']} | {x['error']:.2e} | {x['rtn_error']:.2e} |" for x in a["quant_layers"]]
+            out += [f"| {a['name']} | {x['module']} | {x['error']:.2e} | {x['rtn_error']:.2e} |"
+                    for x in a["quant_layers"]]
     bench = [a for a in report["artifacts"] if a.get("bench") and "by_context" in a["bench"]]
     if bench:
         out += ["", "## Latency and memory per token", "",

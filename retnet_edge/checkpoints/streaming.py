@@ -113,7 +113,7 @@ class StreamedStack(DecoderStack):
         self.register_buffer("freqs", rotary_freqs(cfg), persistent=False)
         self.eval()
 
-    def _load_outer(self) -> None:
+    def load_outer(self) -> None:
         cfg, fix = self.cfg, self.outer_transform
         outer = self.weights.outer()
         self.embed = fix("embed", nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=outer["embed.weight"]))
@@ -125,7 +125,7 @@ class StreamedStack(DecoderStack):
         self.lm_head = fix("lm_head", _linear(outer["lm_head.weight"]))
 
     def run(self, input_ids, positions, core, past):
-        self._load_outer()
+        self.load_outer()
         try:
             return super().run(input_ids, positions, core, past)
         finally:

@@ -19,7 +19,7 @@ import torch
 from ..base.confine import read_bounded
 from ..base.io_utils import jsonl_objects
 from ..checkpoints.streaming import ModelWeights
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 
 CALIBRATION_MAX_BYTES = 64 * 2**20  # a text file, not a corpus: the tokens used are a few thousand
 WINDOW = 512
@@ -39,7 +39,7 @@ def read_calibration(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"calibration file {path} is not UTF-8 text (byte {exc.start}); expected text or "
                           "JSONL") from exc
-    if str(path).endswith(".jsonl"):
+    if str(path).lower().endswith(".jsonl"):
         parts = []
         for n, obj in jsonl_objects(text, f"calibration file {path}", ConfigError):
             if not (isinstance(obj, dict) and isinstance(obj.get("text"), str)):
@@ -80,8 +80,8 @@ def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if calibration:
         text, source = read_calibration(calibration), str(Path(calibration).resolve())
-    elif (Path(weights.path) / HELDOUT_FILE).is_file():
-        text = (Path(weights.path) / HELDOUT_FILE).read_text(encoding="utf-8")
+    elif heldout_file(weights) is not None:
+        text = read_calibration(heldout_file(weights))
         source = HELDOUT_FILE + (" (from its end)" if from_end else "")
     elif fallback == "sample":
         log(f"  no calibration text (--calibration FILE, or {HELDOUT_FILE} beside the model): sampling "
@@ -91,7 +91,26 @@ def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n
     else:
         text, source = VALIDATION_TEXT * 64, "the gate's validation text"
     ids = _windows(tokenizer.encode(text), n_tokens, bos, source, from_end and not calibration)
-    return ids, f"{source} ({ids.shape[0] * (ids.shape[1] - (bos is not None))} tokens)"
+    got = ids.shape[0] * (ids.shape[1] - (bos is not None))
+    if got < n_tokens // 2:
+        log(f"  note: the calibration text ({source}) has {got:,} tokens of the {n_tokens:,} asked; the result "
+            "fits that text more closely than a longer one would")
+    return ids, f"{source} ({got} tokens)"
+
+
+def heldout_file(weights: ModelWeights) -> Path | None:
+    """The model directory's held-out text, where one is there (inside the model's directory after symlinks)."""
+    from ..checkpoints.tensors import checkpoint_file
+
+    directory = Path(weights.path)
+    if not (directory.is_dir() and (directory / HELDOUT_FILE).is_file()):
+        return None
+    return checkpoint_file(directory, HELDOUT_FILE, "held-out text")
+
+
+def has_text(weights: ModelWeights, calibration: str | None) -> bool:
+    """Whether calibration would read text (a file, or the model's held-out text) rather than sample."""
+    return bool(calibration) or heldout_file(weights) is not None
 
 
 @torch.no_grad()
@@ -110,6 +129,10 @@ def sampled_ids(weights: ModelWeights, n_tokens: int, bos: int | None, seed: int
         positions = torch.tensor([t])
         core = ChunkCore(stack.log_gamma, positions, weights.cfg.normalize, chunk_size=1)
         logits, state = stack.run(ids[:, -1:], positions, core, state)  # [n, 1, V]
+        if not torch.isfinite(logits).all():
+            raise ExportError("the fp32 model's logits are NaN or inf while it samples calibration text: the "
+                              "checkpoint has non-finite weights",
+                              hint="check the checkpoint, or pass --calibration FILE")
         probs = torch.softmax(logits[:, -1].double(), -1)
         ids = torch.cat([ids, torch.multinomial(probs, 1, generator=gen)], 1)
     return ids.numpy()

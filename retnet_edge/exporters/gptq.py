@@ -20,6 +20,7 @@ rounded layer's output on those inputs stays close to the fp32 one. Here:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints.streaming import ModelWeights
-from ..contract.quant import QuantPlan
+from ..checkpoints.streaming import ModelWeights, StreamedStack
+from ..base.tokenizer import Tokenizer
+from ..contract.quant import QuantConfig, QuantPlan
 from ..core.ops import rotary_cos_sin
 from ..core.retention import ChunkCore
 from ..errors import ExportError
@@ -39,6 +41,10 @@ BLOCK = 128  # columns updated together before the lazy update of the rest (the 
 # the scale search's candidates, as fractions of max |w| / 7 (7/8 = 0.875: the largest negative value at -8)
 CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(13))  # 1.0 .. 0.7
 GPTQ_TOKENS = 16384  # 32 windows of 512 (demo, eager, g32: KL vs MLAS rtn 0.61 at 16k tokens, 0.65 at 8k)
+CODES_DIR = ".int4-codes"  # inside the export's temporary directory, removed before the manifest is written
+# without calibration text the model samples its own, reading the checkpoint once per sampled position (127
+# times): past this size that costs more than the export, so `--int4-method auto` takes rtn there, and says so
+SAMPLE_MAX_PARAMETERS = 1_000_000_000
 BATCH_WINDOWS = 4  # calibration windows per forward pass (activations of 4 x 512 tokens at a time)
 PARAMS = (f"damp {DAMP}, block {BLOCK}, scale search {min(CLIP_RATIOS):.2f}-1.0 x max/7 weighted by H_jj, "
           "scales refit by least squares, sequential over layers")
@@ -153,7 +159,7 @@ class Int4Codes:
     def worst(self, n: int = 5) -> list[dict]:
         """The n modules with the largest relative output error, as the manifest's `quant_layers` holds them."""
         ranked = sorted(self.errors.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-        return [{"module": m, "error": round(e, 6), "rtn_error": round(r, 6)} for m, (e, r) in ranked]
+        return [{"module": m, "error": float(f"{e:.4g}"), "rtn_error": float(f"{r:.4g}")} for m, (e, r) in ranked]
 
     def _paths(self, module: str) -> tuple[Path, Path]:
         return self.directory / f"{module}.codes.npy", self.directory / f"{module}.scales.npy"
@@ -218,10 +224,8 @@ def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory
     int4 = set(plan.modules("int4"))
     x_ids = torch.from_numpy(ids)
     positions = torch.arange(x_ids.shape[1])
-    from ..checkpoints.streaming import StreamedStack
-
     stack = StreamedStack(weights)
-    stack._load_outer()
+    stack.load_outer()
     try:
         core = ChunkCore(stack.log_gamma, positions, cfg.normalize, chunk_size=64)
         cos, sin = rotary_cos_sin(positions, stack.freqs)
@@ -243,7 +247,7 @@ def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory
                 codes.put(f"layers.{i}.{n}", q, s)
                 wq = codes.dequantized(f"layers.{i}.{n}", plan.group_size)
                 codes.errors[f"layers.{i}.{n}"] = output_errors(m.weight, wq, h, plan.group_size)
-                m.weight.copy_(wq)
+                m.weight = nn.Parameter(wq, requires_grad=False)  # not copy_: the tensor may be the checkpoint's own
             xs = [layer(x, cos, sin, core, zero_state(x))[0] for x in xs]  # the next layer sees this one rounded
             log(f"  GPTQ layer {i + 1}/{cfg.n_layers}: {len(names)} linears")
             del layer
@@ -270,43 +274,18 @@ def refuse_non_finite(weights: ModelWeights, plan: QuantPlan) -> None:
                               hint="check the checkpoint; an fp32 export keeps them as they are")
 
 
-def codes_transforms(plan: QuantPlan, codes: Int4Codes):
-    """(outer, layer) transforms for `streaming.StreamedStack`: the plan's rounding (`fake_quant`), with the
-    GPTQ integers in place of round-to-nearest for the linears that have them (eager scoring of a method)."""
-    from .fake_quant import rounding_transforms
-
-    outer_round, layer_round = rounding_transforms(plan)
-
-    def outer(name: str, module: nn.Module) -> nn.Module:
-        w = codes.dequantized(name, plan.group_size)
-        if w is not None:
-            module.weight = nn.Parameter(w, requires_grad=False)
-            return module
-        return outer_round(name, module)
-
-    def layer(i: int, module: nn.Module) -> nn.Module:
-        module = layer_round(i, module)
-        for name, sub in module.named_modules():
-            w = codes.dequantized(f"layers.{i}.{name}", plan.group_size) if isinstance(sub, nn.Linear) else None
-            if w is not None:
-                sub.weight = nn.Parameter(w, requires_grad=False)
-        return module
-
-    return outer, layer
-
-
-CODES_DIR = ".int4-codes"  # inside the export's temporary directory, removed before the manifest is written
-
-
-def calibrate_plan(weights: ModelWeights, plan: QuantPlan, qc, calibration: str | None, tokenizer, directory: Path,
-                   log=lambda s: None, negative_scales: bool = False):
+def calibrate_plan(weights: ModelWeights, plan: QuantPlan, qc: QuantConfig, calibration: str | None,
+                   tokenizer: Tokenizer | None, directory: Path, log=lambda s: None,
+                   negative_scales: bool = False) -> tuple[QuantPlan, QuantConfig]:
     """(the plan carrying GPTQ's codes, qc recording the calibration text and GPTQ's parameters); the codes'
     `worst()` are the manifest's `quant_layers`. negative_scales: the target's int4 kernel takes them
     (`Target.int4_negative_scales`)."""
-    import dataclasses
+    from .calibration import calibration_ids, has_text
 
-    from .calibration import calibration_ids
-
+    if not has_text(weights, calibration) and weights.num_parameters() > SAMPLE_MAX_PARAMETERS:
+        log(f"  note: no calibration text for a {weights.num_parameters() / 1e9:.1f}B model (sampling it would read "
+            "the checkpoint 127 times): int4 rounded by rtn; pass --calibration FILE for gptq")
+        return dataclasses.replace(plan, int4_method="rtn"), dataclasses.replace(qc, int4_method="rtn")
     refuse_non_finite(weights, plan)
     ids, source = calibration_ids(weights, tokenizer, calibration, GPTQ_TOKENS, fallback="sample", log=log)
     log(f"  GPTQ ({len(plan.modules('int4'))} int4 linears) on {source} ...")

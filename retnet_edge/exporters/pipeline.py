@@ -103,7 +103,8 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             plan, qc = calibrate_plan(weights, plan, qc, request.calibration,
                                       load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
                                       TARGETS.get(target).int4_negative_scales)
-            quant_layers = plan.int4_codes.worst()
+            quant_layers = plan.int4_codes.worst() if plan.int4_codes is not None else []
+        if quant_layers:
             log("  worst int4 linears (relative output error on calibration text, gptq vs rtn): " + ", ".join(
                 f"{x['module']} {x['error']:.2e} vs {x['rtn_error']:.2e}" for x in quant_layers))
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,

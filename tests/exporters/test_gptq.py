@@ -167,7 +167,8 @@ def test_gptq_export_is_gated_and_recorded(tiny_with_text, tmp_path, target):
     art = export_model(str(tiny_with_text), target, QuantConfig("int4", int4_method="gptq"), tmp_path / "a", steps=8)
     qc = Manifest.load(art.path).quant_config()
     assert art.manifest.validated and qc.int4_method == "gptq"
-    assert qc.calibration == "heldout.txt (from its end) (254 tokens)" and qc.int4_params == gptq.PARAMS + (", negative scales" if target == "onnx" else "")
+    assert qc.calibration == "heldout.txt (from its end) (254 tokens)"
+    assert qc.int4_params == gptq.PARAMS + (", negative scales" if target == "onnx" else "")
     assert ("negative scales" in qc.int4_params) == (target == "onnx")
     assert not (art.path / gptq.CODES_DIR).exists() and not art.manifest.unlisted_files(art.path)
     if target == "onnx":  # the artifact holds GPTQ's integers, not a re-rounding of its weights
@@ -212,3 +213,41 @@ def test_calibration_without_a_calibrated_method_is_refused(tmp_path):
         assert res.exit_code == 1 and "--calibration is for --quant auto and int4 exports with --int4-method gptq" \
             in res.output, res.output
         assert not (tmp_path / "x").exists()
+
+
+def test_gptq_never_writes_into_the_checkpoints_tensors(tmp_path):
+    """A pickled checkpoint hands out the same fp32 tensor on every read: rounding it in place made the gate's
+    fp32 reference read the rounded weights (the artifact was compared with itself)."""
+    from foreign import torchscale_decoder, write_fairseq
+
+    from retnet_edge.exporters.target import config_quant_plan
+
+    dec, fields = torchscale_decoder()
+    weights = open_weights(write_fairseq(dec, fields, tmp_path / "checkpoint_best.pt"))
+    before = {k: weights.read(k).clone() for k in weights.tensors if k.startswith("layers.0.")}
+    plan = config_quant_plan(weights.cfg, QuantConfig("int4", int4_method="gptq"))
+    assert plan.modules("int4")
+    ids = np.random.default_rng(0).integers(3, weights.cfg.vocab_size, (2, 64))
+    gptq.calibrate(weights, plan, ids, tmp_path / "codes")
+    assert all(torch.equal(weights.read(k), v) for k, v in before.items())
+
+
+def test_without_text_a_tiny_model_samples_and_a_large_one_takes_rtn(tmp_path, monkeypatch):
+    """No --calibration, no held-out text: the export samples the model's own text (recorded); past
+    SAMPLE_MAX_PARAMETERS sampling would read the checkpoint 127 times, so rtn, said on the log and recorded."""
+    from retnet_edge.exporters import export_model
+
+    monkeypatch.setattr(gptq, "GPTQ_TOKENS", 64)
+    monkeypatch.setattr(calibration, "SAMPLED_LENGTH", 16)
+    path = tmp_path / "m"
+    save_pretrained(make_model(n_layers=2, seed=2), path)  # no tokenizer, no heldout.txt
+    art = export_model(str(path), "onnx", QuantConfig("int4", int4_method="gptq"), tmp_path / "a", steps=8)
+    qc = Manifest.load(art.path).quant_config()
+    assert qc.int4_method == "gptq" and qc.calibration.startswith("text the fp32 model sampled (64 tokens")
+    assert [x["module"] for x in art.manifest.quant_layers] and len(art.manifest.quant_layers) == 5
+    monkeypatch.setattr(gptq, "SAMPLE_MAX_PARAMETERS", 1)
+    lines = []
+    art = export_model(str(path), "onnx", QuantConfig("int4", int4_method="gptq"), tmp_path / "b", steps=8,
+                       log=lines.append)
+    assert Manifest.load(art.path).quant_config().int4_method == "rtn" and not art.manifest.quant_layers
+    assert any("int4 rounded by rtn; pass --calibration FILE for gptq" in x for x in lines)

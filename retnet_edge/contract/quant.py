@@ -77,6 +77,10 @@ CALIBRATED_METHODS = ("gptq",)  # methods that read calibration text (`--calibra
 # held-out text against fp32 (benchmarks/results/int4_methods_*.json, docs/quantization.md): gptq on both
 # (rtn's bytes and kernels; ExecuTorch hqq was 0.86-0.92x rtn's KL, ONNX hqq bigger and 11x slower to decode).
 DEFAULT_INT4_METHODS = {"onnx": "gptq", "executorch": "gptq"}
+# ... when there is calibration text (`--calibration`, or heldout.txt beside the model). Without it gptq would
+# sample the model's own text, and a RetNet state read and written per sampled token per sequence made that
+# ~8 minutes at `small` (5x the rtn export): auto takes the best data-free method then, and says so.
+DEFAULT_DATA_FREE_INT4_METHODS = {"onnx": "rtn", "executorch": "hqq"}
 
 
 def check_int4_method(method: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from . import TARGET_FLAVORS
 from .quant import (
+    DEFAULT_DATA_FREE_INT4_METHODS,
     DEFAULT_INT4_METHODS,
     QuantConfig,
     QuantScheme,
@@ -27,6 +28,18 @@ DEFAULT_QUANTS = ("int8", "int4")
 TARGET_PREFILL_WEIGHTS = {"onnx": ("same", "int8"), "executorch": ("same",)}
 PREFILL_GRAPH_FLAVORS = ("standard",)
 MIN_STEPS, MAX_STEPS = 4, 100_000  # the gate splits its tokens 3:1 between the prompt and the step paths
+
+
+def has_heldout_text(model: str) -> bool:
+    """Whether the model directory ships held-out text (`heldout.txt`): calibration text for `auto`'s gptq."""
+    from ..base.paths import resolve_path
+    from ..errors import RetNetEdgeError
+
+    try:
+        path = resolve_path(model)
+    except (RetNetEdgeError, OSError):
+        return False  # the export itself says what is wrong with the model
+    return path.is_dir() and (path / "heldout.txt").is_file()
 
 
 def check_steps(steps: int) -> None:
@@ -109,8 +122,12 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
     if not validate and not single:
         raise ConfigError("--no-validate is for a single artifact (--target T --quant Q); a report needs the gate")
 
+    text = calibration is not None or has_heldout_text(model)
+
     def method_of(t: str) -> str:  # "auto": the target's measured best (quant.DEFAULT_INT4_METHODS)
-        return DEFAULT_INT4_METHODS[t] if int4_method == "auto" else int4_method
+        if int4_method != "auto":
+            return int4_method
+        return DEFAULT_INT4_METHODS[t] if text else DEFAULT_DATA_FREE_INT4_METHODS[t]
 
     def request(t: str, q: str) -> ExportRequest:
         fl = flavor if flavor in TARGET_FLAVORS[t] else None

@@ -24,7 +24,10 @@ from ..errors import ConfigError, ExportError
 CALIBRATION_MAX_BYTES = 64 * 2**20  # a text file, not a corpus: the tokens used are a few thousand
 WINDOW = 512
 HELDOUT_FILE = "heldout.txt"
-SAMPLED_LENGTH = 128  # tokens per sampled sequence (then cut into windows); sequences are sampled as a batch
+SAMPLED_LENGTH = 128  # tokens per sampled sequence; the sequences are sampled as one batch
+# at most this many tokens are sampled, whatever was asked: each sampled position reads the checkpoint once, and
+# each sequence holds a recurrent state (`small`: 24 MB, so 32 sequences ~0.8 GB, the export's own peak)
+SAMPLED_MAX_TOKENS = 4096
 
 
 def read_calibration(path: str | Path) -> str:
@@ -85,7 +88,7 @@ def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n
         source = HELDOUT_FILE + (" (from its end)" if from_end else "")
     elif fallback == "sample":
         log(f"  no calibration text (--calibration FILE, or {HELDOUT_FILE} beside the model): sampling "
-            f"{n_tokens} tokens from the fp32 model ...")
+            f"{min(n_tokens, SAMPLED_MAX_TOKENS)} tokens from the fp32 model ...")
         ids = sampled_ids(weights, n_tokens, bos)
         return ids, f"text the fp32 model sampled ({ids.size} tokens)"
     else:
@@ -118,16 +121,17 @@ def sampled_ids(weights: ModelWeights, n_tokens: int, bos: int | None, seed: int
     """[n, SAMPLED_LENGTH] tokens the fp32 model samples from itself (temperature 1, from BOS), all sequences
     one batch, the checkpoint read layer by layer per token (`StreamedStack`: the export's memory bound)."""
     from ..checkpoints.streaming import StreamedStack
-    from ..core.retention import ChunkCore
+    from ..core.retention import StepCore
 
     stack = StreamedStack(weights)
-    n = max(1, n_tokens // SAMPLED_LENGTH)
+    n = max(1, min(n_tokens, SAMPLED_MAX_TOKENS) // SAMPLED_LENGTH)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.full((n, 1), bos if bos is not None else 0, dtype=torch.long)
     state = stack.init_state(n)
+    gamma = torch.exp(stack.log_gamma).view(1, -1, 1, 1)
     for t in range(SAMPLED_LENGTH - 1):
-        positions = torch.tensor([t])
-        core = ChunkCore(stack.log_gamma, positions, weights.cfg.normalize, chunk_size=1)
+        positions = torch.full((n, 1), t)
+        core = StepCore(gamma, stack.log_gamma, positions, weights.cfg.normalize)  # eq. 6: the state once a token
         logits, state = stack.run(ids[:, -1:], positions, core, state)  # [n, 1, V]
         if not torch.isfinite(logits).all():
             raise ExportError("the fp32 model's logits are NaN or inf while it samples calibration text: the "

@@ -33,7 +33,7 @@ from ..base.tokenizer import Tokenizer
 from ..contract.quant import QuantConfig, QuantPlan
 from ..core.ops import rotary_cos_sin
 from ..core.retention import ChunkCore
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 
 QMIN, QMAX = -8, 7
 DAMP = 0.1  # fraction of the mean Hessian diagonal added to it (0.01, the paper's: KL 0.67 vs 0.65 x rtn, 8k tokens)
@@ -43,7 +43,7 @@ CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(13))  # 1.0 .. 0.7
 GPTQ_TOKENS = 16384  # 32 windows of 512 (demo, eager, g32: KL vs MLAS rtn 0.61 at 16k tokens, 0.65 at 8k)
 CODES_DIR = ".int4-codes"  # inside the export's temporary directory, removed before the manifest is written
 # without calibration text the model samples its own, reading the checkpoint once per sampled position (127
-# times): past this size that costs more than the export, so `--int4-method auto` takes rtn there, and says so
+# times, a state read and written per token per sequence): past this size gptq without text is refused
 SAMPLE_MAX_PARAMETERS = 1_000_000_000
 BATCH_WINDOWS = 4  # calibration windows per forward pass (activations of 4 x 512 tokens at a time)
 PARAMS = (f"damp {DAMP}, block {BLOCK}, scale search {min(CLIP_RATIOS):.2f}-1.0 x max/7 weighted by H_jj, "
@@ -283,9 +283,9 @@ def calibrate_plan(weights: ModelWeights, plan: QuantPlan, qc: QuantConfig, cali
     from .calibration import calibration_ids, has_text
 
     if not has_text(weights, calibration) and weights.num_parameters() > SAMPLE_MAX_PARAMETERS:
-        log(f"  note: no calibration text for a {weights.num_parameters() / 1e9:.1f}B model (sampling it would read "
-            "the checkpoint 127 times): int4 rounded by rtn; pass --calibration FILE for gptq")
-        return dataclasses.replace(plan, int4_method="rtn"), dataclasses.replace(qc, int4_method="rtn")
+        raise ConfigError(f"gptq needs calibration text for a {weights.num_parameters() / 1e9:.1f}B model (sampling "
+                          "its own would read the checkpoint 127 times)",
+                          hint="pass --calibration FILE, or --int4-method rtn")
     refuse_non_finite(weights, plan)
     ids, source = calibration_ids(weights, tokenizer, calibration, GPTQ_TOKENS, fallback="sample", log=log)
     log(f"  GPTQ ({len(plan.modules('int4'))} int4 linears) on {source} ...")

@@ -232,9 +232,11 @@ def test_gptq_never_writes_into_the_checkpoints_tensors(tmp_path):
     assert all(torch.equal(weights.read(k), v) for k, v in before.items())
 
 
-def test_without_text_a_tiny_model_samples_and_a_large_one_takes_rtn(tmp_path, monkeypatch):
-    """No --calibration, no held-out text: the export samples the model's own text (recorded); past
-    SAMPLE_MAX_PARAMETERS sampling would read the checkpoint 127 times, so rtn, said on the log and recorded."""
+def test_without_text_gptq_samples_and_auto_takes_a_data_free_method(tmp_path, monkeypatch):
+    """No --calibration, no held-out text: an explicit gptq samples the model's own text (recorded); `auto`
+    takes the data-free methods (sampling costs minutes at `small`) and says so; past SAMPLE_MAX_PARAMETERS an
+    explicit gptq without text is one line, exit 1, nothing written."""
+    from retnet_edge.contract.request import export_requests
     from retnet_edge.exporters import export_model
 
     monkeypatch.setattr(gptq, "GPTQ_TOKENS", 64)
@@ -245,9 +247,16 @@ def test_without_text_a_tiny_model_samples_and_a_large_one_takes_rtn(tmp_path, m
     qc = Manifest.load(art.path).quant_config()
     assert qc.int4_method == "gptq" and qc.calibration.startswith("text the fp32 model sampled (64 tokens")
     assert [x["module"] for x in art.manifest.quant_layers] and len(art.manifest.quant_layers) == 5
+    reqs = export_requests(str(path), tmp_path / "b", ["onnx", "executorch"], ["int4"], single=False)
+    assert {r.target: r.quant.int4_method for r in reqs} == {"onnx": "rtn", "executorch": "hqq"}
+    reqs = export_requests(str(path), tmp_path / "b", ["onnx"], ["int4"], single=True, calibration="c.txt")
+    assert reqs[0].quant.int4_method == "gptq"
+    res = CliRunner().invoke(main, ["export", str(path), "--target", "onnx", "--quant", "int4", "--no-validate",
+                                    "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0 and "note: no calibration text" in res.output, res.output
+    assert Manifest.load(tmp_path / "c").quant_config().int4_method == "rtn"
     monkeypatch.setattr(gptq, "SAMPLE_MAX_PARAMETERS", 1)
-    lines = []
-    art = export_model(str(path), "onnx", QuantConfig("int4", int4_method="gptq"), tmp_path / "b", steps=8,
-                       log=lines.append)
-    assert Manifest.load(art.path).quant_config().int4_method == "rtn" and not art.manifest.quant_layers
-    assert any("int4 rounded by rtn; pass --calibration FILE for gptq" in x for x in lines)
+    res = CliRunner().invoke(main, ["export", str(path), "--target", "onnx", "--quant", "int4", "--int4-method",
+                                    "gptq", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 1 and "gptq needs calibration text" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "d").exists()

@@ -5,7 +5,7 @@ import click
 
 from ...contract import TARGET_FLAVORS
 from ...contract.quant import INT4_METHODS, QuantScheme
-from ...contract.request import DEFAULT_QUANTS, DEFAULT_TARGETS
+from ...contract.request import DEFAULT_QUANTS, DEFAULT_TARGETS, has_heldout_text
 from ...errors import ConfigError
 from ..cli_utils import CommaChoice, emit, info, int_list
 
@@ -100,6 +100,10 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
         requests = export_requests(model, output, targets, quants, single=single, calibration=calibration, **options)
         if calibration is not None:
             check_calibration_used(requests, calibration)
+        elif int4_method == "auto" and any(r.quant.scheme == QuantScheme.INT4 for r in requests) \
+                and not has_heldout_text(model):
+            info("note: no calibration text (--calibration FILE, or heldout.txt beside the model): int4 is rounded "
+                 "data-free (onnx rtn, executorch hqq); with text, gptq (docs/quantization.md: KL ~0.6x rtn's)")
     if single:
         from ...exporters import export_artifact
 

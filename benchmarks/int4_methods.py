@@ -32,6 +32,13 @@ def cpu_name() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
+def machine() -> dict:
+    """The CPU, its flags and cores (named with every figure), and the platform."""
+    from retnet_edge.bench.machine import machine_facts
+
+    return {**machine_facts(), "cpu": cpu_name(), "platform": platform.platform()}
+
+
 def decode_ms(path: Path, tokens: int = 32, repeat: int = 3) -> float:
     """Best-of-`repeat` mean ms per decoded token at context 16, 1 thread."""
     from retnet_edge.runtimes import load_runner
@@ -154,7 +161,7 @@ def main() -> None:
             doc = run_auto(args.model, target, groups[0], method, args.auto, Path(work), reference, tok, text,
                            args.tokens, log)
         doc.update(benchmark="--quant auto (issue 28)", model=args.model, target=target, tokens=args.tokens,
-                   machine={"cpu": cpu_name(), "platform": platform.platform(), "loadavg_at_start": load},
+                   machine={**machine(), "loadavg_at_start": load},
                    seconds=round(time.time() - t0))
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
         return
@@ -167,8 +174,7 @@ def main() -> None:
         for target, group, method in plan:
             rows.append(run_one(args.model, target, group, method, Path(work), reference, tok, text, args.tokens, log))
     doc = {"benchmark": "int4 methods (issue 28)", "model": args.model, "tokens": args.tokens,
-           "text": str(src / "heldout.txt"), "machine": {"cpu": cpu_name(), "platform": platform.platform(),
-                                                         "loadavg_at_start": load},
+           "text": str(src / "heldout.txt"), "machine": {**machine(), "loadavg_at_start": load},
            "versions": {"onnxruntime": onnxruntime.__version__, "torchao": torchao.__version__,
                         "torch": torch.__version__},
            "rows": rows, "summary": summary(rows), "seconds": round(time.time() - t0)}

@@ -171,6 +171,12 @@ def test_gptq_export_is_gated_and_recorded(tiny_with_text, tmp_path, target):
     assert qc.int4_params == gptq.PARAMS + (", negative scales" if target == "onnx" else "")
     assert ("negative scales" in qc.int4_params) == (target == "onnx")
     assert not (art.path / gptq.CODES_DIR).exists() and not art.manifest.unlisted_files(art.path)
+    worst = art.manifest.quant_layers
+    assert len(worst) == 5 and all(0 < x["error"] < x["rtn_error"] for x in worst)  # gptq's output error below rtn's
+    assert [x["error"] for x in worst] == sorted((x["error"] for x in worst), reverse=True)
+    res = CliRunner().invoke(main, ["inspect", str(art.path)])
+    assert res.exit_code == 0 and f"gptq ({qc.int4_params}) on {qc.calibration}" in res.output, res.output
+    assert f"{worst[0]['module']}: output error {worst[0]['error']:.2e} (rtn {worst[0]['rtn_error']:.2e})" in res.output
     if target == "onnx":  # the artifact holds GPTQ's integers, not a re-rounding of its weights
         from retnet_edge.base.tokenizer import load_tokenizer
         from retnet_edge.exporters.target import config_quant_plan

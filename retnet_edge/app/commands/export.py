@@ -40,8 +40,9 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,
               help="How int4 weights are rounded: rtn (round to nearest per group), hqq (half-quadratic; ONNX: "
                    "fp32 zero points, larger and slower to decode) or gptq (error feedback on calibration text, "
-                   "--calibration; rtn's size and speed). auto: each target's measured best (docs/quantization.md). "
-                   "Recorded in the manifest with its parameters.")
+                   "--calibration; rtn's size and speed). auto: gptq where there is calibration text (--calibration "
+                   "or the model's heldout.txt), else rtn (onnx) / hqq (executorch); docs/quantization.md has the "
+                   "measurements. Recorded in the manifest with its parameters.")
 @click.option("--flavor", type=click.Choice(FLAVORS), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")

@@ -102,7 +102,7 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
         if calibration is not None:
             check_calibration_used(requests, calibration)
         elif int4_method == "auto" and any(r.quant.scheme == QuantScheme.INT4 for r in requests) \
-                and not has_heldout_text(model):
+                and model_found(model) and not has_heldout_text(model):  # (a missing model: the export's one line)
             info("note: no calibration text (--calibration FILE, or heldout.txt beside the model): int4 is rounded "
                  "data-free (onnx rtn, executorch hqq); with text, gptq (docs/quantization.md: KL ~0.6x rtn's)")
     if single:
@@ -120,6 +120,17 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
     failed = [a for a in report["artifacts"] if a["status"] != "ok"]
     if failed:
         click.get_current_context().exit(max(a["exit_code"] for a in failed))
+
+
+def model_found(model: str) -> bool:
+    from ...base.paths import resolve_path
+    from ...errors import RetNetEdgeError
+
+    try:
+        resolve_path(model)
+    except (RetNetEdgeError, OSError):
+        return False
+    return True
 
 
 def check_calibration_used(requests, calibration: str) -> None:

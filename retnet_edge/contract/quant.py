@@ -173,11 +173,12 @@ class QuantPlan:
     embedding: str = "embed"  # the fqn of the embedding (a Gather, not a MatMul)
     int8_qmax: int = INT8_QMAX_FULL  # int8 linears round to [-qmax, qmax] per output channel (the target's)
     int8_row_activations: bool = False  # the target's int8 linears also round their inputs, 8 bits per row
+    embedding_int8_blocks: bool = False  # the target's int8 embedding: a scale per group_size of a row (else per row)
     prefill_int8: bool = False  # the prompt graph's int4 linears are int8 (QuantConfig.prefill_weights)
     int4_method: str = "rtn"  # QuantConfig.int4_method: how each target rounds its int4 modules
-    # a calibrated method's chosen integers and scales per module (`exporters.gptq.Int4Codes`), set by the
+    # a calibrated method's chosen integers and scales per module (`exporters.gptq.QuantCodes`), set by the
     # export pipeline before the target runs; the targets write them instead of rounding again
-    int4_codes: Any = field(default=None, compare=False, repr=False)
+    codes: Any = field(default=None, compare=False, repr=False)
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""

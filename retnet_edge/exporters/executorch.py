@@ -129,28 +129,28 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
                  if n.startswith(prefix) and not (skip and n.startswith(skip))}
         if any(isinstance(m, nn.Linear) and n in names for n, m in root.named_modules()):
             quantize_(root, linear[precision], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n in names)
-            if precision == "int4" and plan.int4_codes is not None:
-                write_codes(root, plan.int4_codes, names, prefix)
+            if plan.codes is not None:
+                write_codes(root, plan.codes, names, prefix, bits=8 if precision == "int8" else 4)
         if plan.modules(precision, kind="embedding") and plan.embedding.startswith(prefix):
             emb = plan.embedding[len(prefix):]
             if any(n == emb for n, _ in root.named_modules()):
                 quantize_(root, embedding[precision], filter_fn=lambda m, n: n == emb)
 
 
-def write_codes(root: nn.Module, codes, names: set[str], prefix: str) -> None:
-    """The int4 linears in `names` whose module has calibrated integers and scales (`exporters.gptq.Int4Codes`)
-    take them in place of torchao's own: symmetric (zero point 0), the layout torchao's scale-only intx
-    tensor holds, so the same XNNPACK kernel runs them."""
+def write_codes(root: nn.Module, codes, names: set[str], prefix: str, bits: int = 4) -> None:
+    """The linears in `names` whose module has calibrated integers and scales at `bits` (`exporters.gptq.QuantCodes`)
+    take them in place of torchao's own: symmetric (zero point 0), the layout torchao's intx tensor holds
+    (int4 scale-only groups; int8 one scale per row), so the same XNNPACK kernel runs them."""
     for n, m in root.named_modules():
-        got = codes.get(prefix + n) if isinstance(m, nn.Linear) and n in names else None
+        got = codes.get(prefix + n, bits) if isinstance(m, nn.Linear) and n in names else None
         if got is None:
             continue
         w, (q, s) = m.weight, got
-        if tuple(w.qdata.shape) != q.shape or tuple(w.scale.shape) != s.shape:
+        if tuple(w.qdata.shape) != q.shape or w.scale.numel() != s.size:
             raise ExportError(f"{prefix + n}: calibrated codes {q.shape} do not fit torchao's {tuple(w.qdata.shape)}")
         with torch.no_grad():
             w.qdata.copy_(torch.from_numpy(q))
-            w.scale.copy_(torch.from_numpy(s).to(w.scale.dtype))
+            w.scale.copy_(torch.from_numpy(s).reshape(w.scale.shape).to(w.scale.dtype))
             w.zero_point.zero_()
 
 

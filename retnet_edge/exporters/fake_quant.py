@@ -22,18 +22,19 @@ import copy
 
 import torch
 
-from ..contract.quant import QuantPlan
+from ..contract.quant import INT8_QMAX_FULL, QuantPlan
 from ..core.step import RetNetStep
 
 INT4_QMAX = 7
 
 
-def round_weight(w: torch.Tensor, precision: str, group_size: int, int8_qmax: int = 127) -> torch.Tensor:
-    """Symmetric round-to-nearest of w [out, in]: int8 per row (to ±int8_qmax, the target's range), int4 per
-    `group_size` block of a row."""
+def round_weight(w: torch.Tensor, precision: str, group_size: int, int8_qmax: int = 127,
+                 int8_blocks: bool = False) -> torch.Tensor:
+    """Symmetric round-to-nearest of w [out, in]: int8 per row (to ±int8_qmax, the target's range; with
+    int8_blocks per `group_size` block of a row, as ONNX's GatherBlockQuantized), int4 per block."""
     qmax = INT4_QMAX if precision == "int4" else int8_qmax
     w = w.float()
-    if precision == "int4" and w.shape[1] % group_size == 0:
+    if (precision == "int4" or int8_blocks) and w.shape[1] % group_size == 0:
         g = w.reshape(w.shape[0], -1, group_size)
         scale = g.abs().amax(-1, keepdim=True).clamp_min(1e-12) / qmax
         return (torch.round(g / scale).clamp(-qmax - 1, qmax) * scale).reshape_as(w)
@@ -49,10 +50,19 @@ def _round_rows(module: torch.nn.Module, args: tuple) -> tuple:
     return (torch.round(x / scale) * scale, *args[1:])
 
 
-def _round(module: torch.nn.Module, precision: str, plan: QuantPlan) -> None:
-    """module's weight rounded per the plan (and its input, where the target's int8 GEMM rounds it)."""
-    module.weight = torch.nn.Parameter(round_weight(module.weight, precision, plan.group_size, plan.int8_qmax),
-                                       requires_grad=False)
+def _round(module: torch.nn.Module, precision: str, plan: QuantPlan, name: str) -> None:
+    """module's weight rounded per the plan (and its input, where the target's int8 GEMM rounds it); a plan
+    carrying calibrated codes for the module (`exporters.gptq.QuantCodes`: `--quant auto` measuring gptq's
+    rounding) gives their weight instead."""
+    got = plan.codes.dequantized(name, 8 if precision == "int8" else 4) if plan.codes is not None else None
+    if got is not None:
+        w = got
+    elif name == plan.embedding:  # a Gather, not the int8 GEMM: the full 8-bit range, per row or in blocks
+        w = round_weight(module.weight, precision, plan.group_size, INT8_QMAX_FULL,
+                         int8_blocks=plan.embedding_int8_blocks)
+    else:
+        w = round_weight(module.weight, precision, plan.group_size, plan.int8_qmax)
+    module.weight = torch.nn.Parameter(w, requires_grad=False)
     if precision == "int8" and plan.int8_row_activations and isinstance(module, torch.nn.Linear):
         module.register_forward_pre_hook(_round_rows)
 
@@ -66,7 +76,7 @@ def fake_quantize(step: RetNetStep, plan: QuantPlan) -> RetNetStep:
         for name, precision in plan.precision.items():
             if precision == "fp32":
                 continue
-            _round(q.get_submodule(name), precision, plan)
+            _round(q.get_submodule(name), precision, plan, name)
     return q
 
 
@@ -77,7 +87,7 @@ def rounding_transforms(plan: QuantPlan):
         precision = plan.precision.get(name, "fp32")
         if precision != "fp32":
             with torch.no_grad():
-                _round(module, precision, plan)
+                _round(module, precision, plan, name)
         return module
 
     def layer(i: int, module: torch.nn.Module) -> torch.nn.Module:
@@ -85,7 +95,7 @@ def rounding_transforms(plan: QuantPlan):
             for name, sub in module.named_modules():
                 precision = plan.precision.get(f"layers.{i}.{name}", "fp32")
                 if precision != "fp32":
-                    _round(sub, precision, plan)
+                    _round(sub, precision, plan, f"layers.{i}.{name}")
         return module
 
     return outer, layer

@@ -99,11 +99,13 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             copy_chat_config(src, tmp, log)
         bar.stage("trace, quantize, write")
         quant_layers: list[dict] = []
-        if qc.int4_method in CALIBRATED_METHODS and plan.modules("int4"):
+        # an int4 artifact of a calibrated method, or `--quant auto`'s mix (its int8 linears are GPTQ's even
+        # where no linear fits int4: the bound was measured so)
+        if qc.int4_method in CALIBRATED_METHODS and (plan.modules("int4") or qc.max_kl):
             plan, qc = calibrate_plan(weights, plan, qc, request.calibration,
                                       load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
                                       TARGETS.get(target).int4_negative_scales)
-            quant_layers = plan.int4_codes.worst() if plan.int4_codes is not None else []
+            quant_layers = plan.codes.worst() if plan.codes is not None else []
         if quant_layers:
             log("  worst int4 linears (relative output error on calibration text, gptq vs rtn): " + ", ".join(
                 f"{x['module']} {x['error']:.2e} vs {x['rtn_error']:.2e}" for x in quant_layers))

@@ -32,6 +32,7 @@ class Target:
     int8_row_activations: bool = False  # its int8 linears quantize their inputs per row (8 bits)
     prefill_weights: tuple[str, ...] = ("same",)  # the QuantConfig.prefill_weights it can write
     int4_negative_scales: bool = False  # its int4 kernel takes a negative group scale (calibrated codes may use it)
+    embedding_int8_blocks: bool = False  # its int8 embedding has a scale per group of a row, not one per row
 
     def check(self, qc: QuantConfig) -> None:
         if qc.prefill_weights not in self.prefill_weights:
@@ -46,7 +47,8 @@ class Target:
 
     def _rounding(self, plan: QuantPlan) -> QuantPlan:
         """The plan with this target's int8 rounding, which the gate's rounded reference mirrors."""
-        return dataclasses.replace(plan, int8_qmax=self.int8_qmax, int8_row_activations=self.int8_row_activations)
+        return dataclasses.replace(plan, int8_qmax=self.int8_qmax, int8_row_activations=self.int8_row_activations,
+                                   embedding_int8_blocks=self.embedding_int8_blocks)
 
 
 TARGETS: Registry[Target] = Registry("export target", ConfigError)
@@ -54,12 +56,12 @@ TARGETS: Registry[Target] = Registry("export target", ConfigError)
 
 def register_target(name: str, int8_qmax: int = INT8_QMAX_FULL, int8_row_activations: bool = False,
                     prefill_weights: tuple[str, ...] = ("same",), int4_negative_scales: bool = False,
-                    **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
+                    embedding_int8_blocks: bool = False, **options: tuple[str, ...]) -> Callable[[ExportFn], ExportFn]:
     """Decorator: register an export function as target `name` with its options (and its int8 rounding,
     which the gate's rounded reference mirrors)."""
     def add(fn: ExportFn) -> ExportFn:
         TARGETS.register(name)(Target(name, fn, options, int8_qmax, int8_row_activations, prefill_weights,
-                                      int4_negative_scales))
+                                      int4_negative_scales, embedding_int8_blocks))
         return fn
 
     return add

@@ -53,6 +53,37 @@ def test_gptq_keeps_the_layer_output_closer_than_round_to_nearest():
     assert bool((s_neg < 0).any()) and bool((s_neg > 0).any())
 
 
+def test_int8_per_channel_gptq_stays_in_the_targets_range_and_beats_rtn():
+    """int8 (one scale per row, in ±int8_qmax: ONNX's 7-bit GEMM range) over a K wider than GPTQ's block, so
+    the scales are chosen up front and the lazy block updates still run."""
+    w, x = _hessian_problem(n_out=24, k=256)
+    codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=256, qrange=(-64, 64))
+    assert scales.shape == (24, 1) and bool((scales > 0).all())
+    assert int(codes.abs().max()) <= 64 and int(codes.abs().max()) >= 60  # the range is used, not clipped away
+    wq = codes.float() * scales
+    rtn = _output_error(x, w, round_weight(w, "int8", 256, int8_qmax=64))
+    got = _output_error(x, w, wq)
+    assert got < 0.8 * rtn, (got, rtn)
+
+
+def test_torchao_int8_tensors_take_the_codes_unchanged():
+    from retnet_edge.contract.quant import QuantPlan
+    from retnet_edge.exporters.executorch import quantize_modules
+
+    w, x = _hessian_problem(n_out=16, k=64)
+    codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=64, qrange=(-127, 127))
+
+    class Codes:
+        def get(self, module, bits=4):
+            return (codes.numpy(), scales.numpy()) if module == "0" and bits == 8 else None
+
+    root = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
+    with torch.no_grad():
+        root[0].weight.copy_(w)
+    quantize_modules(root, QuantPlan({"0": "int8"}, 32, int4_method="gptq", embedding="none", codes=Codes()))
+    assert torch.equal(root[0].weight.dequantize().float(), codes.float() * scales)
+
+
 def test_group_scales_minimise_the_groups_rounding_error():
     w = torch.tensor([[0.1, -0.7, 0.3, 0.05], [1.0, 0.0, 0.0, 0.0]])
     s = gptq.group_scales(w)
@@ -93,8 +124,8 @@ def test_codes_are_written_as_matmulnbits_bytes_and_run_unchanged():
     assert np.array_equal(pack_int4(rtn_codes, 32), b)
 
     class Codes:
-        def get(self, module):
-            if module != "layers.0.ffn.fc1":
+        def get(self, module, bits=4):
+            if module != "layers.0.ffn.fc1" or bits != 4:
                 return None
             rng = np.random.default_rng(1)
             return rng.integers(-8, 8, (n, k)).astype(np.int8), rng.uniform(-0.2, 0.2, (n, 2)).astype(np.float32)
@@ -115,13 +146,13 @@ def test_torchao_tensors_take_the_codes_unchanged():
     codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=32)
 
     class Codes:
-        def get(self, module):
-            return (codes.numpy(), scales.numpy()) if module == "0" else None
+        def get(self, module, bits=4):
+            return (codes.numpy(), scales.numpy()) if module == "0" and bits == 4 else None
 
     root = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
     with torch.no_grad():
         root[0].weight.copy_(w)
-    quantize_modules(root, QuantPlan({"0": "int4"}, 32, int4_method="gptq", embedding="none", int4_codes=Codes()))
+    quantize_modules(root, QuantPlan({"0": "int4"}, 32, int4_method="gptq", embedding="none", codes=Codes()))
     deq = root[0].weight.dequantize().float()
     assert torch.equal(deq, (codes.float().view(16, 2, 32) * scales[..., None]).reshape(16, 64))
 
@@ -179,10 +210,10 @@ def test_gptq_export_is_gated_and_recorded(tiny_with_text, tmp_path, target):
     assert f"{worst[0]['module']}: output error {worst[0]['error']:.2e} (rtn {worst[0]['rtn_error']:.2e})" in res.output
     if target == "onnx":  # the artifact holds GPTQ's integers, not a re-rounding of its weights
         from retnet_edge.base.tokenizer import load_tokenizer
-        from retnet_edge.exporters.target import config_quant_plan
+        from retnet_edge.exporters.target import TARGETS
 
         weights = open_weights(tiny_with_text)
-        plan = config_quant_plan(weights.cfg, QuantConfig("int4", int4_method="gptq"))
+        plan = TARGETS.get("onnx").config_plan(weights.cfg, QuantConfig("int4", int4_method="gptq"))
         ids, _ = calibration.calibration_ids(weights, load_tokenizer(tiny_with_text / "tokenizer.json"), None, 254,
                                              fallback="sample")
         codes = gptq.calibrate(weights, plan, ids, tmp_path / "codes", negative_scales=True)
@@ -191,6 +222,11 @@ def test_gptq_export_is_gated_and_recorded(tiny_with_text, tmp_path, target):
         b = next(numpy_helper.to_array(t) for t in g.graph.initializer if t.name == node.input[1])
         q, _ = codes.get("layers.1.ffn.fc2")
         assert np.array_equal(b, pack_int4(q, 32))
+        # the head stays int8 and is GPTQ's too: its MatMulInteger weight is the calibrated integers
+        q8, s8 = codes.get("lm_head", 8)
+        inits = {t.name: numpy_helper.to_array(t) for t in g.graph.initializer}
+        head = next(n for n in g.graph.node if n.op_type == "MatMulInteger" and "lm_head" in n.name)
+        assert np.array_equal(inits[head.input[1]], q8.T) and np.abs(q8).max() <= 64
 
 
 @pytest.mark.parametrize("content, message", [

@@ -58,9 +58,10 @@ def int8_matmul_nodes(name: str, a: str, y: str, q: str, scales: str, k: int) ->
             n("Mul", [v("acc_f"), v("rscale")], "row_scaled"), out]
 
 
-def int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx.ModelProto:
+def int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int, codes=None) -> onnx.ModelProto:
     """Each weight MatMul not excluded -> `int8_matmul_nodes`: int8 weights per output channel, activations
-    quantized per row at run time.
+    quantized per row at run time. A module with calibrated int8 codes (`exporters.gptq.QuantCodes`) gets
+    them instead of round-to-nearest: the same layout, so the same kernel.
 
     Why not MatMulNBits bits=8 (blockwise): on a 2-core Xeon (VNNI + AMX), chained `small`-sized matmuls
     (208 MB) ran 15.4 vs 21.0 ms at M = 1 and 138 vs 705 ms at M = 256, a prompt chunk (onnxruntime's
@@ -78,6 +79,9 @@ def int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx.
         qname, sname = f"{w.name}_Q8", f"{w.name}_scales"
         if qname not in inits:
             q, scale = int8_per_channel(refuse_non_finite(w.name, numpy_helper.to_array(w).astype(np.float32)), qmax)
+            got = codes.get(module_of(node.name), 8) if codes is not None else None
+            if got is not None:
+                q, scale = _int8_codes(node.name, got, q.shape, qmax)
             inits[qname], inits[sname] = numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname)
         replaced.add(w.name)
         nodes += int8_matmul_nodes(node.name, node.input[0], node.output[0], qname, sname, k=int(w.dims[0]))
@@ -91,6 +95,15 @@ def int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int) -> onnx.
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return model
+
+
+def _int8_codes(name: str, got: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], qmax: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated codes [N, K] and scales [N, 1] -> the MatMulInteger weight [K, N] and its column scales [N]."""
+    q, s = got
+    if q.T.shape != tuple(shape) or s.size != shape[1] or np.abs(q).max(initial=0) > qmax:
+        raise ExportError(f"{name}: calibrated int8 codes {q.shape} do not fit its weight {tuple(shape)} in ±{qmax}")
+    return np.ascontiguousarray(q.T).astype(np.int8), s.reshape(-1).astype(np.float32)
 
 
 def refuse_non_finite(name: str, a: np.ndarray) -> np.ndarray:
@@ -140,11 +153,11 @@ def pack_int4(codes: np.ndarray, block: int) -> np.ndarray:
 
 
 def write_codes(model: onnx.ModelProto, codes, block: int) -> onnx.ModelProto:
-    """Each MatMulNBits whose module has calibrated integers and scales (`exporters.gptq.Int4Codes`) gets them
+    """Each MatMulNBits whose module has calibrated integers and scales (`exporters.gptq.QuantCodes`) gets them
     in place of the quantizer's own: the same layout (symmetric, no zero points), so the same kernel runs."""
     inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
     for node in model.graph.node:
-        got = codes.get(module_of(node.name)) if node.op_type == "MatMulNBits" else None
+        got = codes.get(module_of(node.name), 4) if node.op_type == "MatMulNBits" else None
         if got is None:
             continue
         if len(node.input) > 3 and node.input[3]:
@@ -166,7 +179,7 @@ def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: lis
     Gathers -> onnxruntime.quantization's MatMulNBits / GatherBlockQuantized, rounded by `method` (`int4_config`),
     or carrying `codes` (a calibrated method's integers and scales, `write_codes`) where it has them."""
     if bits == 8 and op_types == ("MatMul",):
-        return int8_dynamic(model, exclude, INT8_QMAX_REDUCED)  # the range Target("onnx").int8_qmax declares
+        return int8_dynamic(model, exclude, INT8_QMAX_REDUCED, codes)  # the range Target("onnx").int8_qmax declares
     _checkrefuse_non_finite(model, op_types, exclude)
     # onnxruntime only when quantizing: importing the exporters (CLI choices) must not load the engine
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -204,7 +217,7 @@ def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
         if any(module_of(n) in linears for n in matmuls):
             model = quantize_matmuls(model, bits, plan.group_size, method=plan.int4_method,
-                                     exclude=[n for n in matmuls if module_of(n) not in linears], codes=plan.int4_codes)
+                                     exclude=[n for n in matmuls if module_of(n) not in linears], codes=plan.codes)
         gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
         if plan.embedding in plan.modules(precision, kind="embedding"):
             model = quantize_matmuls(model, bits, plan.group_size, op_types=("Gather",),

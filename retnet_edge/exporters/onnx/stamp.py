@@ -355,7 +355,7 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
                     source.cache[key] = (None, [source.writer.add(numpy_helper.from_array(data, name))])
                 else:
                     qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name,
-                                                        plan.int4_method, plan.int4_codes)
+                                                        plan.int4_method, plan.codes)
                     source.cache[key] = (qnode, [source.writer.add(t) for t in qinits])
             qnode, tensors = source.cache[key]
             for t in tensors:
@@ -440,6 +440,7 @@ def trace_child(job: str) -> int:
 
 @register_target("onnx", int8_qmax=INT8_QMAX_REDUCED, int8_row_activations=True, prefill_weights=("same", "int8"),
                  int4_negative_scales=True,  # MLAS' own symmetric rule writes them
+                 embedding_int8_blocks=True,  # GatherBlockQuantized: blocks of the group size
                  flavor=ONNX_FLAVORS)
 def export_onnx(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
                 log=lambda s: None, flavor: str = "standard") -> list[str]:

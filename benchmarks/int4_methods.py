@@ -9,11 +9,12 @@ scale, so it is also exported at twice the group size, where its weights take rt
     python benchmarks/int4_methods.py --model demo --out benchmarks/results/int4_methods_demo.json
     python benchmarks/int4_methods.py --model .data/deep --out benchmarks/results/int4_methods_deep.json
 
-`--auto FILE` instead measures `--quant auto` (issue 28 item 3) on the first target: the all-int8 artifact,
+`--auto FILE|heldout` instead measures `--quant auto` (issue 28 item 3) on the first target: the all-int8 artifact,
 then auto at --max-kl = 1, 2 and 4 x the all-int8 eager KL on calibration text FILE (one sensitivity
-measurement for the three), each artifact scored as above:
+measurement for the three; gptq's integers, int8 and int4, from the held-out text's end as the export
+takes them), each artifact scored as above:
 
-    python benchmarks/int4_methods.py --model demo --targets onnx --auto .data/kjv/train.txt \
+    python benchmarks/int4_methods.py --model demo --targets onnx --methods gptq --groups 32 --auto heldout \
         --out benchmarks/results/int4_auto_demo.json
 """
 from __future__ import annotations
@@ -93,9 +94,9 @@ def run_auto(model: str, target: str, group: int, method: str, calibration: str,
     qc = QuantConfig("int4", group_size=group, int4_method=method)
     rows = [run_one(model, target, group, method, work, reference, tok, text, max_tokens, log,
                     qc=QuantConfig("int8"), tag="-all-int8")]
-    ids, source = sensitivity.calibration_ids(weights, tok, calibration, sensitivity.CALIBRATION_TOKENS)
+    ids, source, gptq_ids = sensitivity.measurement_ids(weights, tok, calibration, qc)  # as the CLI takes them
     t = time.perf_counter()
-    s = sensitivity.measure(weights, target, qc, ids, source)
+    s = sensitivity.measure(weights, target, qc, ids, source, gptq_ids=gptq_ids, workdir=work / "codes")
     measure_seconds = time.perf_counter() - t
     for factor in (1, 2, 4):
         auto, record = sensitivity.plan_under(weights, target, qc, s, ids, factor * s.int8_kl)
@@ -103,8 +104,9 @@ def run_auto(model: str, target: str, group: int, method: str, calibration: str,
                       tag=f"-auto-x{factor}")
         row.update(max_kl_factor=factor, plan=record)
         rows.append(row)
-    return {"calibration": source, "int8_kl_calibration": s.int8_kl, "measure_seconds": round(measure_seconds, 1),
-            "delta_kl": s.delta_kl, "rows": rows}
+    return {"calibration": source, "int8_kl_calibration": s.int8_kl, "base_kl_calibration": s.base_kl,
+            "measure_seconds": round(measure_seconds, 1), "delta_kl": s.delta_kl, "saved_bytes": s.saved_bytes,
+            "rows": rows}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -146,7 +148,8 @@ def main() -> None:
     ap.add_argument("--methods", default="rtn,hqq,gptq")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--auto", metavar="CALIBRATION", default=None,
-                    help="measure --quant auto on the first target, calibrating on this text file")
+                    help="measure --quant auto on the first target, calibrating on this text file ('heldout': the "
+                         "model's held-out text, as the CLI takes it)")
     args = ap.parse_args()
     log = lambda s: print(s, flush=True)  # noqa: E731
     src = resolve_path(args.model)
@@ -158,7 +161,8 @@ def main() -> None:
         target, method = args.targets.split(",")[0], args.methods.split(",")[0]
         t0, load = time.time(), Path("/proc/loadavg").read_text().split()[:3]
         with tempfile.TemporaryDirectory() as work:
-            doc = run_auto(args.model, target, groups[0], method, args.auto, Path(work), reference, tok, text,
+            calibration = None if args.auto == "heldout" else args.auto
+            doc = run_auto(args.model, target, groups[0], method, calibration, Path(work), reference, tok, text,
                            args.tokens, log)
         doc.update(benchmark="--quant auto (issue 28)", model=args.model, target=target, tokens=args.tokens,
                    machine={**machine(), "loadavg_at_start": load},

@@ -122,13 +122,17 @@ def render_markdown(report: dict) -> str:
             out.append(f"- {a['name']}: kept at int8 (input width not a multiple of the int4 group): "
                        f"{', '.join(a['quant_fallbacks'])}")
     layered = [a for a in report["artifacts"] if a.get("quant_layers")]
-    if layered:  # which layers hurt: a calibrated method measures each int4 linear's output error
+    if layered:  # which layers hurt, whatever the method: each int4 linear's output error
         out += ["", "## Worst int4 layers", "",
-                "Relative output error of each int4 linear on the calibration text (||X ΔWᵀ||² / ||X Wᵀ||²), the "
-                "five largest per artifact, beside symmetric round-to-nearest's (max |w| / 7) on the same inputs.", "",
-                "| artifact | linear | error | rtn's error |", "|---|---|---|---|"]
+                "Relative output error of each int4 linear on calibration text (||X ΔWᵀ||² / ||X Wᵀ||²), the "
+                "five largest per artifact, beside symmetric round-to-nearest's (max |w| / 7) on the same inputs: "
+                "gptq's from its 16k calibration tokens as it rounds, the other methods' from the weights the "
+                "target wrote, on 2k tokens of held-out text.", "",
+                "| artifact | method | linear | error | rtn's error |", "|---|---|---|---|---|"]
+        quants = {r["name"]: r.get("quant") or {} for r in report.get("requests", [])}
         for a in layered:
-            out += [f"| {a['name']} | {x['module']} | {x['error']:.2e} | {x['rtn_error']:.2e} |"
+            method = quants.get(a["name"], {}).get("int4_method", "?")
+            out += [f"| {a['name']} | {method} | {x['module']} | {x['error']:.2e} | {x['rtn_error']:.2e} |"
                     for x in a["quant_layers"]]
     bench = [a for a in report["artifacts"] if a.get("bench") and "by_context" in a["bench"]]
     if bench:

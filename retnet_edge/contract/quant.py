@@ -179,6 +179,9 @@ class QuantPlan:
     # a calibrated method's chosen integers and scales per module (`exporters.gptq.QuantCodes`), set by the
     # export pipeline before the target runs; the targets write them instead of rounding again
     codes: Any = field(default=None, compare=False, repr=False)
+    # where a target puts the int4 weights it wrote, dequantized (`exporters.layer_errors.Captured`), so a
+    # data-free method's per-layer error is measured on them; None: nothing captured
+    capture: Any = field(default=None, compare=False, repr=False)
 
     def modules(self, precision: str, kind: str = "linear") -> list[str]:
         """Module names planned at `precision`; kind "linear" or "embedding"."""

@@ -67,10 +67,12 @@ def _windows(ids: list[int], n_tokens: int, bos: int | None, source: str, from_e
 
 
 def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n_tokens: int,
-                    fallback: str = "validation", log=lambda s: None) -> tuple[np.ndarray, str]:
+                    fallback: str = "validation", log=lambda s: None, skip_end: int = 0) -> tuple[np.ndarray, str]:
     """[windows, WINDOW] int64 token ids (about n_tokens) and where they came from. `fallback` when there is
     neither a file nor held-out text: "validation" (the gate's fixed text) or "sample" (the model's own text;
-    held-out text is then read from its end, see the module docstring)."""
+    held-out text is then read from its end, see the module docstring). skip_end: held-out text read from its
+    end leaves out its last skip_end tokens where it has enough (`--quant auto` measures a gptq mix on tokens
+    gptq did not fit)."""
     from .validate import VALIDATION_TEXT
 
     from_end = fallback == "sample"
@@ -93,7 +95,10 @@ def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n
         return ids, f"text the fp32 model sampled ({ids.size} tokens)"
     else:
         text, source = VALIDATION_TEXT * 64, "the gate's validation text"
-    ids = _windows(tokenizer.encode(text), n_tokens, bos, source, from_end and not calibration)
+    tokens = tokenizer.encode(text)
+    if skip_end and from_end and not calibration and len(tokens) - skip_end >= WINDOW:
+        tokens, source = tokens[:len(tokens) - skip_end], f"{HELDOUT_FILE} (from before its last {skip_end:,} tokens)"
+    ids = _windows(tokens, n_tokens, bos, source, from_end and not calibration)
     got = ids.shape[0] * (ids.shape[1] - (bos is not None))
     if got < n_tokens // 2:
         log(f"  note: the calibration text ({source}) has {got:,} tokens of the {n_tokens:,} asked; the result "

@@ -131,6 +131,10 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
             quantize_(root, linear[precision], filter_fn=lambda m, n: isinstance(m, nn.Linear) and n in names)
             if plan.codes is not None:
                 write_codes(root, plan.codes, names, prefix, bits=8 if precision == "int8" else 4)
+            elif plan.capture is not None and precision == "int4":  # what torchao wrote, for the per-layer errors
+                for n, m in root.named_modules():
+                    if isinstance(m, nn.Linear) and n in names:
+                        plan.capture.put(prefix + n, m.weight.dequantize().float().numpy())
         if plan.modules(precision, kind="embedding") and plan.embedding.startswith(prefix):
             emb = plan.embedding[len(prefix):]
             if any(n == emb for n, _ in root.named_modules()):

@@ -179,9 +179,7 @@ class QuantCodes:
         self.errors: dict[str, tuple[float, float]] = {}  # int4 module -> (its relative output error, rtn's)
 
     def worst(self, n: int = 5) -> list[dict]:
-        """The n modules with the largest relative output error, as the manifest's `quant_layers` holds them."""
-        ranked = sorted(self.errors.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
-        return [{"module": m, "error": float(f"{e:.4g}"), "rtn_error": float(f"{r:.4g}")} for m, (e, r) in ranked]
+        return worst_layers(self.errors, n)
 
     def _paths(self, module: str, bits: int) -> tuple[Path, Path]:
         return (self.directory / f"{module}.int{bits}.codes.npy", self.directory / f"{module}.int{bits}.scales.npy")
@@ -204,6 +202,12 @@ class QuantCodes:
             return None
         q, s = (torch.from_numpy(a) for a in got)
         return (q.float().view(q.shape[0], s.shape[1], -1) * s[..., None]).reshape(q.shape)
+
+
+def worst_layers(errors: dict[str, tuple[float, float]], n: int = 5) -> list[dict]:
+    """The n modules with the largest relative output error, as the manifest's `quant_layers` holds them."""
+    ranked = sorted(errors.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+    return [{"module": m, "error": float(f"{e:.4g}"), "rtn_error": float(f"{r:.4g}")} for m, (e, r) in ranked]
 
 
 def output_errors(w: Tensor, wq: Tensor, h: Tensor, group: int) -> tuple[float, float]:

@@ -8,6 +8,7 @@ explicitly skipped). The whole-model trace of the same artifacts lives in tests/
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from .divergence import (
     forms_divergence,
     state_divergence,
 )
-from .gptq import CODES_DIR, calibrate_plan
+from . import layer_errors
+from .calibration import calibration_ids
+from .gptq import CODES_DIR, calibrate_plan, worst_layers
 from .reference import StreamedReference
 from .target import TARGETS
 from .validate import ValidationReport, raise_if_failed, validate, validation_tokens
@@ -82,6 +85,14 @@ def export_artifact(request: ExportRequest, log=lambda s: None, show_bar: bool =
         return _export(src, request, bar)
 
 
+def _captured_errors(weights: ModelWeights, plan, tokenizer, log) -> list[dict]:
+    """The worst int4 linears of a data-free method's artifact (`layer_errors`), on the model's held-out
+    text or else the gate's validation text."""
+    ids, source = calibration_ids(weights, tokenizer, None, layer_errors.TOKENS)
+    log(f"  measuring each int4 linear's output error on {source} ...")
+    return worst_layers(layer_errors.layer_errors(weights, plan, plan.capture, ids, log))
+
+
 def _export(src: Path, request: ExportRequest, bar) -> Artifact:
     log, qc, target = bar.log, request.quant, request.target
     t0 = time.time()
@@ -106,12 +117,17 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
                                       load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
                                       TARGETS.get(target).int4_negative_scales)
             quant_layers = plan.codes.worst() if plan.codes is not None else []
-        if quant_layers:
-            log("  worst int4 linears (relative output error on calibration text, gptq vs rtn): " + ", ".join(
-                f"{x['module']} {x['error']:.2e} vs {x['rtn_error']:.2e}" for x in quant_layers))
+        elif plan.modules("int4") and tok_file and weights.num_parameters() <= layer_errors.MAX_PARAMETERS:
+            plan = dataclasses.replace(plan, capture=layer_errors.Captured(tmp / layer_errors.CAPTURE_DIR))
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
                                            **request.options)
         shutil.rmtree(tmp / CODES_DIR, ignore_errors=True)  # the codes are in the artifact's own files now
+        if plan.capture is not None:  # a data-free method: the errors of what the target wrote
+            quant_layers = _captured_errors(weights, plan, load_tokenizer(tok_file), log)
+            shutil.rmtree(tmp / layer_errors.CAPTURE_DIR, ignore_errors=True)
+        if quant_layers:
+            log(f"  worst int4 linears (relative output error on calibration text, {qc.int4_method} vs rtn): "
+                + ", ".join(f"{x['module']} {x['error']:.2e} vs {x['rtn_error']:.2e}" for x in quant_layers))
         bar.done()
         bar.stage("validate")
         validation = None

@@ -188,16 +188,27 @@ def check_max_kl(max_kl: float | None) -> float:
     return float(max_kl)
 
 
+def measurement_ids(weights: ModelWeights, tokenizer, calibration: str | None, qc: QuantConfig, log=lambda s: None
+                    ) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(the windows each mix is measured on, where they came from, gptq's windows or None). With a calibrated
+    method both come from the same text, gptq's from its end (as the export takes them) and the measured
+    ones from just before those where the text is long enough: a mix is judged on tokens gptq did not fit
+    (on its own tokens an int4 linear's cost read low, and the artifact missed the bound on held-out text)."""
+    if qc.int4_method not in CALIBRATED_METHODS:
+        return (*calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS), None)
+    gptq_ids, _ = calibration_ids(weights, tokenizer, calibration, gptq.GPTQ_TOKENS, fallback="sample", log=log)
+    ids, source = calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS, fallback="sample", log=log,
+                                  skip_end=gptq.GPTQ_TOKENS)
+    return ids, source, gptq_ids
+
+
 def auto_quant(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: float, tokenizer,
                calibration: str | None = None, log=lambda s: None) -> tuple[QuantConfig, dict]:
     """The smallest int4 / int8 mix whose eager KL on calibration text is <= max_kl: (the QuantConfig to export,
     the plan's record: calibration, measured KLs, the worst moves). A calibrated method's codes live in a
     temporary directory for the measurement's length (the export computes its own)."""
     max_kl = check_max_kl(max_kl)
-    ids, source = calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS)
-    gptq_ids = None
-    if qc.int4_method in CALIBRATED_METHODS:
-        gptq_ids, _ = calibration_ids(weights, tokenizer, calibration, gptq.GPTQ_TOKENS, fallback="sample", log=log)
+    ids, source, gptq_ids = measurement_ids(weights, tokenizer, calibration, qc, log)
     log(f"  measuring each linear's sensitivity on {source} ...")
     with tempfile.TemporaryDirectory(prefix="retnet-edge-auto-") as work:
         s = measure(weights, target, qc, ids, source, log, gptq_ids, Path(work))

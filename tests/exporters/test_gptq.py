@@ -229,6 +229,26 @@ def test_gptq_export_is_gated_and_recorded(tiny_with_text, tmp_path, target):
         assert np.array_equal(inits[head.input[1]], q8.T) and np.abs(q8).max() <= 64
 
 
+@pytest.mark.parametrize("target, method", [("onnx", "rtn"), ("executorch", "hqq")])
+def test_a_data_free_methods_worst_layers_are_measured_on_what_the_target_wrote(tiny_with_text, tmp_path, target,
+                                                                                method):
+    """rtn / hqq: the targets hand back the int4 weights they wrote (MatMulNBits' initializers, torchao's
+    tensors), scored on held-out text beside symmetric rtn; the captured copies are not left in the artifact.
+    ONNX's rtn is MLAS' symmetric rounding (the largest value at -8): within 30 % of max/7's error."""
+    from retnet_edge.exporters import export_model
+    from retnet_edge.exporters.layer_errors import CAPTURE_DIR
+
+    art = export_model(str(tiny_with_text), target, QuantConfig("int4", int4_method=method), tmp_path / "a", steps=8)
+    worst = art.manifest.quant_layers
+    assert art.manifest.validated and len(worst) == 5 and all(0 < x["error"] < 0.2 for x in worst)
+    assert [x["error"] for x in worst] == sorted((x["error"] for x in worst), reverse=True)
+    if method == "rtn":
+        assert all(0.7 < x["error"] / x["rtn_error"] < 1.3 for x in worst), worst
+    assert not any(p.name == CAPTURE_DIR for p in art.path.rglob("*"))
+    res = CliRunner().invoke(main, ["inspect", str(art.path)])
+    assert f"{worst[0]['module']}: output error {worst[0]['error']:.2e}" in res.output, res.output
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "calibration file .* not found"),
     (b"", "has no text"),

@@ -153,6 +153,30 @@ def test_executorch_hqq_is_torchaos_scale_only_hqq_and_rounds_closer_than_rtn():
     assert t.scale.shape == (8, 2) and not t.zero_point.any()
 
 
+@pytest.mark.parametrize("method", ["rtn", "hqq"])
+def test_captured_weights_are_what_each_target_multiplies_by(tmp_path, method):
+    """`layer_errors.Captured` gets the int4 weight as written: MatMulNBits' initializers dequantized (rtn: no
+    zero points; hqq: fp32 ones) equal onnxruntime's own product, torchao's tensors their dequantize()."""
+    from retnet_edge.contract.quant import QuantPlan
+    from retnet_edge.exporters.executorch import quantize_modules
+    from retnet_edge.exporters.layer_errors import Captured
+
+    w = _demo_weight(DEMO_WEIGHTS[0])[:64]  # [64, 384]
+    q, product = _onnx_int4(w, 32, method)
+    from retnet_edge.exporters.onnx.quantize import capture_weights
+
+    capture_weights(q, Captured(tmp_path / "onnx"))
+    got = Captured(tmp_path / "onnx").get("mm").numpy()
+    np.testing.assert_allclose(got, product, rtol=0, atol=2e-3 * np.abs(product).max())  # fp16 copies
+    root = torch.nn.Sequential(torch.nn.Linear(384, 64, bias=False))
+    with torch.no_grad():
+        root[0].weight.copy_(torch.from_numpy(w))
+    quantize_modules(root, QuantPlan({"0": "int4"}, 32, int4_method=method, embedding="none",
+                                     capture=Captured(tmp_path / "et")))
+    np.testing.assert_allclose(Captured(tmp_path / "et").get("0").numpy(),
+                               root[0].weight.dequantize().float().numpy(), rtol=1e-3, atol=1e-6)
+
+
 # --- the export: gated, recorded, streamed = whole graph -----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):

@@ -103,12 +103,16 @@ def test_prefill_weights_refusals(tmp_path, args, message):
     assert "Traceback" not in res.output
 
 
-def test_quantized_embedding_uses_gather_block_quantized(tmp_path):
-    art = export_model("demo", "onnx", QuantConfig("int4", embedding="int4"), tmp_path / "e", steps=64)
-    m = onnx.load(str(art.path / "model.onnx"))
-    assert any(n.op_type == "GatherBlockQuantized" for n in m.graph.node)
+@pytest.mark.parametrize("embedding, bits, below_mib", [("int4", 4, 12), ("int8", 8, 13)])
+def test_quantized_embedding_uses_gather_block_quantized(tmp_path, embedding, bits, below_mib):
+    """int4 through onnxruntime's quantizer; int8 written by `int8_gather` (the quantizer makes only 4-bit
+    Gathers: at 8 it logged an error and left the table fp32 under a manifest saying int8)."""
+    art = export_model("demo", "onnx", QuantConfig("int4", embedding=embedding), tmp_path / "e", steps=64)
+    m = onnx.load(str(art.path / "model.onnx"), load_external_data=False)
+    gbq = [n for n in m.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gbq) == 1 and {a.name: onnx.helper.get_attribute_value(a) for a in gbq[0].attribute}.get("bits", 4) == bits
     assert not any(n.op_type == "Gather" and n.name.startswith("/model/embed/") for n in m.graph.node)
-    assert art.manifest.files["weights.bin"].bytes < 12 * 2**20  # vs 16.1 MiB with an fp32 embedding
+    assert art.manifest.validated and art.manifest.files["weights.bin"].bytes < below_mib * 2**20  # fp32 embed: 16.1
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])

@@ -106,6 +106,45 @@ def _int8_codes(name: str, got: tuple[np.ndarray, np.ndarray], shape: tuple[int,
     return np.ascontiguousarray(q.T).astype(np.int8), s.reshape(-1).astype(np.float32)
 
 
+def int8_gather(model: onnx.ModelProto, exclude: list[str], block: int) -> onnx.ModelProto:
+    """Each Gather of a 2-D table not excluded -> com.microsoft GatherBlockQuantized with bits=8: the table
+    symmetric per `block` values of a row (±127, stored as uint8 around 128, the op's implicit zero point),
+    one fp32 scale per block. onnxruntime.quantization's MatMulNBitsQuantizer makes only 4-bit Gathers (at 8 it
+    logs an error and leaves the table fp32), so the int8 embedding is written here."""
+    inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    skip = set(exclude)
+    for idx, node in enumerate(model.graph.node):
+        t = model.graph.initializer[inits[node.input[0]]] if node.op_type == "Gather" and node.input[0] in inits \
+            and node.name not in skip else None
+        if t is None or len(t.dims) != 2:
+            continue
+        table = refuse_non_finite(t.name, numpy_helper.to_array(t).astype(np.float32))  # [V, D]
+        v, d = table.shape
+        if d % block:
+            raise ExportError(f"{node.name}: an int8 embedding needs its width ({d}) to be a multiple of the group "
+                              f"size ({block})", hint="--group-size that divides it, or --embedding fp32")
+        g = table.reshape(v, d // block, block)
+        scales = (np.maximum(np.abs(g).max(-1), 1e-12) / 127).astype(np.float32)  # [V, D / block]
+        q = (np.clip(np.rint(g / scales[..., None]), -127, 127).astype(np.int16) + 128).astype(np.uint8)
+        qname, sname = f"{t.name}_Q8", f"{t.name}_scales"
+        model.graph.initializer.extend([numpy_helper.from_array(q.reshape(v, d), qname),
+                                        numpy_helper.from_array(scales, sname)])
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        if axis != 0:
+            raise ExportError(f"{node.name}: an int8 embedding gathers rows (axis 0), not axis {axis}")
+        new = onnx.helper.make_node("GatherBlockQuantized", [qname, node.input[1], sname], list(node.output),
+                                    name=node.name, domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                                    block_size=block, bits=8)
+        model.graph.node[idx].CopyFrom(new)
+        still = {x for n in model.graph.node for x in n.input}
+        if t.name not in still:
+            model.graph.initializer.remove(t)
+            inits = {x.name: i for i, x in enumerate(model.graph.initializer)}
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
 def refuse_non_finite(name: str, a: np.ndarray) -> np.ndarray:
     """A NaN / inf weight would round to an arbitrary integer (silently, under --no-validate): refuse it."""
     if not np.isfinite(a).all():
@@ -173,13 +212,30 @@ def write_codes(model: onnx.ModelProto, codes, block: int) -> onnx.ModelProto:
     return model
 
 
+def capture_weights(model: onnx.ModelProto, capture) -> None:
+    """Each MatMulNBits' weight as it was written, dequantized, into `capture` (`exporters.layer_errors.Captured`)."""
+    from ..layer_errors import matmulnbits_weight
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        b, scales, zero_points = (numpy_helper.to_array(inits[x]) if x else None for x in [*node.input, "", ""][1:4])
+        capture.put(module_of(node.name), matmulnbits_weight(b, scales, zero_points, attrs["N"], attrs["K"],
+                                                             attrs["block_size"]))
+
+
 def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: list[str],
-                     op_types: tuple[str, ...] = ("MatMul",), method: str = "rtn", codes=None) -> onnx.ModelProto:
+                     op_types: tuple[str, ...] = ("MatMul",), method: str = "rtn", codes=None,
+                     capture=None) -> onnx.ModelProto:
     """int8 MatMuls -> an int8 GEMM with per-row activations (`int8_dynamic`); int4 MatMuls and quantized
     Gathers -> onnxruntime.quantization's MatMulNBits / GatherBlockQuantized, rounded by `method` (`int4_config`),
     or carrying `codes` (a calibrated method's integers and scales, `write_codes`) where it has them."""
     if bits == 8 and op_types == ("MatMul",):
         return int8_dynamic(model, exclude, INT8_QMAX_REDUCED, codes)  # the range Target("onnx").int8_qmax declares
+    if bits == 8 and op_types == ("Gather",):
+        return int8_gather(model, exclude, block)
     _checkrefuse_non_finite(model, op_types, exclude)
     # onnxruntime only when quantizing: importing the exporters (CLI choices) must not load the engine
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -200,7 +256,11 @@ def quantize_matmuls(model: onnx.ModelProto, bits: int, block: int, exclude: lis
     q = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4,
                              nodes_to_exclude=exclude, algo_config=cfg)
     q.process()
-    return write_codes(q.model.model, codes, block) if codes is not None and bits == 4 else q.model.model
+    if codes is not None and bits == 4:
+        return write_codes(q.model.model, codes, block)
+    if capture is not None and bits == 4 and op_types == ("MatMul",):
+        capture_weights(q.model.model, capture)
+    return q.model.model
 
 
 BITS = {"int8": 8, "int4": 4}
@@ -217,7 +277,8 @@ def quantize_onnx(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
         if any(module_of(n) in linears for n in matmuls):
             model = quantize_matmuls(model, bits, plan.group_size, method=plan.int4_method,
-                                     exclude=[n for n in matmuls if module_of(n) not in linears], codes=plan.codes)
+                                     exclude=[n for n in matmuls if module_of(n) not in linears], codes=plan.codes,
+                                     capture=plan.capture)
         gathers = [n.name for n in model.graph.node if n.op_type == "Gather"]
         if plan.embedding in plan.modules(precision, kind="embedding"):
             model = quantize_matmuls(model, bits, plan.group_size, op_types=("Gather",),

@@ -302,7 +302,8 @@ class WeightSource:
 
 
 def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits: int, block: int,
-                        name: str, method: str = "rtn", codes=None) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+                        name: str, method: str = "rtn", codes=None, capture=None
+                        ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Quantize one MatMul (weight [K, N]) or Gather (table [V, D]) through MatMulNBitsQuantizer on a graph
     holding just that node: the per-node call quantizing a whole graph makes, so the bytes are the same."""
     w = numpy_helper.from_array(data, name)
@@ -315,7 +316,7 @@ def _one_node_quantized(node: onnx.NodeProto, slot: int, data: np.ndarray, bits:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     one = helper.make_node(node.op_type, inputs, ["y"], name=node.name, **{a.name: helper.get_attribute_value(a) for a in node.attribute})
     model = helper.make_model(helper.make_graph([one], "q", [x], [y], [w]), opset_imports=[helper.make_opsetid("", OPSET)])
-    q = quantize_matmuls(model, bits, block, exclude=[], op_types=op_types, method=method, codes=codes)
+    q = quantize_matmuls(model, bits, block, exclude=[], op_types=op_types, method=method, codes=codes, capture=capture)
     # copies, not references: a protobuf sub-message keeps its whole parent alive, and the parent still
     # holds the fp32 weight (7B: ~1 GB a layer kept for the rest of the export)
     return [copy.deepcopy(n) for n in q.graph.node], [copy.deepcopy(t) for t in q.graph.initializer]
@@ -355,7 +356,7 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
                     source.cache[key] = (None, [source.writer.add(numpy_helper.from_array(data, name))])
                 else:
                     qnode, qinits = _one_node_quantized(node, slot, data, BITS[precision], plan.group_size, name,
-                                                        plan.int4_method, plan.codes)
+                                                        plan.int4_method, plan.codes, plan.capture)
                     source.cache[key] = (qnode, [source.writer.add(t) for t in qinits])
             qnode, tensors = source.cache[key]
             for t in tensors:

@@ -121,7 +121,8 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
               "int4": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                            weight_granularity=PerGroup(plan.group_size),
                                                            intx_choose_qparams_algorithm=int4_qparams)}
-    embedding = {"int8": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+    # the int8 embedding in groups along a row, as ONNX's (one scale per row: demo ΔKL 2.0e-4 vs 6.7e-5)
+    embedding = {"int8": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerGroup(plan.group_size)),
                  "int4": IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(plan.group_size),
                                               intx_choose_qparams_algorithm=int4_qparams)}
     for precision in ("int8", "int4"):
@@ -138,6 +139,10 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
         if plan.modules(precision, kind="embedding") and plan.embedding.startswith(prefix):
             emb = plan.embedding[len(prefix):]
             if any(n == emb for n, _ in root.named_modules()):
+                if root.get_submodule(emb).weight.shape[1] % plan.group_size:
+                    raise ExportError(f"an {precision} embedding needs its width ({root.get_submodule(emb).weight.shape[1]}) "
+                                      f"to be a multiple of the group size ({plan.group_size})",
+                                      hint="--group-size that divides it, or --embedding fp32")
                 quantize_(root, embedding[precision], filter_fn=lambda m, n: n == emb)
 
 
@@ -248,7 +253,7 @@ def _state_in_place_planning():
     return StateInPlace
 
 
-@register_target("executorch", flavor=PTE_FLAVORS)
+@register_target("executorch", embedding_int8_blocks=True, flavor=PTE_FLAVORS)
 def export_executorch(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path,
                       tokenizer: str | None = None, log=lambda s: None, flavor: str = "runner",
                       max_context: int = DEFAULT_MAX_CONTEXT) -> list[str]:

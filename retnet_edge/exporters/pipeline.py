@@ -119,6 +119,9 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             quant_layers = plan.codes.worst() if plan.codes is not None else []
         elif plan.modules("int4") and tok_file and weights.num_parameters() <= layer_errors.MAX_PARAMETERS:
             plan = dataclasses.replace(plan, capture=layer_errors.Captured(tmp / layer_errors.CAPTURE_DIR))
+        elif plan.modules("int4"):
+            log("  per-layer int4 errors not measured: " + ("the model has no tokenizer for text" if not tok_file
+                else f"past {layer_errors.MAX_PARAMETERS / 1e9:.0f}B parameters (a full fp16 copy of the weights)"))
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,
                                            **request.options)
         shutil.rmtree(tmp / CODES_DIR, ignore_errors=True)  # the codes are in the artifact's own files now

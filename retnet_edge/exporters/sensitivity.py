@@ -99,7 +99,7 @@ def _calibrated_codes(weights: ModelWeights, target: str, qc: QuantConfig, ids: 
     all_int8 = t.config_plan(weights.cfg, _all_int8(qc))
     for name, plan in (("int4", all_int4), ("int8", all_int8)):
         log(f"  GPTQ of every linear at {name} (what the export will write) ...")
-        codes = gptq.calibrate(weights, plan, ids, directory, negative_scales=t.int4_negative_scales)
+        codes = gptq.calibrate(weights, plan, ids, directory, log, negative_scales=t.int4_negative_scales)
     return codes
 
 

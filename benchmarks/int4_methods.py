@@ -20,6 +20,7 @@ takes them), each artifact scored as above:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -57,34 +58,42 @@ def decode_ms(path: Path, tokens: int = 32, repeat: int = 3) -> float:
 
 
 def run_one(model: str, target: str, group: int, method: str, work: Path, reference, tok, text: str,
-            max_tokens: int, log, qc=None, tag: str = "") -> dict:
+            max_tokens: int, log, qc=None, tag: str = "", auto: bool = False, calibration: str | None = None) -> dict:
+    """One artifact through the product path (auto: `--quant auto`, measured inside the export), scored."""
     from retnet_edge.contract.quant import QuantConfig
-    from retnet_edge.exporters import export_model
+    from retnet_edge.contract.request import ExportRequest
+    from retnet_edge.exporters import export_artifact
     from retnet_edge.runtimes import load_runner
     from retnet_edge.runtimes.scoring import compare_text
 
     qc = qc or QuantConfig("int4", group_size=group, int4_method=method)
     out = work / f"{target}-g{group}-{method}{tag}"
     t = time.perf_counter()
-    art = export_model(model, target, qc, out, steps=64)
+    art = export_artifact(ExportRequest(model, target, qc, out, steps=64, calibration=calibration, auto=auto))
+    qc = art.manifest.quant_config()
     seconds = time.perf_counter() - t
     worst = art.manifest.worst_check()
     q = compare_text(load_runner(out, threads=2), reference, tok, text, window=512, max_tokens=max_tokens)
     row = {"target": target, "group_size": group, "method": method, "scheme": qc.scheme.value,
            "bytes": art.manifest.size_bytes, "export_seconds": round(seconds, 1), "gate_passed": art.manifest.validated,
            "gate_worst_kl": worst["kl"], "gate_rounding_kl": worst.get("rounding_kl"),
-           "fallbacks": list(art.manifest.quant_fallbacks), "decode_ms_per_token": round(decode_ms(out), 3),
+           "fallbacks": list(art.manifest.quant_fallbacks), "quant_layers": list(art.manifest.quant_layers),
+           "decode_ms_per_token": round(decode_ms(out), 3),
            **{k: q[k] for k in ("tokens", "kl_mean", "kl_p99", "top1", "perplexity", "reference_perplexity",
                                 "delta_ppl", "delta_ppl_pct")}}
     log(f"{target} g{group} {method}{tag}: KL {row['kl_mean']:.5f} top-1 {row['top1']:.4f} "
         f"Δppl {row['delta_ppl_pct']:+.2f} % "
         f"{row['bytes'] / 2**20:.2f} MiB export {seconds:.0f} s decode {row['decode_ms_per_token']:.2f} ms")
+    if auto:  # the measured mix, as the manifest records it
+        row["plan"] = {"max_kl": qc.max_kl, "auto_kl": qc.auto_kl, "embedding": qc.embedding, "lm_head": qc.lm_head,
+                       "int8_modules": [m for m in qc.int8_modules.split(",") if m], "calibration": qc.calibration}
     return row
 
 
-def run_auto(model: str, target: str, group: int, method: str, calibration: str, work: Path, reference, tok,
-             text: str, max_tokens: int, log) -> dict:
-    """all-int8, then `--quant auto` at 1, 2, 4 x the all-int8 eager KL on the calibration text."""
+def run_auto(model: str, target: str, group: int, method: str, calibration: str | None, work: Path, reference,
+             tok, text: str, max_tokens: int, log) -> dict:
+    """all-int8, then `export --quant auto` at --max-kl 1, 2, 4 x `--quant int8`'s eager KL on the text the
+    export measures on (each export measures its own mix: what the CLI does)."""
     from retnet_edge.base.paths import resolve_path
     from retnet_edge.checkpoints.streaming import open_weights
     from retnet_edge.contract.quant import QuantConfig
@@ -94,19 +103,14 @@ def run_auto(model: str, target: str, group: int, method: str, calibration: str,
     qc = QuantConfig("int4", group_size=group, int4_method=method)
     rows = [run_one(model, target, group, method, work, reference, tok, text, max_tokens, log,
                     qc=QuantConfig("int8"), tag="-all-int8")]
-    ids, source, gptq_ids = sensitivity.measurement_ids(weights, tok, calibration, qc)  # as the CLI takes them
-    t = time.perf_counter()
-    s = sensitivity.measure(weights, target, qc, ids, source, gptq_ids=gptq_ids, workdir=work / "codes")
-    measure_seconds = time.perf_counter() - t
+    ids, source, _, gptq_source = sensitivity.measurement_ids(weights, tok, calibration, qc)
+    int8_kl = sensitivity.int8_eager_kl(weights, target, qc, ids)
     for factor in (1, 2, 4):
-        auto, record = sensitivity.plan_under(weights, target, qc, s, ids, factor * s.int8_kl)
-        row = run_one(model, target, group, method, work, reference, tok, text, max_tokens, log, qc=auto,
-                      tag=f"-auto-x{factor}")
-        row.update(max_kl_factor=factor, plan=record)
-        rows.append(row)
-    return {"calibration": source, "int8_kl_calibration": s.int8_kl, "base_kl_calibration": s.base_kl,
-            "measure_seconds": round(measure_seconds, 1), "delta_kl": s.delta_kl, "saved_bytes": s.saved_bytes,
-            "rows": rows}
+        row = run_one(model, target, group, method, work, reference, tok, text, max_tokens, log,
+                      qc=dataclasses.replace(qc, max_kl=factor * int8_kl), tag=f"-auto-x{factor}", auto=True,
+                      calibration=calibration)
+        rows.append({**row, "max_kl_factor": factor})
+    return {"calibration": source, "gptq_calibration": gptq_source, "int8_kl_calibration": int8_kl, "rows": rows}
 
 
 def summary(rows: list[dict]) -> list[dict]:

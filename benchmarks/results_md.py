@@ -175,6 +175,28 @@ def int4_section(results: Path) -> list[str]:
     return out
 
 
+def auto_section(results: Path) -> list[str]:
+    """`--quant auto` against `--quant int8` (benchmarks/int4_methods.py --auto)."""
+    out = []
+    for path in sorted(results.glob("int4_auto_*.json")):
+        doc = json.loads(path.read_text())
+        out += [f"### `--quant auto` on `{Path(doc['model']).name}`, {doc['target']} — `benchmarks/results/{path.name}`",
+                "", f"{_machine(doc)}; bounds as multiples of `--quant int8`'s eager KL "
+                f"({doc['int8_kl_calibration']:.5f} on {doc['calibration']}); each artifact scored on "
+                f"{doc['rows'][0]['tokens']:,} held-out tokens:", "",
+                "| artifact | MiB | KL | top-1 | Δppl | int8 linears | embedding | measured mix KL |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in doc["rows"]:
+            p = r.get("plan")
+            name = f"auto, {r['max_kl_factor']} x" if p else f"--quant {r['scheme']}"
+            mix = (f"{len(p['int8_modules']) + (p['lm_head'] == 'int8')} | {p['embedding']} | {p['auto_kl']:.5f}"
+                   if p else "all | fp32 | —")
+            out.append(f"| {name} | {r['bytes'] / 2**20:.2f} | {r['kl_mean']:.5f} | {r['top1']:.4f} | "
+                       f"{r['delta_ppl_pct']:+.2f} % | {mix} |")
+        out.append("")
+    return out
+
+
 def page(runs: list[tuple[Path, dict]]) -> str:
     out = ["# Benchmark results", "",
            "The latest `retnet-edge bench` run of each suite per machine, rendered from its JSON by `python benchmarks/results_md.py`"
@@ -191,7 +213,7 @@ def page(runs: list[tuple[Path, dict]]) -> str:
                 f"context, threads {c['threads']}, baselines {', '.join(c.get('baselines', [])) or 'none'}.", "",
                 *headline(doc), "", "What explains it:", "", *explanation(doc), ""]
     out += ["## Other measurements (each names its machine)", "", *task_section(RESULTS), *sessions_section(RESULTS),
-            *int4_section(RESULTS)]
+            *int4_section(RESULTS), *auto_section(RESULTS)]
     return "\n".join(out).rstrip() + "\n"
 
 

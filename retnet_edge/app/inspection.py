@@ -89,7 +89,8 @@ def render(report: dict[str, Any]) -> str:
         q = a["quant"]
         if q["scheme"] == "int4":  # how the int4 weights were chosen and rounded (issue 28)
             mixed = [m for m in (q.get("int8_modules") or "").split(",") if m]
-            bound = f", chosen under --max-kl {q['max_kl']:g} on {q.get('calibration') or 'calibration text'}" \
+            measured = f" (the mix measured {q['auto_kl']:.2e})" if q.get("auto_kl") else ""
+            bound = f", chosen under --max-kl {q['max_kl']:g}{measured} on {q.get('calibration') or 'calibration text'}" \
                 if q.get("max_kl") else ""
             lines.append(f"int4          {q.get('int4_method', 'rtn')} g{q['group_size']}; "
                          + (f"{len(mixed)} linear(s) kept int8: {', '.join(mixed)}" if mixed else "every body linear int4")

@@ -126,8 +126,8 @@ def render_markdown(report: dict) -> str:
         out += ["", "## Worst int4 layers", "",
                 "Relative output error of each int4 linear on calibration text (||X ΔWᵀ||² / ||X Wᵀ||²), the "
                 "five largest per artifact, beside symmetric round-to-nearest's (max |w| / 7) on the same inputs: "
-                "gptq's from its 16k calibration tokens as it rounds, the other methods' from the weights the "
-                "target wrote, on 2k tokens of held-out text.", "",
+                "gptq's on its calibration text as it rounds, the other methods' from the weights the target "
+                "wrote, on 2,048 tokens of held-out text (else the gate's validation text).", "",
                 "| artifact | method | linear | error | rtn's error |", "|---|---|---|---|---|"]
         quants = {r["name"]: r.get("quant") or {} for r in report.get("requests", [])}
         for a in layered:

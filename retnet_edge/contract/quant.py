@@ -113,6 +113,7 @@ class QuantConfig:
     int4_method: str = "rtn"  # how int4 weights are rounded (INT4_METHODS); the CLI's default is measured
     int8_modules: str = ""  # under int4: linears kept at int8, comma-separated (`--quant auto` writes it)
     max_kl: float = 0.0  # `--quant auto`'s bound on the eager KL that chose int8_modules (0: not auto)
+    auto_kl: float = 0.0  # `--quant auto`: the chosen mix's eager KL as measured on the calibration text
     calibration: str = ""  # the text `--quant auto` or a calibrated method measured on (source, token count)
     int4_params: str = ""  # a calibrated method's parameters as it ran (gptq: damp, block, scale search)
 
@@ -122,6 +123,9 @@ class QuantConfig:
         if not (isinstance(self.max_kl, (int, float)) and math.isfinite(self.max_kl) and self.max_kl >= 0):
             raise ConfigError(f"max_kl must be a non-negative number, got {self.max_kl}")
         object.__setattr__(self, "max_kl", float(self.max_kl))
+        if not (isinstance(self.auto_kl, (int, float)) and math.isfinite(self.auto_kl) and self.auto_kl >= 0):
+            raise ConfigError(f"auto_kl must be a non-negative number, got {self.auto_kl}")
+        object.__setattr__(self, "auto_kl", float(self.auto_kl))
         if self.int8_modules and self.scheme != QuantScheme.INT4:
             raise ConfigError(f"int8_modules is for int4 (the {self.scheme.value} body has one precision)")
         if self.lm_head not in ("auto", "fp32", "int8", "int4"):

@@ -61,6 +61,7 @@ class ExportRequest:
     validate: bool = True  # False writes "validation": "skipped" (benchmarks of random weights)
     force: bool = False
     calibration: str | None = None  # text a calibrated int4 method (gptq) reads; None: the model's own
+    auto: bool = False  # `--quant auto`: the export measures the int4 / int8 mix under quant.max_kl first
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_FLAVORS:

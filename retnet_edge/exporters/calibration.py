@@ -67,12 +67,12 @@ def _windows(ids: list[int], n_tokens: int, bos: int | None, source: str, from_e
 
 
 def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n_tokens: int,
-                    fallback: str = "validation", log=lambda s: None, skip_end: int = 0) -> tuple[np.ndarray, str]:
+                    fallback: str = "validation", log=lambda s: None, skip_gptq: int = 0) -> tuple[np.ndarray, str]:
     """[windows, WINDOW] int64 token ids (about n_tokens) and where they came from. `fallback` when there is
     neither a file nor held-out text: "validation" (the gate's fixed text) or "sample" (the model's own text;
-    held-out text is then read from its end, see the module docstring). skip_end: held-out text read from its
-    end leaves out its last skip_end tokens where it has enough (`--quant auto` measures a gptq mix on tokens
-    gptq did not fit)."""
+    held-out text is then read from its end, see the module docstring). skip_gptq (with fallback "sample"):
+    leave out the skip_gptq tokens gptq reads — held-out text's last ones, a file's first ones — where the
+    text has enough, else say it (`--quant auto` measures a gptq mix on tokens gptq did not fit)."""
     from .validate import VALIDATION_TEXT
 
     from_end = fallback == "sample"
@@ -96,8 +96,13 @@ def calibration_ids(weights: ModelWeights, tokenizer, calibration: str | None, n
     else:
         text, source = VALIDATION_TEXT * 64, "the gate's validation text"
     tokens = tokenizer.encode(text)
-    if skip_end and from_end and not calibration and len(tokens) - skip_end >= WINDOW:
-        tokens, source = tokens[:len(tokens) - skip_end], f"{HELDOUT_FILE} (from before its last {skip_end:,} tokens)"
+    if skip_gptq and from_end and (calibration or source.startswith(HELDOUT_FILE)):
+        if len(tokens) - skip_gptq >= WINDOW:
+            tokens, source = ((tokens[skip_gptq:], f"{source} (after its first {skip_gptq:,} tokens)") if calibration
+                              else (tokens[:-skip_gptq], f"{HELDOUT_FILE} (before its last {skip_gptq:,} tokens)"))
+        else:
+            log(f"  note: the calibration text ({len(tokens):,} tokens) is too short to measure on tokens gptq did "
+                f"not fit ({skip_gptq:,} + {WINDOW}); the measured KL reads low")
     ids = _windows(tokens, n_tokens, bos, source, from_end and not calibration)
     got = ids.shape[0] * (ids.shape[1] - (bos is not None))
     if got < n_tokens // 2:

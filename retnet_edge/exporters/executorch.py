@@ -139,11 +139,14 @@ def quantize_modules(root: nn.Module, plan: QuantPlan, prefix: str = "", skip: s
         if plan.modules(precision, kind="embedding") and plan.embedding.startswith(prefix):
             emb = plan.embedding[len(prefix):]
             if any(n == emb for n, _ in root.named_modules()):
+                config = embedding[precision]
                 if root.get_submodule(emb).weight.shape[1] % plan.group_size:
-                    raise ExportError(f"an {precision} embedding needs its width ({root.get_submodule(emb).weight.shape[1]}) "
-                                      f"to be a multiple of the group size ({plan.group_size})",
-                                      hint="--group-size that divides it, or --embedding fp32")
-                quantize_(root, embedding[precision], filter_fn=lambda m, n: n == emb)
+                    if precision == "int4":
+                        raise ExportError(f"an int4 embedding needs its width ({root.get_submodule(emb).weight.shape[1]}) "
+                                          f"to be a multiple of the group size ({plan.group_size})",
+                                          hint="--group-size that divides it, or --embedding int8 / fp32")
+                    config = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))  # one scale a row
+                quantize_(root, config, filter_fn=lambda m, n: n == emb)
 
 
 def write_codes(root: nn.Module, codes, names: set[str], prefix: str, bits: int = 4) -> None:

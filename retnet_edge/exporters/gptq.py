@@ -116,16 +116,18 @@ def _gptq_pass(w: Tensor, hinv: Tensor, importance: Tensor, group: int, negative
     n_out, k = w.shape
     codes = torch.zeros(n_out, k, dtype=torch.int8)
     scales = torch.zeros(n_out, k // group)
-    # a group within a block (int4) gets its scale when reached, on fully updated columns; a group wider than
-    # a block (int8, one per row) gets it up front, as the paper's per-channel scales (the rows of a whole-K
-    # block would be rewritten once per column: 2 TB of memory traffic for a 7B down projection)
-    static = group > BLOCK
+    # int4: a group gets its scale when GPTQ reaches it, on fully updated columns (a group wider than a block
+    # widens the block). int8 (one group per row) gets its scales up front, as the paper's per-channel
+    # ones: a whole-K block would rewrite the rows once per column (2 TB of memory traffic for a 7B down
+    # projection)
+    static = qrange[1] > QMAX
+    step = BLOCK if static else max(BLOCK, group)
     if static:
         for g0 in range(0, k, group):
             scales[:, g0 // group] = group_scales(w[:, g0:g0 + group], negative_scales, importance[g0:g0 + group],
                                                   qrange)
-    for b0 in range(0, k, BLOCK):
-        b1 = min(b0 + BLOCK, k)
+    for b0 in range(0, k, step):
+        b1 = min(b0 + step, k)
         wb, errs = w[:, b0:b1].clone(), torch.zeros(n_out, b1 - b0)
         hb = hinv[b0:b1, b0:b1]
         for j in range(b1 - b0):
@@ -321,18 +323,25 @@ def refuse_non_finite(weights: ModelWeights, plan: QuantPlan) -> None:
                               hint="check the checkpoint; an fp32 export keeps them as they are")
 
 
+def check_can_calibrate(weights: ModelWeights, calibration: str | None) -> None:
+    """Without text gptq samples the model's own: past SAMPLE_MAX_PARAMETERS that is refused, up front."""
+    from .calibration import has_text
+
+    if not has_text(weights, calibration) and weights.num_parameters() > SAMPLE_MAX_PARAMETERS:
+        raise ConfigError(f"gptq needs calibration text for a {weights.num_parameters() / 1e9:.1f}B model (sampling "
+                          "its own would read the checkpoint 127 times)",
+                          hint="pass --calibration FILE, or --int4-method rtn")
+
+
 def calibrate_plan(weights: ModelWeights, plan: QuantPlan, qc: QuantConfig, calibration: str | None,
                    tokenizer: Tokenizer | None, directory: Path, log=lambda s: None,
                    negative_scales: bool = False) -> tuple[QuantPlan, QuantConfig]:
     """(the plan carrying GPTQ's codes, qc recording the calibration text and GPTQ's parameters); the codes'
     `worst()` are the manifest's `quant_layers`. negative_scales: the target's int4 kernel takes them
     (`Target.int4_negative_scales`)."""
-    from .calibration import calibration_ids, has_text
+    from .calibration import calibration_ids
 
-    if not has_text(weights, calibration) and weights.num_parameters() > SAMPLE_MAX_PARAMETERS:
-        raise ConfigError(f"gptq needs calibration text for a {weights.num_parameters() / 1e9:.1f}B model (sampling "
-                          "its own would read the checkpoint 127 times)",
-                          hint="pass --calibration FILE, or --int4-method rtn")
+    check_can_calibrate(weights, calibration)
     refuse_non_finite(weights, plan)
     ids, source = calibration_ids(weights, tokenizer, calibration, GPTQ_TOKENS, fallback="sample", log=log)
     planned = calibrated_linears(plan)

@@ -88,7 +88,11 @@ def export_artifact(request: ExportRequest, log=lambda s: None, show_bar: bool =
 def _captured_errors(weights: ModelWeights, plan, tokenizer, log) -> list[dict]:
     """The worst int4 linears of a data-free method's artifact (`layer_errors`), on the model's held-out
     text or else the gate's validation text."""
-    ids, source = calibration_ids(weights, tokenizer, None, layer_errors.TOKENS)
+    try:
+        ids, source = calibration_ids(weights, tokenizer, None, layer_errors.TOKENS)
+    except ConfigError as exc:  # a diagnostic: a held-out text too short to read must not fail the export
+        log(f"  per-layer int4 errors not measured: {exc}")
+        return []
     log(f"  measuring each int4 linear's output error on {source} ...")
     return worst_layers(layer_errors.layer_errors(weights, plan, plan.capture, ids, log))
 
@@ -110,16 +114,28 @@ def _export(src: Path, request: ExportRequest, bar) -> Artifact:
             copy_chat_config(src, tmp, log)
         bar.stage("trace, quantize, write")
         quant_layers: list[dict] = []
-        # an int4 artifact of a calibrated method, or `--quant auto`'s mix (its int8 linears are GPTQ's even
-        # where no linear fits int4: the bound was measured so)
-        if qc.int4_method in CALIBRATED_METHODS and (plan.modules("int4") or qc.max_kl):
+        if request.auto:  # `--quant auto`: the mix measured here, in the temporary directory, its codes written
+            from .sensitivity import auto_plan, log_plan
+
+            qc, record, codes = auto_plan(weights, target, qc, qc.max_kl,
+                                          load_tokenizer(tok_file) if tok_file else None, request.calibration,
+                                          tmp / CODES_DIR, log)
+            log_plan(record, log)
+            reference, rounded, plan = references(weights, target, qc)
+            plan = dataclasses.replace(plan, codes=codes)
+            quant_layers = codes.worst() if codes is not None else []
+        # an int4 artifact of a calibrated method, or a measured mix given as a QuantConfig (its int8 linears
+        # are GPTQ's even where no linear fits int4: the bound was measured so)
+        measured = plan.codes is not None  # --quant auto's gptq codes, from just above
+        if not measured and qc.int4_method in CALIBRATED_METHODS and (plan.modules("int4") or qc.max_kl):
             plan, qc = calibrate_plan(weights, plan, qc, request.calibration,
                                       load_tokenizer(tok_file) if tok_file else None, tmp / CODES_DIR, log,
                                       TARGETS.get(target).int4_negative_scales)
             quant_layers = plan.codes.worst() if plan.codes is not None else []
-        elif plan.modules("int4") and tok_file and weights.num_parameters() <= layer_errors.MAX_PARAMETERS:
+        elif not measured and plan.modules("int4") and tok_file \
+                and weights.num_parameters() <= layer_errors.MAX_PARAMETERS:
             plan = dataclasses.replace(plan, capture=layer_errors.Captured(tmp / layer_errors.CAPTURE_DIR))
-        elif plan.modules("int4"):
+        elif not measured and plan.modules("int4"):
             log("  per-layer int4 errors not measured: " + ("the model has no tokenizer for text" if not tok_file
                 else f"past {layer_errors.MAX_PARAMETERS / 1e9:.0f}B parameters (a full fp16 copy of the weights)"))
         files = TARGETS.get(target).export(weights, qc, plan, tmp, tok_file.name if tok_file else None, log,

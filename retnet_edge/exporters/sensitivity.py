@@ -60,6 +60,7 @@ class Sensitivity:
     calibration: str
     base_kl: float | None = None
     codes: Any = None
+    gptq_source: str = ""  # the text gptq's codes were fitted on ("" for a data-free method)
 
     def __post_init__(self) -> None:
         if self.base_kl is None:
@@ -97,18 +98,20 @@ def _calibrated_codes(weights: ModelWeights, target: str, qc: QuantConfig, ids: 
     all_int4 = t.config_plan(weights.cfg, dataclasses.replace(qc, scheme="int4", lm_head="int4", int8_modules="",
                                                               prefill_weights="same"))
     all_int8 = t.config_plan(weights.cfg, _all_int8(qc))
-    for name, plan in (("int4", all_int4), ("int8", all_int8)):
-        log(f"  GPTQ of every linear at {name} (what the export will write) ...")
-        codes = gptq.calibrate(weights, plan, ids, directory, log, negative_scales=t.int4_negative_scales)
+    log("  GPTQ of every linear at int4, then at int8 (the measured mix's codes are the artifact's) ...")
+    codes4 = gptq.calibrate(weights, all_int4, ids, directory, log, negative_scales=t.int4_negative_scales)
+    codes = gptq.calibrate(weights, all_int8, ids, directory, log, negative_scales=t.int4_negative_scales)
+    codes.errors = dict(codes4.errors)  # each linear's int4 output error (the manifest's quant_layers)
     return codes
 
 
 def measure(weights: ModelWeights, target: str, qc: QuantConfig, ids: np.ndarray, calibration: str,
-            log=lambda s: None, gptq_ids: np.ndarray | None = None, workdir: Path | None = None) -> Sensitivity:
+            log=lambda s: None, gptq_ids: np.ndarray | None = None, workdir: Path | None = None,
+            gptq_source: str = "") -> Sensitivity:
     """Each move's ΔKL (one layer-streamed eager pass per move). With a calibrated qc.int4_method, GPTQ's
     integers (on gptq_ids, else ids) are computed into `workdir` first and every pass reads them."""
     ref = log_softmax(StreamedReference(weights).prompt(ids))
-    int8_kl = _kl(ref, StreamedReference(weights, _plan(weights, target, qc, [])).prompt(ids))
+    int8_kl = int8_eager_kl(weights, target, qc, ids, ref)
     codes = None
     if qc.int4_method in CALIBRATED_METHODS:
         if workdir is None:
@@ -122,7 +125,14 @@ def measure(weights: ModelWeights, target: str, qc: QuantConfig, ids: np.ndarray
         kl = _kl(ref, StreamedReference(weights, _plan(weights, target, qc, [name], codes)).prompt(ids))
         delta[name], saved[name] = kl - base_kl, saves
         log(f"  sensitivity {i + 1}/{len(moves)}: {name} ΔKL {delta[name]:+.2e}")
-    return Sensitivity(int8_kl, delta, saved, calibration, base_kl, codes)
+    return Sensitivity(int8_kl, delta, saved, calibration, base_kl, codes, gptq_source if codes is not None else "")
+
+
+def int8_eager_kl(weights: ModelWeights, target: str, qc: QuantConfig, ids: np.ndarray,
+                  ref: np.ndarray | None = None) -> float:
+    """`--quant int8`'s eager KL on ids (round-to-nearest, the target's rounding): what a bound is set against."""
+    ref = log_softmax(StreamedReference(weights).prompt(ids)) if ref is None else ref
+    return _kl(ref, StreamedReference(weights, _plan(weights, target, qc, [])).prompt(ids))
 
 
 def _moves(weights: ModelWeights, target: str, qc: QuantConfig, base: QuantPlan) -> dict[str, int]:
@@ -189,30 +199,47 @@ def check_max_kl(max_kl: float | None) -> float:
 
 
 def measurement_ids(weights: ModelWeights, tokenizer, calibration: str | None, qc: QuantConfig, log=lambda s: None
-                    ) -> tuple[np.ndarray, str, np.ndarray | None]:
-    """(the windows each mix is measured on, where they came from, gptq's windows or None). With a calibrated
+                    ) -> tuple[np.ndarray, str, np.ndarray | None, str]:
+    """(the windows each mix is measured on, where they came from, gptq's windows or None, and theirs). With a
+    calibrated
     method both come from the same text, gptq's from its end (as the export takes them) and the measured
     ones from just before those where the text is long enough: a mix is judged on tokens gptq did not fit
     (on its own tokens an int4 linear's cost read low, and the artifact missed the bound on held-out text)."""
     if qc.int4_method not in CALIBRATED_METHODS:
-        return (*calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS), None)
-    gptq_ids, _ = calibration_ids(weights, tokenizer, calibration, gptq.GPTQ_TOKENS, fallback="sample", log=log)
+        return (*calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS), None, "")
+    gptq_ids, gptq_source = calibration_ids(weights, tokenizer, calibration, gptq.GPTQ_TOKENS, fallback="sample",
+                                            log=log)
     ids, source = calibration_ids(weights, tokenizer, calibration, CALIBRATION_TOKENS, fallback="sample", log=log,
-                                  skip_end=gptq.GPTQ_TOKENS)
-    return ids, source, gptq_ids
+                                  skip_gptq=gptq.GPTQ_TOKENS)
+    return ids, source, gptq_ids, gptq_source
+
+
+def auto_plan(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: float, tokenizer,
+              calibration: str | None, workdir: Path, log=lambda s: None) -> tuple[QuantConfig, dict, Any]:
+    """The smallest mix whose eager KL on calibration text is <= max_kl: (the QuantConfig to export, the plan's
+    record: calibration, measured KLs, the worst moves; the calibrated codes the measurement read, written
+    under `workdir`, or None for a data-free method). The export writes those codes: the mix that met the
+    bound is the one that ships."""
+    max_kl = check_max_kl(max_kl)
+    if qc.int4_method in CALIBRATED_METHODS:
+        gptq.check_can_calibrate(weights, calibration)
+    gptq.refuse_non_finite(weights, _plan(weights, target, qc, []))  # before minutes of NaN KLs
+    ids, source, gptq_ids, gptq_source = measurement_ids(weights, tokenizer, calibration, qc, log)
+    log(f"  measuring each move's sensitivity on {source} ...")
+    s = measure(weights, target, qc, ids, source, log, gptq_ids, workdir, gptq_source)
+    auto, record = plan_under(weights, target, qc, s, ids, max_kl, log)
+    codes = s.codes
+    if codes is not None:
+        int4 = set(record["int4"])
+        codes.errors = {m: e for m, e in codes.errors.items() if m in int4}
+    return auto, record, codes
 
 
 def auto_quant(weights: ModelWeights, target: str, qc: QuantConfig, max_kl: float, tokenizer,
                calibration: str | None = None, log=lambda s: None) -> tuple[QuantConfig, dict]:
-    """The smallest int4 / int8 mix whose eager KL on calibration text is <= max_kl: (the QuantConfig to export,
-    the plan's record: calibration, measured KLs, the worst moves). A calibrated method's codes live in a
-    temporary directory for the measurement's length (the export computes its own)."""
-    max_kl = check_max_kl(max_kl)
-    ids, source, gptq_ids = measurement_ids(weights, tokenizer, calibration, qc, log)
-    log(f"  measuring each linear's sensitivity on {source} ...")
+    """`auto_plan` with its codes in a temporary directory (the library's form: the QuantConfig and record)."""
     with tempfile.TemporaryDirectory(prefix="retnet-edge-auto-") as work:
-        s = measure(weights, target, qc, ids, source, log, gptq_ids, Path(work))
-        return plan_under(weights, target, qc, s, ids, max_kl, log)
+        return auto_plan(weights, target, qc, max_kl, tokenizer, calibration, Path(work), log)[:2]
 
 
 def plan_under(weights: ModelWeights, target: str, qc: QuantConfig, s: Sensitivity, ids: np.ndarray, max_kl: float,
@@ -224,12 +251,21 @@ def plan_under(weights: ModelWeights, target: str, qc: QuantConfig, s: Sensitivi
         kl = _kl(ref, StreamedReference(weights, _plan(weights, target, qc, chosen, s.codes)).prompt(ids))
         if kl <= max_kl or not chosen:
             break
-        chosen.pop()
+        emb = _embedding_move(chosen.pop())
+        back = EMBED_MOVE.format(embedding=emb[0], precision="int8") if emb and emb[1] == "int4" else None
+        if back in s.delta_kl:  # the int4 embedding had replaced its int8 move: back to int8, not to fp32
+            chosen.append(back)
     plan = _plan(weights, target, qc, chosen)
     int8 = sorted(n for n, p in plan.precision.items() if p == "int8" and n != plan.embedding)
+    params = ""
+    if s.codes is not None:
+        params = gptq.PARAMS + (", negative scales" if TARGETS.get(target).int4_negative_scales else "") + \
+            "; codes of the all-int4 and all-int8 passes, as measured"
     auto = dataclasses.replace(qc, scheme="int4", lm_head=plan.precision["lm_head"],
                                int8_modules=",".join(n for n in int8 if n != "lm_head"),
-                               embedding=plan.precision[plan.embedding], max_kl=max_kl, calibration=s.calibration)
+                               embedding=plan.precision[plan.embedding], max_kl=max_kl, auto_kl=float(f"{kl:.6g}"),
+                               calibration=s.calibration + (f"; gptq: {s.gptq_source}" if s.gptq_source else ""),
+                               int4_params=params)
     record = {"max_kl": max_kl, "calibration": s.calibration, "int8_kl": s.int8_kl, "base_kl": s.base_kl, "kl": kl,
               "int4": sorted(n for n, p in plan.precision.items() if p == "int4" and n != plan.embedding),
               "int8": int8, "embedding": plan.precision[plan.embedding],
@@ -240,14 +276,10 @@ def plan_under(weights: ModelWeights, target: str, qc: QuantConfig, s: Sensitivi
 
 
 def auto_export_request(model: str, output: str | Path, targets: list[str], max_kl: float | None,
-                        calibration: str | None, log=lambda s: None, **options) -> tuple[ExportRequest, dict]:
-    """`export --quant auto --max-kl X`: the one artifact's request with its measured int4 / int8 mix (and the
-    plan's record: calibration, the measured KLs, the worst linears). `options` as `export_requests` takes them."""
-    from ..base.paths import resolve_path
-    from ..base.tokenizer import load_tokenizer
-    from ..checkpoints.streaming import open_weights
-    from ..contract import tokenizer_file
-
+                        calibration: str | None, **options) -> ExportRequest:
+    """`export --quant auto --max-kl X`: the one artifact's request, its arguments checked before minutes of
+    measuring; the export measures the mix (`auto_plan`, inside its temporary directory) and writes it.
+    `options` as `export_requests` takes them."""
     if len(targets) != 1:
         raise ConfigError("--quant auto makes one artifact: give one --target")
     max_kl = check_max_kl(max_kl)
@@ -256,12 +288,10 @@ def auto_export_request(model: str, output: str | Path, targets: list[str], max_
     base = export_requests(model, output, targets, ["int4"], single=True, calibration=calibration, **options)[0]
     if (base.output.exists() or base.output.is_symlink()) and not base.force:  # before minutes of measuring
         raise RetNetEdgeError(f"{base.output} already exists", hint="pass --force to overwrite it")
-    src = resolve_path(model)
-    weights = open_weights(src)
-    tok_file = tokenizer_file(src) if src.is_dir() else None
-    qc, record = auto_quant(weights, base.target, base.quant, max_kl, load_tokenizer(tok_file) if tok_file else None,
-                            calibration, log)
+    return dataclasses.replace(base, quant=dataclasses.replace(base.quant, max_kl=max_kl), auto=True)
+
+
+def log_plan(record: dict, log) -> None:
     log(f"  auto: {len(record['int4'])} linears int4, {len(record['int8'])} int8, embedding {record['embedding']}; "
-        f"eager KL {record['kl']:.2e} (--quant int8: {record['int8_kl']:.2e}, bound {max_kl:g}); most sensitive: "
-        + ", ".join(f"{w['module']} {w['delta_kl']:+.1e}" for w in record["worst"]))
-    return dataclasses.replace(base, quant=qc), record
+        f"eager KL {record['kl']:.2e} (--quant int8: {record['int8_kl']:.2e}, bound {record['max_kl']:g}); most "
+        "sensitive: " + ", ".join(f"{w['module']} {w['delta_kl']:+.1e}" for w in record["worst"]))

@@ -171,7 +171,8 @@ def test_native_log_noise_is_filtered(demo_pte):
 @pytest.mark.parametrize("embedding", ["int8", "int4"])
 def test_a_quantized_embedding_is_grouped_and_gated(tmp_path, embedding):
     """The embedding in groups of --group-size along a row at int8 as at int4 (one scale per row cost the
-    demo 3x the KL of ONNX's blocks), gated; a width the group does not divide is one line, not torchao's error."""
+    demo 3x the KL of ONNX's blocks), gated; at int4 a width the group does not divide is one line, not
+    torchao's error."""
     save_pretrained(make_model(n_layers=2, seed=2), tmp_path / "m")
     art = export_model(str(tmp_path / "m"), "executorch", QuantConfig("int4", embedding=embedding), tmp_path / "a",
                        steps=16)
@@ -180,7 +181,8 @@ def test_a_quantized_embedding_is_grouped_and_gated(tmp_path, embedding):
     plain = export_model(str(tmp_path / "m"), "executorch", QuantConfig("int4"), tmp_path / "b", steps=16)
     saved = plain.manifest.size_bytes - art.manifest.size_bytes
     assert saved > fp32_embed * (0.6 if embedding == "int8" else 0.75), (saved, fp32_embed)
-    res = CliRunner().invoke(main, ["export", str(tmp_path / "m"), "--target", "executorch", "--quant", "int4",
-                                    "--embedding", embedding, "--group-size", "128", "-o", str(tmp_path / "c")])
-    assert res.exit_code == 1 and "multiple of the group size" in res.output and "Traceback" not in res.output, \
-        res.output
+    if embedding == "int4":  # (int8 falls back to a scale per row)
+        res = CliRunner().invoke(main, ["export", str(tmp_path / "m"), "--target", "executorch", "--quant", "int4",
+                                        "--embedding", embedding, "--group-size", "128", "-o", str(tmp_path / "c")])
+        assert res.exit_code == 1 and "multiple of the group size" in res.output and "Traceback" not in res.output, \
+            res.output

@@ -158,13 +158,18 @@ def test_auto_with_gptq_beats_int8_at_its_own_kl(tiny_with_tokenizer, monkeypatc
     monkeypatch.setattr(gptq, "GPTQ_TOKENS", 1024)
     weights, tok = open_weights(tiny_with_tokenizer), load_tokenizer(tiny_with_tokenizer / "tokenizer.json")
     qc0 = QuantConfig("int4", int4_method="gptq")
-    ids, source = sensitivity.calibration_ids(weights, tok, None, sensitivity.CALIBRATION_TOKENS)
-    gids, _ = sensitivity.calibration_ids(weights, tok, None, gptq.GPTQ_TOKENS, fallback="sample")  # its end
+    ids, source, gids, gsource = sensitivity.measurement_ids(weights, tok, None, qc0)
+    assert source.startswith("heldout.txt (before its last 1,024 tokens)") and gsource.startswith("heldout.txt (from")
+    heldout = tok.encode((tiny_with_tokenizer / "heldout.txt").read_text())
+    assert list(gids[-1, 1:]) == heldout[-127:] and list(ids[-1, 1:]) == heldout[-1024 - 127:-1024]  # disjoint
     with tempfile.TemporaryDirectory() as work:
-        s = sensitivity.measure(weights, "onnx", qc0, ids, source, gptq_ids=gids, workdir=Path(work))
+        s = sensitivity.measure(weights, "onnx", qc0, ids, source, gptq_ids=gids, workdir=Path(work),
+                                gptq_source=gsource)
         assert s.base_kl < 0.95 * s.int8_kl  # measured 0.92x on this model (demo: 0.86x)
         qc, record = sensitivity.plan_under(weights, "onnx", qc0, s, ids, s.int8_kl)
     assert record["kl"] <= s.int8_kl and record["embedding"] == "int8" == qc.embedding  # 0.19 MB of 0.73 MB
+    assert qc.auto_kl == float(f"{record['kl']:.6g}") and "as measured" in qc.int4_params and "gptq: heldout" \
+        in qc.calibration
     before = set(Path(tempfile.gettempdir()).glob("retnet-edge-auto-*"))
     assert sensitivity.auto_quant(weights, "onnx", qc0, s.int8_kl, tok)[0] == qc  # deterministic
     assert set(Path(tempfile.gettempdir()).glob("retnet-edge-auto-*")) == before
@@ -209,3 +214,17 @@ def test_inspect_names_the_int4_plan(tiny_with_tokenizer, tmp_path):
     line = next(x for x in res.output.splitlines() if x.startswith("int4 "))
     assert line == ("int4          rtn g32; 2 linear(s) kept int8: layers.0.ffn.fc2, layers.1.retention.v_proj, "
                     "chosen under --max-kl 0.004 on heldout.txt (128 tokens)"), line
+
+
+def test_auto_refuses_a_nan_weight_before_measuring(tmp_path):
+    import torch
+
+    model = make_model(n_layers=2, vocab_size=4096, seed=1)
+    with torch.no_grad():
+        model.layers[1].ffn.fc2.weight[3, 5] = float("nan")
+    save_pretrained(model, tmp_path / "m")
+    for f in ("tokenizer.json", "heldout.txt"):
+        shutil.copy(DEMO_DIR / f, tmp_path / "m")
+    res = _export(tmp_path / "m", "--target", "onnx", "--quant", "auto", "--max-kl", "0.01", "-o", tmp_path / "x")
+    assert res.exit_code == 1 and "layers.1.ffn.fc2.weight has NaN" in res.output and "sensitivity" not in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x").exists(), res.output

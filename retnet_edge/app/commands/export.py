@@ -20,15 +20,18 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--quant", type=CommaChoice((*(s.value for s in QuantScheme), "auto")), default=None,
               help="Comma-separated weight precisions: fp32 (the checkpoint's weights, unquantized), int8 (8-bit "
                    "per output channel), int4 (4-bit groups of --group-size; lm_head int8), auto (int4 / int8 per "
-                   "linear by measured sensitivity, the smallest mix under --max-kl; one artifact). Default: "
+                   "linear and fp32 / int8 / int4 embedding by measured sensitivity, the smallest mix under "
+                   "--max-kl; one artifact). Default: "
                    "int8,int4 when --target is not given either, else fp32.")
 @click.option("--max-kl", type=float, default=None,
               help="--quant auto: the bound on KL(fp32 || eager with the artifact's rounding) on calibration text, "
-                   "in nats per token (all-int8 is ~1e-3 on the demo, all-int4 ~1e-2).")
+                   "in nats per token (all-int8 is ~1e-3 on the demo, all-int4 ~1e-2; with gptq a bound equal to "
+                   "int8's KL gives a smaller artifact than --quant int8).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibration text for --quant auto and --int4-method gptq (UTF-8, or .jsonl with a \"text\" per "
-                   "line). Default: the model's heldout.txt (gptq reads it from its end), else text the fp32 model "
-                   "samples (gptq) or the gate's validation text (auto).")
+                   "line). Default: the model's heldout.txt (gptq reads it from its end; auto with gptq measures "
+                   "on the tokens before those), else text the fp32 model samples (gptq) or the gate's validation "
+                   "text (auto with a data-free method).")
 @click.option("--group-size", default=32, show_default=True, help="Group size of int4 weights (a power of two, 16-4096).")
 @click.option("--lm-head", type=click.Choice(["auto", "fp32", "int8", "int4"]), default="auto", show_default=True,
               help="lm_head precision: auto = int8 under int4, else the --quant precision.")
@@ -40,7 +43,7 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,
               help="How int4 weights are rounded: rtn (round to nearest per group), hqq (half-quadratic; ONNX: "
                    "fp32 zero points, larger and slower to decode) or gptq (error feedback on calibration text, "
-                   "--calibration; rtn's size and speed). auto: gptq where there is calibration text (--calibration "
+                   "--calibration; rtn's size and speed; the artifact's int8 linears are gptq's too). auto: gptq where there is calibration text (--calibration "
                    "or the model's heldout.txt), else rtn (onnx) / hqq (executorch); docs/quantization.md has the "
                    "measurements. Recorded in the manifest with its parameters.")
 @click.option("--flavor", type=click.Choice(FLAVORS), default=None,
@@ -93,7 +96,7 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
 
         if quants != ["auto"]:
             raise ConfigError("--quant auto makes one artifact: give it alone (--target T --quant auto --max-kl X)")
-        requests = [auto_export_request(model, output, targets, max_kl, calibration, log=info, **options)[0]]
+        requests = [auto_export_request(model, output, targets, max_kl, calibration, **options)]
         single = True
     elif max_kl is not None:
         raise ConfigError("--max-kl is for --quant auto")

@@ -348,7 +348,8 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
                 precision = plan.precision.get(module, "fp32")
             elif node.op_type == "Gather" and slot == 0 and module == plan.embedding:
                 precision = plan.precision.get(plan.embedding, "fp32")
-            key = (ref, precision, node.op_type)
+            # (the module too where calibrated codes are per module: a shared weight must not take another's)
+            key = (ref, precision, node.op_type, module if plan.codes is not None else None)
             if key not in source.cache:
                 name = ref.fqn() + (".T" if ref.transposed else "")
                 data = source.tensor(ref)

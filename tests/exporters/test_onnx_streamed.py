@@ -28,7 +28,7 @@ VARIANTS = {
     "torchscale": dict(n_layers=4, rotary="torchscale", normalize="torchscale", embed_norm=True,
                        tie_embeddings=True, activation="gelu"),
 }
-QUANTS = {"fp32": QuantConfig("fp32"), "int8": QuantConfig("int8"), "int4": QuantConfig("int4"),
+QUANTS = {"fp32": QuantConfig("fp32"), "int8": QuantConfig("int8", embedding="int8"), "int4": QuantConfig("int4"),
           "int4-all": QuantConfig("int4", lm_head="int4", embedding="int4", group_size=16),
           "int4-pw": QuantConfig("int4", prefill_weights="int8")}
 # each variant against two schemes (the suite's time): together every graph shape and every quantizer path

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -270,13 +271,13 @@ def calibrated_linears(plan: QuantPlan) -> dict[str, str]:
 
 
 @torch.no_grad()
-def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory: str | Path,
-              log=lambda s: None, negative_scales: bool = False) -> QuantCodes:
-    """GPTQ every int4 and int8 linear of the plan, layer by layer, on calibration windows ids [W, T]; returns
-    the codes (written under `directory`)."""
+def streamed_linears(weights: ModelWeights, ids: np.ndarray, linears: set[str],
+                     visit: Callable[[str, nn.Linear, Tensor], None], log=lambda s: None, label: str = "") -> None:
+    """Calibration windows ids [W, T] through the checkpoint one layer at a time: each layer runs once with a
+    hook summing XᵀX of the linears named in `linears`, then `visit(name, linear, H)` per linear (it may
+    replace the linear's weight), then the layer runs again, so the next one sees what visit left (GPTQ's
+    sequential rounding). The head is visited last, on the final norm's output."""
     cfg = weights.cfg
-    codes = QuantCodes(directory)
-    planned = calibrated_linears(plan)
     x_ids = torch.from_numpy(ids)
     positions = torch.arange(x_ids.shape[1])
     stack = StreamedStack(weights)
@@ -289,7 +290,7 @@ def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory
         zero_state = lambda x: torch.zeros(x.shape[0], *cfg.state_shape)  # noqa: E731  [b, H, Dk, Dv]
         for i in range(cfg.n_layers):
             layer = weights.layer(i)
-            names = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear) and f"layers.{i}.{n}" in planned}
+            names = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear) and f"layers.{i}.{n}" in linears}
             hooks = {n: _HessianHook(m.in_features) for n, m in names.items()}
             handles = [m.register_forward_pre_hook(hooks[n]) for n, m in names.items()]
             for x in xs:
@@ -297,19 +298,30 @@ def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory
             for hd in handles:
                 hd.remove()
             for n, m in names.items():  # (Hessians of a layer's later linears from its earlier ones already
-                # rounded, "true sequential": KL 0.61 vs 0.59 x rtn's, demo: not kept)
-                _round_linear(codes, f"layers.{i}.{n}", m, hooks[n].hessian(), planned[f"layers.{i}.{n}"], plan,
-                              negative_scales)
-            xs = [layer(x, cos, sin, core, zero_state(x))[0] for x in xs]  # the next layer sees this one rounded
-            log(f"  GPTQ layer {i + 1}/{cfg.n_layers}: {len(names)} linears")
+                visit(f"layers.{i}.{n}", m, hooks[n].hessian())  # rounded: KL 0.61 vs 0.59 x rtn's, demo: not kept)
+            xs = [layer(x, cos, sin, core, zero_state(x))[0] for x in xs]
+            log(f"  {label} layer {i + 1}/{cfg.n_layers}: {len(names)} linears")
             del layer
-        if "lm_head" in planned:
+        if "lm_head" in linears:
             hook = _HessianHook(stack.lm_head.in_features)
             for x in xs:
                 hook(stack.lm_head, (stack.norm(x),))
-            _round_linear(codes, "lm_head", stack.lm_head, hook.hessian(), planned["lm_head"], plan, negative_scales)
+            visit("lm_head", stack.lm_head, hook.hessian())
     finally:
         stack.embed = stack.embed_norm = stack.norm = stack.lm_head = None
+
+
+def calibrate(weights: ModelWeights, plan: QuantPlan, ids: np.ndarray, directory: str | Path,
+              log=lambda s: None, negative_scales: bool = False) -> QuantCodes:
+    """GPTQ every int4 and int8 linear of the plan, layer by layer, on calibration windows ids [W, T]; returns
+    the codes (written under `directory`)."""
+    codes = QuantCodes(directory)
+    planned = calibrated_linears(plan)
+
+    def visit(name: str, linear: nn.Linear, h: Tensor) -> None:
+        _round_linear(codes, name, linear, h, planned[name], plan, negative_scales)
+
+    streamed_linears(weights, ids, set(planned), visit, log, "GPTQ")
     return codes
 
 

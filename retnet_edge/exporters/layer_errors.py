@@ -20,11 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints.streaming import ModelWeights, StreamedStack
+from ..checkpoints.streaming import ModelWeights
 from ..contract.quant import QuantPlan
-from ..core.ops import rotary_cos_sin
-from ..core.retention import ChunkCore
-from .gptq import BATCH_WINDOWS, _HessianHook, output_errors
+from .gptq import output_errors, streamed_linears
 
 CAPTURE_DIR = ".int4-weights"  # inside the export's temporary directory
 MAX_PARAMETERS = 1_000_000_000
@@ -66,47 +64,19 @@ def matmulnbits_weight(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarra
     return ((q - zp[..., None]) * scales.reshape(n, blocks)[..., None]).reshape(n, k)
 
 
-@torch.no_grad()
 def layer_errors(weights: ModelWeights, plan: QuantPlan, captured: Captured, ids: np.ndarray,
                  log=lambda s: None) -> dict[str, tuple[float, float]]:
     """{int4 linear: (its relative output error, symmetric rtn's)} on calibration windows ids [W, T], for
     every captured linear; the checkpoint read one layer at a time, fp32 (the errors are of the weights,
     each layer fed the fp32 model's activations)."""
-    cfg = weights.cfg
     int4 = set(plan.modules("int4"))
     errors: dict[str, tuple[float, float]] = {}
-    x_ids = torch.from_numpy(ids)
-    positions = torch.arange(x_ids.shape[1])
-    stack = StreamedStack(weights)
-    stack.load_outer()
 
     def score(name: str, linear: nn.Linear, h: torch.Tensor) -> None:
         wq = captured.get(name)
         if wq is not None and tuple(wq.shape) == tuple(linear.weight.shape):
             errors[name] = output_errors(linear.weight, wq, h, plan.group_size)
 
-    try:
-        core = ChunkCore(stack.log_gamma, positions, cfg.normalize, chunk_size=64)
-        cos, sin = rotary_cos_sin(positions, stack.freqs)
-        xs = [stack.embed_tokens(x_ids[i:i + BATCH_WINDOWS]) for i in range(0, len(x_ids), BATCH_WINDOWS)]
-        zero_state = lambda x: torch.zeros(x.shape[0], *cfg.state_shape)  # noqa: E731  [b, H, Dk, Dv]
-        for i in range(cfg.n_layers):
-            layer = weights.layer(i)
-            names = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear) and f"layers.{i}.{n}" in int4}
-            hooks = {n: _HessianHook(m.in_features) for n, m in names.items()}
-            handles = [m.register_forward_pre_hook(hooks[n]) for n, m in names.items()]
-            xs = [layer(x, cos, sin, core, zero_state(x))[0] for x in xs]
-            for hd in handles:
-                hd.remove()
-            for n, m in names.items():
-                score(f"layers.{i}.{n}", m, hooks[n].hessian())
-            del layer
-        if "lm_head" in int4:
-            hook = _HessianHook(stack.lm_head.in_features)
-            for x in xs:
-                hook(stack.lm_head, (stack.norm(x),))
-            score("lm_head", stack.lm_head, hook.hessian())
-    finally:
-        stack.embed = stack.embed_norm = stack.norm = stack.lm_head = None
+    streamed_linears(weights, ids, int4, score)
     log(f"  per-layer int4 error measured on {len(errors)} of {len(int4)} int4 linears")
     return errors

@@ -66,24 +66,6 @@ def test_int8_per_channel_gptq_stays_in_the_targets_range_and_beats_rtn():
     assert got < 0.8 * rtn, (got, rtn)
 
 
-def test_torchao_int8_tensors_take_the_codes_unchanged():
-    from retnet_edge.contract.quant import QuantPlan
-    from retnet_edge.exporters.executorch import quantize_modules
-
-    w, x = _hessian_problem(n_out=16, k=64)
-    codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=64, qrange=(-127, 127))
-
-    class Codes:
-        def get(self, module, bits=4):
-            return (codes.numpy(), scales.numpy()) if module == "0" and bits == 8 else None
-
-    root = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
-    with torch.no_grad():
-        root[0].weight.copy_(w)
-    quantize_modules(root, QuantPlan({"0": "int8"}, 32, int4_method="gptq", embedding="none", codes=Codes()))
-    assert torch.equal(root[0].weight.dequantize().float(), codes.float() * scales)
-
-
 def test_group_scales_minimise_the_groups_rounding_error():
     w = torch.tensor([[0.1, -0.7, 0.3, 0.05], [1.0, 0.0, 0.0, 0.0]])
     s = gptq.group_scales(w)
@@ -138,23 +120,26 @@ def test_codes_are_written_as_matmulnbits_bytes_and_run_unchanged():
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(want).max())  # accuracy_level 4: int8 x
 
 
-def test_torchao_tensors_take_the_codes_unchanged():
+@pytest.mark.parametrize("bits", [4, 8])
+def test_torchao_tensors_take_the_codes_unchanged(bits):
+    """int4 groups of 32 and int8 rows (±127): torchao's tensors hold GPTQ's integers and scales as they are."""
     from retnet_edge.contract.quant import QuantPlan
     from retnet_edge.exporters.executorch import quantize_modules
 
     w, x = _hessian_problem(n_out=16, k=64)
-    codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=32)
+    group, qrange = (32, (-8, 7)) if bits == 4 else (64, (-127, 127))
+    codes, scales = gptq.gptq_linear(w, x.T @ x / x.shape[0], group=group, qrange=qrange)
 
     class Codes:
-        def get(self, module, bits=4):
-            return (codes.numpy(), scales.numpy()) if module == "0" and bits == 4 else None
+        def get(self, module, b=4):
+            return (codes.numpy(), scales.numpy()) if module == "0" and b == bits else None
 
     root = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
     with torch.no_grad():
         root[0].weight.copy_(w)
-    quantize_modules(root, QuantPlan({"0": "int4"}, 32, int4_method="gptq", embedding="none", codes=Codes()))
+    quantize_modules(root, QuantPlan({"0": f"int{bits}"}, 32, int4_method="gptq", embedding="none", codes=Codes()))
     deq = root[0].weight.dequantize().float()
-    assert torch.equal(deq, (codes.float().view(16, 2, 32) * scales[..., None]).reshape(16, 64))
+    assert torch.equal(deq, (codes.float().view(16, -1, group) * scales[..., None]).reshape(16, 64))
 
 
 @pytest.fixture

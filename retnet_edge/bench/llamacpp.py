@@ -8,7 +8,8 @@ llama-cpp-python, by llama-bench's method and the same rules as `measure.py`:
 
 - pp512 / time to first token: a 512-token prompt decoded as one batch into an empty cache, logits for its
   last token (best of two; the first also warms the graph);
-- tg at each context depth: the cache filled to the depth once, then each repetition rewinds to it
+- tg at each context depth: the cache filled to the depth from empty (in batches of 512: timed, the prompt
+  rate at that depth, llama-bench's pp at depth), then each repetition rewinds to it
   (`n_tokens`; llama-cpp-python's `eval` drops the cache cells past it), one warm-up token and `tokens`
   single-token decodes with logits.
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..core.config import RetNetConfig
 from ..errors import MissingExtraError
-from .measure import PROMPT, memory_delta, memory_mb, prompt_seconds
+from .measure import PROMPT, fill_from_empty, fill_rate, memory_delta, memory_mb, prompt_seconds
 
 HEAD_DIM = 64
 LLAMA_QUANTS: dict[str, tuple[str, ...]] = {"int8": ("Q8_0",), "int4": ("Q4_0", "Q4_K_M"), "fp32": ("F16",)}
@@ -202,12 +203,9 @@ def measure(spec: dict) -> dict:
 
     ttft = prompt_seconds(llm.reset, llm.eval, ids(PROMPT))
     after_prefill = memory_delta(memory_mb(), base)
-    llm.reset()
     records = []
     for context in sorted(spec["contexts"]):
-        llm.n_tokens = min(llm.n_tokens, context)  # the fill continues from the previous depth
-        if context > llm.n_tokens:
-            llm.eval(ids(context - llm.n_tokens))
+        fill_s = fill_from_empty(llm.reset, llm.eval, ids(context))  # pp at this depth: batches of n_batch
         runs = []
         for _ in range(spec["repeat"]):
             llm.n_tokens = context  # rewind: eval drops the cache cells past n_tokens
@@ -225,7 +223,7 @@ def measure(spec: dict) -> dict:
             "ms_per_token_median": round(statistics.median(flat), 4),
             "ms_per_token_p90": round(flat[int(0.9 * (len(flat) - 1))], 4),
             "repeat_medians_ms": [round(m, 4) for m in medians],
-            "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
+            "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4), **fill_rate(context, fill_s),
             "state_bytes_now": shape.kv_bytes(context + 1 + spec["tokens"] // 2), "state_fingerprint": None,
             "memory_mb": memory_delta(memory_mb(), base)})
     return {"load_s": round(load_s, 3), "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": None,

@@ -1,7 +1,7 @@
 """One artifact at one thread count, measured in its own process (`python -m retnet_edge.bench.measure SPEC`).
 
-llama-bench's method: the state is advanced to each context depth first (RetNet: through the prefill
-graph; the baseline: its KV cache filled), one warm-up token, then `tokens` single-token steps with
+llama-bench's method: the state is filled to each context depth from empty (RetNet: through the prefill
+graph; the baseline: its KV cache filled; that fill's rate is the prompt rate at the depth), one warm-up token, then `tokens` single-token steps with
 logits, `repeat` times, each repetition starting again from that depth (a snapshot of the O(1) state or
 of the cache; the ExecuTorch runner flavour keeps its state inside the program, so its repetitions run
 on, and the record says so). Sampling and tokenization are excluded. Memory comes from
@@ -126,6 +126,24 @@ def prompt_seconds(reset: Callable[[], object], run: Callable[[list[int]], objec
     return best
 
 
+def fill_from_empty(reset: Callable[[], object], run: Callable[[list[int]], object], ids: list[int]) -> float | None:
+    """Seconds to fill an empty state (or cache) with `ids` the way a prompt runs: the prompt rate at that
+    depth (for a Transformer it falls with depth, for a RetNet it should not). None for an empty fill."""
+    reset()
+    if not ids:
+        return None
+    t = time.perf_counter()
+    run(ids)
+    return time.perf_counter() - t
+
+
+def fill_rate(context: int, seconds: float | None) -> dict:
+    """The record's fill fields: the time to fill `context` tokens from empty, and that as tokens/s."""
+    if not seconds:
+        return {"fill_ms": None, "fill_tokens_per_s": None}
+    return {"fill_ms": round(seconds * 1e3, 2), "fill_tokens_per_s": round(context / seconds, 1)}
+
+
 def open_decoder(model: str, runtime: str, path: str, threads: int, positions: int = PROMPT + 16):
     """The subject's decoder; `positions`: what the run reaches (the ONNX baseline preallocates its cache)."""
     from ..runtimes import load_runner
@@ -165,12 +183,9 @@ def measure(spec: dict) -> dict:
     prompt = rng.integers(3, vocab, PROMPT).tolist()
     ttft = prompt_seconds(dec.reset, dec.prefill, prompt)
     after_prefill = memory_delta(memory_mb(), base)
-    dec.reset()
     records = []
     for context in sorted(spec["contexts"]):
-        fill = context - dec.position
-        if fill > 0:
-            dec.prefill(rng.integers(3, vocab, fill).tolist())
+        fill_s = fill_from_empty(dec.reset, dec.prefill, rng.integers(3, vocab, context).tolist())
         start, fingerprint = dec.position, dec.state_fingerprint()  # the state as the fill left it
         dec.release_prefill()  # decode-phase memory: the prompt graph is freed, as `generate` does
         dec.step(int(rng.integers(3, vocab)))  # warm-up token
@@ -193,7 +208,7 @@ def measure(spec: dict) -> dict:
             "ms_per_token_median": round(statistics.median(flat), 4),
             "ms_per_token_p90": round(flat[int(0.9 * (len(flat) - 1))], 4),
             "repeat_medians_ms": [round(m, 4) for m in medians],
-            "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4),
+            "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4), **fill_rate(context, fill_s),
             "state_bytes_now": dec.state_bytes, "state_fingerprint": fingerprint,
             "memory_mb": memory_delta(memory_mb(), base)})
     profile = ort_profile(spec["path"], spec["threads"]) if spec.get("profile") else None

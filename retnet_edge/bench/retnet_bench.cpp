@@ -1,12 +1,13 @@
 // retnet_bench: load a retnet-edge .pte (runner flavour), run decode steps, print JSON lines.
 //
-//   retnet_bench model.pte [steps=128] [threads=0] [warmup=8] [contexts] [repeat=1]
+//   retnet_bench model.pte [steps=128] [threads=0] [warmup=8] [contexts] [repeat=1] [prompt=512]
 //
 // The runner-flavour program is forward(tokens int64[1,1], input_pos int64[1]) -> logits with the
 // recurrent state in mutable buffers, exactly what ExecuTorch's LLM runner drives. Per-token cost must
 // not grow with input_pos. Without `contexts`: one JSON line with the median of the first and the last
-// quarter of steps. With `contexts` (e.g. 0,512,2048): a header line, then per depth one line — the
-// program is stepped to that position first (untimed: the stock runner's prefill is token by token),
+// quarter of steps. With `contexts` (e.g. 0,512,2048): a header line with the time to first token of a
+// `prompt`-token prompt, then per depth one line — the program is stepped from position 0 to that depth
+// (timed as fill_ms: the runner flavour prefills token by token, as the stock LLM runner does with it),
 // then `repeat` x `steps` timed steps; memory from /proc/self/status (`retnet-edge bench --runtime cpp`).
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -117,14 +118,28 @@ int main(int argc, char** argv) {
   if (argc > 5) {  // the context sweep of `retnet-edge bench`
     const std::vector<long> contexts = parse_list(argv[5]);
     const int repeat = argc > 6 ? std::max(1, std::atoi(argv[6])) : 1;
+    const int prompt = argc > 7 ? std::max(1, std::atoi(argv[7])) : 512;
     const Mem loaded = memory();
-    std::printf("{\"load_ms\": %.2f, \"rss_before_load_mib\": %.1f, \"rss_mib\": %.1f, \"threads\": %zu}\n",
-                load_ms, before.rss, loaded.rss, pool ? pool->get_thread_count() : 0);
+    // fill positions [0, n) as the stock runner prefills (token by token); its time in ms. A RetNet step
+    // costs the same at every position and whatever the state holds, so a refill from 0 times a prompt.
+    auto fill = [&](int64_t n, double* ms) {
+      auto ts = Clock::now();
+      for (int64_t q = 0; q < n; ++q) {
+        if (!step(q)) return std::fprintf(stderr, "Error: forward failed at position %lld\n", (long long)q), false;
+      }
+      *ms = ms_since(ts);
+      return true;
+    };
+    double ttft_ms = 0;
+    if (!fill(prompt, &ttft_ms)) return 1;
+    std::printf("{\"load_ms\": %.2f, \"rss_before_load_mib\": %.1f, \"rss_mib\": %.1f, \"threads\": %zu, "
+                "\"prompt_tokens\": %d, \"ttft_ms\": %.2f}\n",
+                load_ms, before.rss, loaded.rss, pool ? pool->get_thread_count() : 0, prompt, ttft_ms);
     int64_t p = 0;
     for (long ctx : contexts) {
-      for (; p < ctx; ++p) {
-        if (!step(p)) return std::fprintf(stderr, "Error: forward failed at position %lld\n", (long long)p), 1;
-      }
+      double fill_ms = 0;
+      if (ctx > 0 && !fill(ctx, &fill_ms)) return 1;
+      p = ctx;
       const int64_t start = p;
       step(p++);  // warm-up token
       std::vector<double> all, medians;
@@ -141,11 +156,11 @@ int main(int argc, char** argv) {
       const Mem m = memory();
       const double mid = median(medians);
       std::printf("{\"context\": %ld, \"positions\": [%lld, %lld], \"restored_each_repeat\": false, "
-                  "\"ms_per_token_median\": %.4f, \"ms_per_token_p90\": %.4f, \"spread\": %.4f, "
+                  "\"ms_per_token_median\": %.4f, \"ms_per_token_p90\": %.4f, \"spread\": %.4f, \"fill_ms\": %.2f, "
                   "\"rss_mib\": %.1f, \"anon_mib\": %.1f, \"file_mib\": %.1f, \"peak_mib\": %.1f}\n",
                   ctx, (long long)start, (long long)p, median(all), percentile(all, 0.9),
                   (*std::max_element(medians.begin(), medians.end()) - *std::min_element(medians.begin(), medians.end())) / mid,
-                  m.rss, m.anon, m.file, m.peak);
+                  fill_ms, m.rss, m.anon, m.file, m.peak);
     }
     return 0;
   }

@@ -27,7 +27,7 @@ from ..core.config import RetNetConfig
 from ..errors import ConfigError, RetNetEdgeError
 from ..runtimes import check_threads
 from .machine import machine_facts, versions
-from .measure import PROMPT
+from .measure import PROMPT, fill_rate
 from .plan import check_plan, check_runtime, unique_subjects, work_dir
 from .roof import measure_read_bandwidth
 from .tools import build_harness, harness_path
@@ -179,13 +179,16 @@ def measure_subject(s: Subject, threads: int, bc: BenchConfig) -> dict:
     if s.runtime == "executorch-cpp":
         ctx = ",".join(str(c) for c in sorted(bc.contexts))
         lines = _run_child([str(harness_path()), str(s.path / PTE_FILE), str(bc.tokens), str(threads), "1", ctx,
-                            str(bc.repeat)])
+                            str(bc.repeat), str(PROMPT)])
         head, records = lines[0], lines[1:]
+        ttft = head["ttft_ms"]  # the runner flavour's prompt: token by token, as the stock runner runs it
         return {"load_s": head["load_ms"] / 1e3, "import_rss_mb": head["rss_before_load_mib"],
                 "memory_after_load_mb": {"rss": head["rss_mib"] - head["rss_before_load_mib"]},
-                "prefill_tokens": None, "ttft_ms": None, "prefill_tokens_per_s": None,
-                "records": [{**r, "memory_mb": {k: round(r[f"{k}_mib"] - head["rss_before_load_mib"], 1)
-                                                 for k in ("rss", "anon", "file", "peak")},
+                "prefill_tokens": head["prompt_tokens"], "ttft_ms": round(ttft, 2),
+                "prefill_tokens_per_s": round(head["prompt_tokens"] / ttft * 1e3, 1),
+                "records": [{**r, **fill_rate(r["context"], r["fill_ms"] / 1e3),
+                             "memory_mb": {k: round(r[f"{k}_mib"] - head["rss_before_load_mib"], 1)
+                                           for k in ("rss", "anon", "file", "peak")},
                              "state_bytes_now": s.cfg.state_bytes(1), "state_fingerprint": None}
                             for r in records]}
     spec = {"model": s.model, "runtime": s.runtime, "path": str(s.path), "threads": threads,
@@ -218,6 +221,7 @@ def flatten(s: Subject, threads: int, result: dict, bandwidth: dict) -> list[dic
             "ms_per_token_median": r["ms_per_token_median"], "ms_per_token_p90": r["ms_per_token_p90"],
             "tokens_per_s": round(tok_s, 2), "spread": r.get("spread"), "positions": r.get("positions"),
             "prefill_tokens_per_s": result["prefill_tokens_per_s"], "ttft_ms": result["ttft_ms"],
+            "fill_tokens_per_s": r.get("fill_tokens_per_s"), "fill_ms": r.get("fill_ms"),
             "rss_mb": mem.get("rss"), "rss_peak_mb": mem.get("peak"), "rss_anon_mb": mem.get("anon"),
             "rss_file_mb": mem.get("file"), "state_bytes": state, "state_fingerprint": r.get("state_fingerprint"),
             "bytes_per_token": bytes_per_token, "effective_gb_per_s": round(bytes_per_token * tok_s / 1e9, 2),
@@ -315,9 +319,14 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
 def vs_llama_cpp(results: list[dict]) -> list[dict]:
     """Each RetNet record against every llama.cpp record of its bits, threads and context, as ratios a user
-    reads: decode tok/s, prompt tok/s at 512 (pp512) and time to first token (> 1: retnet-edge is faster)."""
+    reads: decode tok/s, prompt tok/s at 512 (pp512), time to first token, and the prompt rate filling that
+    context from empty (> 1: retnet-edge is faster)."""
     out = []
     for r in results:
         if r["model"] != "retnet":
@@ -333,7 +342,9 @@ def vs_llama_cpp(results: list[dict]) -> list[dict]:
                             "decode_ratio": round(r["tokens_per_s"] / b["tokens_per_s"], 3),
                             "pp512_tok_s": [r["prefill_tokens_per_s"], b["prefill_tokens_per_s"]],
                             "pp512_ratio": None if pp is None else round(pp, 3),
-                            "ttft_ms": [r["ttft_ms"], b["ttft_ms"]]})
+                            "ttft_ms": [r["ttft_ms"], b["ttft_ms"]],
+                            "fill_tok_s": [r.get("fill_tokens_per_s"), b.get("fill_tokens_per_s")],
+                            "fill_ratio": _ratio(r.get("fill_tokens_per_s"), b.get("fill_tokens_per_s"))})
     return out
 
 
@@ -353,11 +364,22 @@ def render_bench_table(doc: dict) -> str:
         rows.append(f"{art[-28:]:<28} {rt:<15} {quant:<5} {th:>3} "
                     + " ".join(f"{by_ctx[c]['tokens_per_s']:>11.1f}" if c in by_ctx else f"{'—':>11}" for c in contexts)
                     + f" {pp if pp else '—':>11} {ttft if ttft else '—':>8}")
+    deep = [c for c in contexts if c > 0]
+    if any(r.get("fill_tokens_per_s") for r in doc["results"]):
+        rows += ["", "prompt tok/s filling each context from empty (a Transformer's falls with depth)",
+                 f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} " + " ".join(f"{'fill@' + str(c):>11}" for c in deep)]
+        for (art, rt, quant, th), by_ctx in groups.items():
+            fills = [by_ctx[c].get("fill_tokens_per_s") if c in by_ctx else None for c in deep]
+            rows.append(f"{art[-28:]:<28} {rt:<15} {quant:<5} {th:>3} "
+                        + " ".join(f"{f:>11.1f}" if f else f"{'—':>11}" for f in fills))
+        rows.append("")
     for v in doc["summary"].get("vs_llama_cpp", []):
         pp = f"; pp512 x{v['pp512_ratio']:.2f}" if v["pp512_ratio"] else ""
         rows.append(f"vs llama.cpp {v['llama_cpp']} ({v['quant']}, {v['threads']} thr, context {v['context']}): "
                     f"decode x{v['decode_ratio']:.2f} ({v['decode_tok_s'][0]:.1f} vs {v['decode_tok_s'][1]:.1f} tok/s)"
-                    + pp + (f", TTFT {v['ttft_ms'][0]} vs {v['ttft_ms'][1]} ms" if v["ttft_ms"][0] else ""))
+                    + pp + (f", TTFT {v['ttft_ms'][0]} vs {v['ttft_ms'][1]} ms" if v["ttft_ms"][0] else "")
+                    + (f"; filling {v['context']} tokens x{v['fill_ratio']:.2f} ({v['fill_tok_s'][0]:.0f} vs "
+                       f"{v['fill_tok_s'][1]:.0f} tok/s)" if v.get("fill_ratio") else ""))
     rows += ["", "what explains it:",
              f"{'artifact':<28} {'runtime':<15} {'quant':<5} {'thr':>3} {'context':>7} {'ms/tok':>8} {'p90':>8} "
              f"{'MB/tok':>7} {'GB/s':>6} {'roof':>5} {'rss MB':>7} {'state MB':>8}"]

@@ -34,10 +34,15 @@ def compiler(*names: str) -> str | None:
     return next((c for c in map(shutil.which, names) if c), None)
 
 
+def _tool_file(source: Path, suffix: str) -> Path:
+    """Where the tool built from `source` lives: named by its content and the machine."""
+    tag = hashlib.sha256(source.read_bytes() + os.uname().machine.encode()).hexdigest()[:12]
+    return tool_cache_dir() / f"{source.stem}-{tag}{suffix}"
+
+
 def _built(source: Path, suffix: str, command) -> Path:
     """The tool built from `source` by command(out_path) -> argv, cached by content and machine."""
-    tag = hashlib.sha256(source.read_bytes() + os.uname().machine.encode()).hexdigest()[:12]
-    out = tool_cache_dir() / f"{source.stem}-{tag}{suffix}"
+    out = _tool_file(source, suffix)
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +69,10 @@ def build_stream_read() -> Path | None:
 
 
 def harness_path() -> Path | None:
-    """The built C++ harness if it exists (never builds: `auto` must not compile on the user's time)."""
-    found = sorted(tool_cache_dir().glob(f"{HARNESS_SOURCE.stem}-*"))
-    return found[-1] if found and found[-1].is_file() else None
+    """The C++ harness built from this source if it exists (never builds: `auto` must not compile on the
+    user's time; a harness built from an older source prints other fields and is not used)."""
+    out = _tool_file(HARNESS_SOURCE, "")
+    return out if out.is_file() else None
 
 
 def build_harness() -> Path:

@@ -57,6 +57,12 @@ def test_contexts_are_really_advanced(bench_doc):
     assert retnet[0]["state_fingerprint"] == 0.0  # depth 0: the zero state
     assert retnet[1]["state_fingerprint"] > 0.0  # depth 96: the state the prefill graph left
     assert retnet[1]["positions"][0] == 96
+    # the fill to each depth is timed from empty: the prompt rate at that depth (none at depth 0)
+    for r in doc["results"]:
+        if r["context"] == 0:
+            assert r["fill_tokens_per_s"] is None and r["fill_ms"] is None
+        else:
+            assert r["fill_ms"] > 0 and r["fill_tokens_per_s"] == pytest.approx(96 / r["fill_ms"] * 1e3, rel=0.01)
 
 
 def test_baseline_cache_grows_while_the_retnet_state_does_not(bench_doc):

@@ -37,18 +37,19 @@ def test_the_gguf_has_the_retnet_configs_shape(tmp_path):
     assert 0.015 < w.std() < 0.025 and np.all(np.asarray(t["output_norm.weight"].data) == 1)
 
 
-def _rec(model, runtime, quant, thr, ctx, tok_s, pp, ttft, art):
+def _rec(model, runtime, quant, thr, ctx, tok_s, pp, ttft, art, fill=None):
     return {"model": model, "runtime": runtime, "quant": quant, "threads": thr, "context": ctx, "artifact": art,
             "tokens_per_s": tok_s, "prefill_tokens_per_s": pp, "ttft_ms": ttft, "ms_per_token_median": 1e3 / tok_s,
+            "fill_tokens_per_s": fill,
             "ms_per_token_p90": 1e3 / tok_s, "rss_mb": 100.0, "state_bytes": 2**20, "bytes_per_token": 1e6,
             "effective_gb_per_s": 1.0, "roof_fraction": 0.1}
 
 
 def test_ratios_pair_each_artifact_with_llama_cpp_at_its_bits_threads_and_context():
     results = [_rec("retnet", "onnxruntime", "int4", 1, 0, 30.0, 120.0, 4266.7, "out/onnx-int4"),
-               _rec("retnet", "onnxruntime", "int4", 1, 4096, 29.0, 120.0, 4266.7, "out/onnx-int4"),
+               _rec("retnet", "onnxruntime", "int4", 1, 4096, 29.0, 120.0, 4266.7, "out/onnx-int4", fill=118.0),
                _rec("llama.cpp", "llama.cpp", "int4", 1, 0, 60.0, 200.0, 2560.0, "llama.cpp Q4_0"),
-               _rec("llama.cpp", "llama.cpp", "int4", 1, 4096, 6.0, 200.0, 2560.0, "llama.cpp Q4_0"),
+               _rec("llama.cpp", "llama.cpp", "int4", 1, 4096, 6.0, 200.0, 2560.0, "llama.cpp Q4_0", fill=80.0),
                _rec("llama.cpp", "llama.cpp", "int4", 2, 0, 99.0, 300.0, 1700.0, "llama.cpp Q4_0"),
                _rec("llama.cpp", "llama.cpp", "int8", 1, 0, 40.0, 180.0, 2800.0, "llama.cpp Q8_0")]
     v = summarize(results)["vs_llama_cpp"]
@@ -58,7 +59,11 @@ def test_ratios_pair_each_artifact_with_llama_cpp_at_its_bits_threads_and_contex
            "machine": {"read_bandwidth": {"gb_per_s": {1: 12.0}, "kernel": "k"}, "cpu": "AMD EPYC", "flags": ["avx2"],
                        "cores": 2, "load_average": [0.1], "load_average_after": [0.1]}}
     text = render_bench_table(doc)
-    assert "vs llama.cpp Q4_0 (int4, 1 thr, context 4096): decode x4.83 (29.0 vs 6.0 tok/s); pp512 x0.60" in text
+    assert [x["fill_ratio"] for x in v] == [None, 1.475]  # filling 4096 from empty: 118 vs 80 tok/s
+    assert ("vs llama.cpp Q4_0 (int4, 1 thr, context 4096): decode x4.83 (29.0 vs 6.0 tok/s); pp512 x0.60, "
+            "TTFT 4266.7 vs 2560.0 ms; filling 4096 tokens x1.48 (118 vs 80 tok/s)") in text
+    fill_rows = text.split("prompt tok/s filling each context from empty")[1].splitlines()
+    assert "fill@4096" in fill_rows[1] and fill_rows[2].split()[-1] == "118.0"
     assert "CPU AMD EPYC (avx2)" in text and "pp512 tok/s" in text.splitlines()[1]
 
 
@@ -93,5 +98,6 @@ def test_llama_cpp_is_timed_beside_the_artifact(demo_export, tmp_path):
     assert llama[1]["state_bytes"] > llama[0]["state_bytes"]  # its KV cache grows with the context
     v = doc["summary"]["vs_llama_cpp"]
     assert len(v) == 2 and all(x["decode_ratio"] > 0 and x["pp512_ratio"] > 0 for x in v)
+    assert v[0]["fill_ratio"] is None and v[1]["fill_ratio"] > 0 and llama[1]["fill_tokens_per_s"] > 0
     assert "llama_cpp_python" in doc["versions"] and "system_info" in doc["machine"]["llama_cpp"]
     assert list((tmp_path / "w").glob("llama-*-Q8_0.gguf"))

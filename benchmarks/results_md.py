@@ -7,7 +7,7 @@
 One page of current numbers: every bench document in benchmarks/results/ with a "created" stamp (each
 file is named for its suite and the machine's CPU, so a new run replaces that machine's old one; documents
 without a stamp are older formats and stay in git history), newest first, headline first (decode tok/s at each context, prompt tok/s at 512, time to first token, the
-ratios against llama.cpp from the same run), then what explains it (ms, bytes per token, the read roof,
+prompt rate filling each deeper context, the ratios against llama.cpp from the same run), then what explains it (ms, bytes per token, the read roof,
 memory). The README shows the newest machine's headline between its `bench:begin` / `bench:end` markers.
 """
 from __future__ import annotations
@@ -64,15 +64,19 @@ def _name(artifact: str) -> str:
 def headline(doc: dict) -> list[str]:
     """Decode tok/s per context, pp512 and TTFT per (artifact, threads); then the llama.cpp ratios."""
     ctx = doc["config"]["contexts"]
+    # the prompt rate filling a context deeper than the 512-token prompt (older runs did not time the fill)
+    deep = [c for c in ctx if c > 512 and any(r.get("fill_tokens_per_s") for r in doc["results"] if r["context"] == c)]
     out = ["| subject | runtime | bits | threads | " + " | ".join(f"decode tok/s @{c}" for c in ctx)
-           + " | prompt tok/s (512) | time to first token (512) |",
-           "|---|---|---|---|" + "---|" * len(ctx) + "---|---|"]
+           + " | prompt tok/s (512) | time to first token (512) |" + "".join(f" prompt tok/s filling {c} |" for c in deep),
+           "|---|---|---|---|" + "---|" * len(ctx) + "---|---|" + "---|" * len(deep)]
     for (art, rt, quant, th), by in _groups(doc).items():
         first = next(iter(by.values()))
         cells = [f"{by[c]['tokens_per_s']:.1f}" if c in by else "—" for c in ctx]
         pp, ttft = first["prefill_tokens_per_s"], first["ttft_ms"]
+        fills = [by[c].get("fill_tokens_per_s") if c in by else None for c in deep]
         out.append(f"| {_name(art)} | {rt} | {quant} | {th} | " + " | ".join(cells)
-                   + f" | {pp if pp else '—'} | {f'{ttft:,.0f} ms' if ttft else '—'} |")
+                   + f" | {pp if pp else '—'} | {f'{ttft:,.0f} ms' if ttft else '—'} |"
+                   + "".join(f" {f:.1f} |" if f else " — |" for f in fills))
     ratios = doc["summary"].get("vs_llama_cpp", [])
     if ratios:
         rows: dict = {}
@@ -81,13 +85,16 @@ def headline(doc: dict) -> list[str]:
         out += ["", "Against llama.cpp in the same run, retnet-edge ÷ llama.cpp tok/s (> 1: retnet-edge is faster; same "
                 "bits, threads and context):", "",
                 "| retnet-edge | llama.cpp | threads | " + " | ".join(f"decode @{c}" for c in ctx)
-                + " | prompt (512) | time to first token |", "|---|---|---|" + "---|" * len(ctx) + "---|---|"]
+                + " | prompt (512) | time to first token |" + "".join(f" prompt filling {c} |" for c in deep),
+                "|---|---|---|" + "---|" * len(ctx) + "---|---|" + "---|" * len(deep)]
         for (art, q, th), by in rows.items():
             first = next(iter(by.values()))
             cells = [f"**{by[c]['decode_ratio']:.2f}x**" if c in by else "—" for c in ctx]
             pp, ttft = first["pp512_ratio"], first["ttft_ms"]
+            fills = [by[c].get("fill_ratio") if c in by else None for c in deep]
             out.append(f"| {art} | {q} | {th} | " + " | ".join(cells) + f" | {f'**{pp:.2f}x**' if pp else '—'} | "
-                       + (f"{ttft[0]:,.0f} vs {ttft[1]:,.0f} ms |" if ttft[0] and ttft[1] else "— |"))
+                       + (f"{ttft[0]:,.0f} vs {ttft[1]:,.0f} ms |" if ttft[0] and ttft[1] else "— |")
+                       + "".join(f" **{f:.2f}x** |" if f else " — |" for f in fills))
     return out
 
 

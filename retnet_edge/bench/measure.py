@@ -128,10 +128,15 @@ def prompt_seconds(reset: Callable[[], object], run: Callable[[list[int]], objec
 
 def fill_from_empty(reset: Callable[[], object], run: Callable[[list[int]], object], ids: list[int]) -> float | None:
     """Seconds to fill an empty state (or cache) with `ids` the way a prompt runs: the prompt rate at that
-    depth (for a Transformer it falls with depth, for a RetNet it should not). None for an empty fill."""
+    depth (for a Transformer it falls with depth, for a RetNet it should not). None for an empty fill.
+
+    A one-token prompt runs first, untimed: the decode phase before it freed the prompt graph (as `generate`
+    does), and reopening it is a load cost that a chat's later turns do not pay (`chat` and `serve` keep it)."""
     reset()
     if not ids:
         return None
+    run(ids[:1])
+    reset()
     t = time.perf_counter()
     run(ids)
     return time.perf_counter() - t

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -186,3 +187,20 @@ def test_a_quantized_embedding_is_grouped_and_gated(tmp_path, embedding):
                                         "--embedding", embedding, "--group-size", "128", "-o", str(tmp_path / "c")])
         assert res.exit_code == 1 and "multiple of the group size" in res.output and "Traceback" not in res.output, \
             res.output
+
+
+@pytest.mark.skipif(not shutil.which("c++") and not shutil.which("g++"), reason="no C++ compiler")
+def test_cpp_harness_times_the_prompt_and_each_fill(demo_pte, tmp_path):
+    """`bench --runtime cpp`: the C++ harness built from the package's source times a prompt (token by
+    token, as the stock runner prefills this program) and the fill to each depth, beside decode."""
+    res = CliRunner().invoke(main, ["bench", str(demo_pte.path), "--runtime", "cpp", "--contexts", "0,40",
+                                    "--tokens", "4", "--repeat", "1", "--threads", "1", "--baseline", "none",
+                                    "--json", "--work-dir", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    recs = sorted(doc["results"], key=lambda r: r["context"])
+    assert [(r["runtime"], r["context"]) for r in recs] == [("executorch-cpp", 0), ("executorch-cpp", 40)]
+    assert recs[0]["ttft_ms"] > 0 and recs[0]["prefill_tokens_per_s"] == pytest.approx(512 / recs[0]["ttft_ms"] * 1e3, rel=0.01)
+    assert recs[0]["fill_ms"] is None and recs[1]["fill_ms"] > 0 and recs[1]["fill_tokens_per_s"] > 0
+    # a prompt of 512 single steps costs about 512 decode steps (the per-token cost is flat)
+    assert 0.2 < recs[0]["ttft_ms"] / (512 * recs[0]["ms_per_token_median"]) < 5

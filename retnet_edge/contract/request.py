@@ -27,6 +27,9 @@ DEFAULT_QUANTS = ("int8", "int4")
 # separate prompt graph (ONNX standard) can hold int8 prompt copies
 TARGET_PREFILL_WEIGHTS = {"onnx": ("same", "int8"), "executorch": ("same",)}
 PREFILL_GRAPH_FLAVORS = ("standard",)
+# the op model_fused.onnx updates the state with (ONNX only): auto = the ai.onnx LinearAttention of opset 27
+# where the installed onnxruntime has a kernel for it, else com.microsoft's; standard / contrib force one
+STATE_OPS = ("auto", "standard", "contrib")
 MIN_STEPS, MAX_STEPS = 4, 100_000  # the gate splits its tokens 3:1 between the prompt and the step paths
 
 
@@ -62,6 +65,7 @@ class ExportRequest:
     force: bool = False
     calibration: str | None = None  # text a calibrated int4 method (gptq) reads; None: the model's own
     auto: bool = False  # `--quant auto`: the export measures the int4 / int8 mix under quant.max_kl first
+    state_op: str = "auto"  # ONNX: the fused step graph's state op (STATE_OPS)
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_FLAVORS:
@@ -81,11 +85,15 @@ class ExportRequest:
                               f"(prefill.onnx); the {flavor} flavour prompts through its one graph")
         check_int4_method_target(self.quant, self.target)
         check_steps(self.steps)
+        check_state_op(self.state_op)
+        if self.state_op != "auto" and self.target != "onnx":
+            raise ConfigError(f"--state-op {self.state_op} applies to ONNX artifacts (model_fused.onnx), "
+                              f"not {self.target}")
 
     @property
     def options(self) -> dict[str, str]:
         """The target's options as its export function takes them (and the manifest records them)."""
-        return {"flavor": self.flavor}
+        return {"flavor": self.flavor, **({"state_op": self.state_op} if self.target == "onnx" else {})}
 
     @property
     def name(self) -> str:
@@ -97,7 +105,7 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
                     group_size: int = 32, lm_head: str = "auto", embedding: str = "fp32",
                     prefill_weights: str = "same", flavor: str | None = None, steps: int = 64,
                     validate: bool = True, force: bool = False, int4_method: str = "auto",
-                    calibration: str | None = None) -> list[ExportRequest]:
+                    calibration: str | None = None, state_op: str = "auto") -> list[ExportRequest]:
     """The artifacts one export command asks for. `single`: OUTPUT is the one artifact (one target, one
     quant); otherwise OUTPUT/<target>-<quant>/ each. `int4_method` "auto" is each target's measured best
     (quant.DEFAULT_INT4_METHODS). --prefill-weights applies to the int4 artifacts of the
@@ -118,6 +126,10 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
     if flavor is not None and not any(flavor in TARGET_FLAVORS[t] for t in targets):
         raise ConfigError(f"--flavor {flavor} is not a flavor of {', '.join(targets)}; expected one of "
                           f"{', '.join(f for t in targets for f in TARGET_FLAVORS[t])}")
+    check_state_op(state_op)
+    if state_op != "auto" and "onnx" not in targets:
+        raise ConfigError(f"--state-op {state_op} applies to ONNX artifacts (model_fused.onnx); this export "
+                          f"makes {', '.join(targets)} only")
     if single and (len(targets), len(quants)) != (1, 1):
         raise ConfigError("a single artifact is one --target and one --quant")
     if not validate and not single:
@@ -138,16 +150,22 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
         qc = QuantConfig(q, group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=pw,
                          int4_method=method_of(t))
         out = Path(output) if single else Path(output) / f"{t}-{QuantScheme.parse(q).value}"
-        return ExportRequest(model, t, qc, out, fl, steps, validate, force, calibration)
+        return ExportRequest(model, t, qc, out, fl, steps, validate, force, calibration,
+                             state_op=state_op if t == "onnx" else "auto")
 
     if single:  # one artifact: every option must apply to it as given
         fl = flavor or TARGET_FLAVORS[targets[0]][0]
         qc = QuantConfig(quants[0], group_size=group_size, lm_head=lm_head, embedding=embedding,
                          prefill_weights=prefill_weights, int4_method=method_of(targets[0]))
-        return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force, calibration)]
+        return [ExportRequest(model, targets[0], qc, Path(output), fl, steps, validate, force, calibration,
+                              state_op=state_op)]
     requests = [request(t, q) for t in targets for q in quants]
     if prefill_weights != "same" and all(r.quant.prefill_weights == "same" for r in requests):
         raise ConfigError(f"--prefill-weights {prefill_weights} applies to ONNX int4 artifacts (standard flavour), "
                           "and this export makes none")
     return requests
 
+
+def check_state_op(state_op: str) -> None:
+    if state_op not in STATE_OPS:
+        raise ConfigError(f"unknown --state-op {state_op!r}; expected one of {', '.join(STATE_OPS)}")

@@ -69,8 +69,9 @@ def export_model(model_path: str | Path, target: str, qc: QuantConfig, output: s
                  steps: int = 64, options: dict | None = None, validate_artifact: bool = True,
                  log=lambda s: None, show_bar: bool = False, calibration: str | None = None) -> Artifact:
     """`export_artifact` of one request built from these arguments (the library's short form)."""
-    request = ExportRequest(str(model_path), target, qc, Path(output), (options or {}).get("flavor"), steps,
-                            validate_artifact, force, calibration)
+    options = options or {}
+    request = ExportRequest(str(model_path), target, qc, Path(output), options.get("flavor"), steps,
+                            validate_artifact, force, calibration, state_op=options.get("state_op", "auto"))
     return export_artifact(request, log, show_bar)
 
 

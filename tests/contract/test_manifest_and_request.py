@@ -79,7 +79,9 @@ def test_a_request_checks_every_option_once(tmp_path):
                              "not offered by the executorch target"),
                             (dict(target="onnx", flavor="genai", quant=QuantConfig("int4", prefill_weights="int8")),
                              "separate prompt graph"),
-                            (dict(target="onnx", steps=2), "--steps")]:
+                            (dict(target="onnx", steps=2), "--steps"),
+                            (dict(target="onnx", state_op="opset27"), "unknown --state-op"),
+                            (dict(target="executorch", state_op="standard"), "applies to ONNX")]:
         args = dict(model="demo", target="onnx", quant=QuantConfig("int4"), output=tmp_path / "o") | kwargs
         with pytest.raises(ConfigError, match=message):
             ExportRequest(**args)
@@ -93,6 +95,13 @@ def test_a_single_artifact_is_a_bundle_of_one_and_options_go_where_they_apply(tm
     by = {r.name: r for r in many}
     assert [r.output for r in many] == [tmp_path / "b" / n for n in by]
     assert by["onnx-int4"].quant.prefill_weights == "int8" and by["executorch-int4"].quant.prefill_weights == "same"
+    ops = {r.name: r.state_op for r in export_requests("demo", tmp_path / "c", ["onnx", "executorch"], ["int8"],
+                                                        single=False, state_op="standard")}
+    assert ops == {"onnx-int8": "standard", "executorch-int8": "auto"}  # the ONNX artifact's option only
+    assert ExportRequest("demo", "onnx", QuantConfig("int8"), tmp_path / "o", state_op="contrib").options == \
+        {"flavor": "standard", "state_op": "contrib"}
+    with pytest.raises(ConfigError, match="applies to ONNX"):
+        export_requests("demo", tmp_path / "d", ["executorch"], ["int8"], single=True, state_op="standard")
     assert by["onnx-int4"].flavor == "standard" and by["executorch-int8"].flavor == "io"
     for args, message in [((["onnx"], ["int8"]), "--no-validate is for a single artifact"),
                           ((["onnx", "onnx"], ["int8"]), "must not repeat"),

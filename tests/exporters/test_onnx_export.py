@@ -131,6 +131,40 @@ def test_two_step_graphs_one_state_update_each(tiny_onnx):
         assert abs(la_ - lb).max() <= 1e-5 * abs(lb).max()
 
 
+def test_state_op_standard_writes_opset_27s_op_and_is_gated(tiny_onnx, tmp_path):
+    """--state-op standard: model_fused.onnx holds ai.onnx LinearAttention (opset 27, no com.microsoft import
+    left for it), the gate passes on it (onnxruntime runs the op's function body where it has no kernel), the
+    manifest records the choice, and it decodes as the contrib graph does."""
+    from retnet_edge.runtimes import load_runner
+
+    model, contrib = tiny_onnx
+    res = CliRunner().invoke(main, ["export", str(contrib.path.parent / "model"), "--target", "onnx", "--quant",
+                                    "fp32", "--state-op", "standard", "-o", str(tmp_path / "std"), "--json"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(res.stdout)
+    assert manifest["options"] == {"flavor": "standard", "state_op": "standard"} and manifest["validation"]["passed"]
+    fused = onnx.load(str(tmp_path / "std" / "model_fused.onnx"), load_external_data=False)
+    la = [n for n in fused.graph.node if n.op_type == "LinearAttention"]
+    assert len(la) == model.cfg.n_layers and {n.domain for n in la} == {""}
+    assert {o.domain: o.version for o in fused.opset_import}[""] == 27
+    a, b = load_runner(tmp_path / "std", threads=1), load_runner(contrib.path, threads=1)
+    assert a.session.step_file == "model_fused.onnx"
+    la_, lb = a.prefill(list(range(3, 12))), b.prefill(list(range(3, 12)))
+    for t in range(8):
+        la_, lb = a.step(5 + t), b.step(5 + t)
+        assert abs(la_ - lb).max() <= 1e-5 * abs(lb).max()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--state-op", "opset27"], 2, "Invalid value for '--state-op'"),
+    (["--target", "executorch", "--quant", "int8", "--state-op", "standard"], 1, "applies to ONNX artifacts"),
+])
+def test_a_bad_state_op_is_one_line(tmp_path, args, code, message):
+    res = CliRunner().invoke(main, ["export", "demo", *args, "-o", str(tmp_path / "x")])
+    assert res.exit_code == code and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_onnxruntime_without_the_fused_op_decodes_with_the_chain_graph(tiny_onnx, monkeypatch):
     """An onnxruntime older than 1.25 has no LinearAttention kernel: at 1 thread the runner falls back to
     model.onnx instead of failing."""

@@ -5,7 +5,7 @@ import click
 
 from ...contract import TARGET_FLAVORS
 from ...contract.quant import INT4_METHODS, QuantScheme
-from ...contract.request import DEFAULT_QUANTS, DEFAULT_TARGETS, has_heldout_text
+from ...contract.request import DEFAULT_QUANTS, DEFAULT_TARGETS, STATE_OPS, has_heldout_text
 from ...errors import ConfigError
 from ..cli_utils import CommaChoice, emit, info, int_list
 
@@ -38,8 +38,8 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--embedding", type=PRECISION, default="fp32", show_default=True, help="Embedding precision.")
 @click.option("--prefill-weights", default="same", show_default=True, type=click.Choice(["same", "int8"]),
               help="ONNX int4 only: `int8` gives the prompt graph int8 copies of the int4 weights, so prompts run "
-                   "through the int8 GEMM (~2x faster prompts on AVX-512/AMX; weights.bin ~1.7x larger). "
-                   "Decode is unchanged.")
+                   "through the int8 GEMM (~1.8x faster prompts on AVX2 and ~2x on AVX-512/AMX: onnxruntime's "
+                   "int4 GEMM is the slow part of a prompt; weights.bin ~1.7x larger). Decode is unchanged.")
 @click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,
               help="How int4 weights are rounded: rtn (round to nearest per group), hqq (half-quadratic; ONNX: "
                    "fp32 zero points, larger and slower to decode) or gptq (error feedback on calibration text, "
@@ -49,6 +49,12 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--flavor", type=click.Choice(FLAVORS), default=None,
               help="ExecuTorch: runner (default; state in the program, stock LLM runner) or io (state in/out). "
                    "ONNX: standard (default; step + prefill graphs) or genai (one graph onnxruntime-genai runs).")
+@click.option("--state-op", type=click.Choice(STATE_OPS), default="auto", show_default=True,
+              help="ONNX: the op model_fused.onnx updates the state with. standard = ai.onnx LinearAttention "
+                   "(opset 27), for any runtime that implements opset 27; contrib = com.microsoft's, which "
+                   "onnxruntime >= 1.25 runs with its kernel; auto = standard where the installed onnxruntime has "
+                   "a kernel for it, else contrib (onnxruntime 1.32 runs the standard op's function body, ~1.5x "
+                   "slower per token on the demo). Recorded in the manifest.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory (or directory of them).")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
@@ -59,7 +65,7 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--force", is_flag=True, help="Replace OUTPUT (the whole directory) if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest (or the report) as JSON.")
 def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, embedding, prefill_weights, int4_method,
-               flavor, output, steps, validate, bench, force, as_json):
+               flavor, state_op, output, steps, validate, bench, force, as_json):
     """Export MODEL to verified ONNX / ExecuTorch artifacts, with a report.
 
     MODEL is `demo`, a native model directory or any supported checkpoint. With one --target and one
@@ -82,6 +88,7 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
       retnet-edge export demo --target executorch --quant int4 --int4-method hqq -o out/pte-hqq
       retnet-edge export my-model --target onnx --quant int4 --int4-method gptq --calibration text.txt -o out/gptq
       retnet-edge export demo --target onnx --quant auto --max-kl 0.005 -o out/demo-auto
+      retnet-edge export demo --target onnx --quant int8 --state-op standard -o out/opset27
     """
     from ...base.progress import bar_enabled
     from ...contract.request import export_requests
@@ -90,7 +97,8 @@ def export_cmd(model, target, quant, max_kl, calibration, group_size, lm_head, e
     quants = quant or (list(DEFAULT_QUANTS) if target is None else ["fp32"])
     single = len(targets) == 1 and len(quants) == 1 and (target is not None or quant is not None)
     options = dict(group_size=group_size, lm_head=lm_head, embedding=embedding, prefill_weights=prefill_weights,
-                   flavor=flavor, steps=steps, validate=validate, force=force, int4_method=int4_method)
+                   flavor=flavor, steps=steps, validate=validate, force=force, int4_method=int4_method,
+                   state_op=state_op)
     if "auto" in quants:
         from ...exporters.sensitivity import auto_export_request
 

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...base.interrupts import run_tied
 from ...checkpoints.streaming import ModelWeights
 from ...contract import ONNX_WEIGHTS_FILE
+from ...contract.request import STATE_OPS
 from ...contract.quant import INT8_QMAX_REDUCED, QuantConfig, QuantPlan
 from ...core.config import RetNetConfig
 from ...core.model import RetNet
@@ -60,6 +61,7 @@ from .trace import (
     module_of,
     name_nodes,
     position_dependent_nodes,
+    resolve_state_op,
     trace_graph,
 )
 from .weights import SharedWeights, set_metadata
@@ -378,7 +380,8 @@ def write_graph(tpl: Template, source: WeightSource, n_layers: int, kind: str) -
     return model
 
 
-def _trace_templates_here(cfg: dict, graphs: dict[str, tuple[str, bool]]) -> dict[str, bytes] | str:
+def _trace_templates_here(cfg: dict, graphs: dict[str, tuple[str, bool]], standard_op: bool | None = None
+                          ) -> dict[str, bytes] | str:
     """Trace and check each template graph ({file: (kind, dynamic T)}); the slim graphs (template weights
     replaced by their record, `_without_weights`) serialized, or the one-line error."""
     try:
@@ -387,7 +390,7 @@ def _trace_templates_here(cfg: dict, graphs: dict[str, tuple[str, bool]]) -> dic
         out = {}
         for fname, (kind, dynamic) in graphs.items():
             try:
-                proto = trace_graph(graph_module(kind, step), TEMPLATE_LAYERS, step.init_state(2), dynamic)
+                proto = trace_graph(graph_module(kind, step), TEMPLATE_LAYERS, step.init_state(2), dynamic, standard_op)
             except Exception as exc:  # the exporter raises many types; one clear message
                 raise ExportError(f"torch.onnx export of the {kind} template failed: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0]}") from exc
@@ -400,7 +403,8 @@ def _trace_templates_here(cfg: dict, graphs: dict[str, tuple[str, bool]]) -> dic
         return str(exc)
 
 
-def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], log, workdir: Path) -> dict[str, Template]:
+def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], log, workdir: Path,
+                    standard_op: bool | None = None) -> dict[str, Template]:
     """The template graphs, traced in a child interpreter: torch.onnx keeps a traced program's tensors alive
     after it returns (measured: the template's weights, 0.8 GB at 1.3B and 2.1 GB at 7B, for the rest of
     the export), and a process that exits hands everything back. (A plain subprocess, not
@@ -410,7 +414,7 @@ def trace_templates(weights: ModelWeights, graphs: dict[str, tuple[str, bool]], 
     log(f"  tracing the {' and '.join(k for k, _ in graphs.values())} template (one layer, in a child process) ...")
     job = workdir / ".templates"
     job.mkdir()
-    (job / "job.json").write_text(json.dumps({"cfg": weights.cfg.to_dict(), "graphs": graphs}))
+    (job / "job.json").write_text(json.dumps({"cfg": weights.cfg.to_dict(), "graphs": graphs, "standard_op": standard_op}))
     try:
         # tied: a killed export takes its tracing child with it (issue 29)
         proc = run_tied([sys.executable, "-c", "import sys; from retnet_edge.exporters.onnx.stamp import trace_child; "
@@ -431,7 +435,7 @@ def trace_child(job: str) -> int:
     """The child's side of `trace_templates`: job.json in, {kind}.onnx (or error.txt) out."""
     d = Path(job)
     spec = json.loads((d / "job.json").read_text())
-    result = _trace_templates_here(spec["cfg"], {f: tuple(v) for f, v in spec["graphs"].items()})
+    result = _trace_templates_here(spec["cfg"], {f: tuple(v) for f, v in spec["graphs"].items()}, spec.get("standard_op"))
     if isinstance(result, str):
         (d / "error.txt").write_text(result)
         return 0
@@ -443,20 +447,21 @@ def trace_child(job: str) -> int:
 @register_target("onnx", int8_qmax=INT8_QMAX_REDUCED, int8_row_activations=True, prefill_weights=("same", "int8"),
                  int4_negative_scales=True,  # MLAS' own symmetric rule writes them
                  embedding_int8_blocks=True,  # GatherBlockQuantized: blocks of the group size
-                 flavor=ONNX_FLAVORS)
+                 flavor=ONNX_FLAVORS, state_op=STATE_OPS)
 def export_onnx(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Path, tokenizer: str | None = None,
-                log=lambda s: None, flavor: str = "standard") -> list[str]:
+                log=lambda s: None, flavor: str = "standard", state_op: str = "auto") -> list[str]:
     """Write the ONNX target's graphs into `out` from a checkpoint read layer by layer; returns the file names.
 
     standard: model.onnx (static step) + prefill.onnx (chunk graph), the documented contract, and
-    model_fused.onnx (the step with onnxruntime's LinearAttention, which the runner decodes with).
+    model_fused.onnx (the step with a LinearAttention node, which the runner decodes with; `state_op`:
+    ai.onnx opset 27's or com.microsoft's, see trace.resolve_state_op).
     genai: one model.onnx (the chunk graph, any length) with onnxruntime-genai's I/O names, plus
     genai_config.json and tokenizer_config.json (see genai.py). The whole-model trace of the same files
     lives in tests/ as the oracle this export is compared with (weights.bin byte-identical)."""
     graphs = graph_plan(flavor)
     check_prefill_weights(qc, graphs)
     cfg = weights.cfg
-    templates = trace_templates(weights, graphs, log, out)
+    templates = trace_templates(weights, graphs, log, out, resolve_state_op(state_op, log))
     for fname, (kind, _) in graphs.items():
         bad = position_dependent_nodes(templates[fname].proto) if kind in STEP_KINDS else []
         if bad:

@@ -16,6 +16,7 @@ from ...contract import (
     ONNX_PREFILL_FILE,
     ONNX_STEP_FILE,
     ONNX_STEP_FUSED_FILE,
+    STANDARD_STATE_OP_OPSET,
     TARGET_FLAVORS,
     io_names,
 )
@@ -30,8 +31,10 @@ ONNX_FLAVORS = TARGET_FLAVORS["onnx"]
 STEP_KINDS = ("step", "step-fused")
 
 
-def trace_graph(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bool) -> onnx.ModelProto:
-    """torch.onnx dynamo export with the contract's names; batch (and sequence) dynamic."""
+def trace_graph(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynamic: bool,
+                standard_op: bool | None = None) -> onnx.ModelProto:
+    """torch.onnx dynamo export with the contract's names; batch (and sequence) dynamic. standard_op: the
+    fused state update as ai.onnx LinearAttention (opset 27) or com.microsoft's; None: `standard_op_available`."""
     B = len(state[0])
     T = 3 if seq_dynamic else 1
     ids = torch.zeros(B, T, dtype=torch.long)
@@ -49,9 +52,29 @@ def trace_graph(module: torch.nn.Module, n_layers: int, state: tuple, seq_dynami
                                                            linear_attention},
                                  verbose=False)
     model = prog.model_proto
-    if standard_op_available():
+    if standard_op_available() if standard_op is None else standard_op:
         to_standard_op(model)
     return model
+
+
+def resolve_state_op(state_op: str, log=lambda s: None) -> bool:
+    """--state-op as "write the ai.onnx op": auto follows the installed onnxruntime's kernel registry;
+    standard needs an onnx that defines opset 27's LinearAttention (an onnxruntime without its kernel runs
+    the op's function body, slower: said on the log)."""
+    if state_op == "auto":
+        return standard_op_available()
+    if state_op == "contrib":
+        return False
+    try:
+        onnx.defs.get_schema("LinearAttention", STANDARD_STATE_OP_OPSET, "")
+    except onnx.defs.SchemaError as exc:
+        raise ConfigError(f"--state-op standard needs onnx >= 1.23 (opset {STANDARD_STATE_OP_OPSET}'s LinearAttention); "
+                          f"this is onnx {onnx.__version__}") from exc
+    if not standard_op_available():
+        log("  --state-op standard: the installed onnxruntime has no kernel for ai.onnx LinearAttention and runs "
+            "its function body (a loop over the sequence), slower than the com.microsoft kernel; for runtimes "
+            "that implement opset 27")
+    return True
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

@@ -1,11 +1,12 @@
 """One artifact at one thread count, measured in its own process (`python -m retnet_edge.bench.measure SPEC`).
 
 llama-bench's method: the state is filled to each context depth from empty (RetNet: through the prefill
-graph; the baseline: its KV cache filled; that fill's rate is the prompt rate at the depth), one warm-up token, then `tokens` single-token steps with
-logits, `repeat` times, each repetition starting again from that depth (a snapshot of the O(1) state or
-of the cache; the ExecuTorch runner flavour keeps its state inside the program, so its repetitions run
-on, and the record says so). Sampling and tokenization are excluded. Memory comes from
-/proc/self/status: RSS after import is the baseline, everything else is a delta over it.
+graph; the baseline: its KV cache filled; that fill's rate is the prompt rate at the depth), one warm-up
+token, then `tokens` single-token steps with logits, `repeat` times, each repetition starting again from
+that depth (a snapshot of the O(1) state or of the cache; the ExecuTorch runner flavour keeps its state
+inside the program, so its repetitions run on, and the record says so). Sampling and tokenization are
+excluded. Memory comes from /proc/self/status: RSS after import is the baseline, everything else is a
+delta over it.
 """
 from __future__ import annotations
 

@@ -334,14 +334,12 @@ def vs_llama_cpp(results: list[dict]) -> list[dict]:
         for b in results:
             if b["model"] == "llama.cpp" and (b["quant"], b["threads"], b["context"]) == \
                     (r["quant"], r["threads"], r["context"]):
-                pp = (r["prefill_tokens_per_s"] / b["prefill_tokens_per_s"]
-                      if r["prefill_tokens_per_s"] and b["prefill_tokens_per_s"] else None)
                 out.append({"artifact": r["artifact"], "runtime": r["runtime"], "quant": r["quant"],
                             "llama_cpp": b["artifact"].split()[-1], "threads": r["threads"], "context": r["context"],
                             "decode_tok_s": [r["tokens_per_s"], b["tokens_per_s"]],
                             "decode_ratio": round(r["tokens_per_s"] / b["tokens_per_s"], 3),
                             "pp512_tok_s": [r["prefill_tokens_per_s"], b["prefill_tokens_per_s"]],
-                            "pp512_ratio": None if pp is None else round(pp, 3),
+                            "pp512_ratio": _ratio(r["prefill_tokens_per_s"], b["prefill_tokens_per_s"]),
                             "ttft_ms": [r["ttft_ms"], b["ttft_ms"]],
                             "fill_tok_s": [r.get("fill_tokens_per_s"), b.get("fill_tokens_per_s")],
                             "fill_ratio": _ratio(r.get("fill_tokens_per_s"), b.get("fill_tokens_per_s"))})

@@ -61,14 +61,15 @@ def _positions(subject: Subject, bc: BenchConfig) -> int:
 
 
 def process_seconds(subject: Subject, bc: BenchConfig, model: str) -> float:
-    """Estimated wall time of one measuring process: fill to the deepest context, then the timed steps."""
+    """Estimated wall time of one measuring process: the prompt (twice), a fill from empty to each context,
+    then the timed steps."""
     cfg = subject.cfg
     weights = cfg.parameter_count() - cfg.vocab_size * cfg.d_model  # the embedding is a lookup
-    deepest, steps = max(bc.contexts), 1 + bc.repeat * bc.tokens
-    flops = 2 * weights * (deepest + 1024)
+    steps = 1 + bc.repeat * bc.tokens
+    flops = 2 * weights * (sum(bc.contexts) + 1024)
     step = [max(STEP_FLOOR_S, 2 * weights / FLOPS_PER_S)] * len(bc.contexts)
     if model == "transformer":  # attention over the cache (width ~ d_model): C^2 to fill, C per step
-        flops += 2 * cfg.n_layers * cfg.d_model * deepest**2
+        flops += 2 * cfg.n_layers * cfg.d_model * sum(c**2 for c in bc.contexts)
         step = [t + 4 * cfg.n_layers * cfg.d_model * c / FLOPS_PER_S for t, c in zip(step, sorted(bc.contexts))]
     return PROCESS_S + flops / FLOPS_PER_S + steps * sum(step)
 

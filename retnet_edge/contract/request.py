@@ -86,14 +86,15 @@ class ExportRequest:
         check_int4_method_target(self.quant, self.target)
         check_steps(self.steps)
         check_state_op(self.state_op)
-        if self.state_op != "auto" and self.target != "onnx":
-            raise ConfigError(f"--state-op {self.state_op} applies to ONNX artifacts (model_fused.onnx), "
-                              f"not {self.target}")
+        if self.state_op != "auto" and (self.target != "onnx" or flavor not in PREFILL_GRAPH_FLAVORS):
+            raise ConfigError(f"--state-op {self.state_op} applies to ONNX artifacts of the standard flavour "
+                              f"(model_fused.onnx), not {self.target} {flavor}")
 
     @property
     def options(self) -> dict[str, str]:
         """The target's options as its export function takes them (and the manifest records them)."""
-        return {"flavor": self.flavor, **({"state_op": self.state_op} if self.target == "onnx" else {})}
+        fused = self.target == "onnx" and self.flavor in PREFILL_GRAPH_FLAVORS  # the flavour with model_fused.onnx
+        return {"flavor": self.flavor, **({"state_op": self.state_op} if fused else {})}
 
     @property
     def name(self) -> str:
@@ -151,7 +152,7 @@ def export_requests(model: str, output: str | Path, targets: list[str], quants: 
                          int4_method=method_of(t))
         out = Path(output) if single else Path(output) / f"{t}-{QuantScheme.parse(q).value}"
         return ExportRequest(model, t, qc, out, fl, steps, validate, force, calibration,
-                             state_op=state_op if t == "onnx" else "auto")
+                             state_op=state_op if (t, fl_resolved) == ("onnx", "standard") else "auto")
 
     if single:  # one artifact: every option must apply to it as given
         fl = flavor or TARGET_FLAVORS[targets[0]][0]

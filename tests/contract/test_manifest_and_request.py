@@ -81,7 +81,8 @@ def test_a_request_checks_every_option_once(tmp_path):
                              "separate prompt graph"),
                             (dict(target="onnx", steps=2), "--steps"),
                             (dict(target="onnx", state_op="opset27"), "unknown --state-op"),
-                            (dict(target="executorch", state_op="standard"), "applies to ONNX")]:
+                            (dict(target="executorch", state_op="standard"), "applies to ONNX"),
+                            (dict(target="onnx", flavor="genai", state_op="standard"), "standard flavour")]:
         args = dict(model="demo", target="onnx", quant=QuantConfig("int4"), output=tmp_path / "o") | kwargs
         with pytest.raises(ConfigError, match=message):
             ExportRequest(**args)

@@ -103,7 +103,7 @@ def test_genai_bos_flag_follows_the_tokenizer(genai_export, tmp_path):
 def test_genai_graph_io_and_config(genai_export):
     path = genai_export("fp32")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["options"] == {"flavor": "genai", "state_op": "auto"} and manifest["validation"]["passed"]
+    assert manifest["options"] == {"flavor": "genai"} and manifest["validation"]["passed"]
     assert set(manifest["files"]) == {"model.onnx", "weights.bin", "genai_config.json", "tokenizer.json",
                                       "tokenizer_config.json"}
     g = onnx.load(str(path / "model.onnx"), load_external_data=False).graph

@@ -54,7 +54,7 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
                    "(opset 27), for any runtime that implements opset 27; contrib = com.microsoft's, which "
                    "onnxruntime >= 1.25 runs with its kernel; auto = standard where the installed onnxruntime has "
                    "a kernel for it, else contrib (onnxruntime 1.32 runs the standard op's function body, ~1.5x "
-                   "slower per token on the demo). Recorded in the manifest.")
+                   "slower per token on the demo). The choice is recorded in the manifest's options.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory (or directory of them).")
 @click.option("--steps", default=64, show_default=True, help="Teacher-forced validation steps.")
 @click.option("--validate/--no-validate", default=True, show_default=True,

@@ -235,11 +235,13 @@ def open_conversation(model: str, tokenizer: str | None = None, threads: int | N
                       sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 256,
                       cache_mb: float | None = None, chat_template: str | None = None,
                       warn: Callable[[str], None] = lambda message: None, step_graph: str = "auto",
-                      spin: bool = True) -> Conversation:
-    """A new conversation with MODEL (an artifact directory, a checkpoint, or `demo`)."""
+                      spin: bool = True, prompt_weights: str = "auto") -> Conversation:
+    """A new conversation with MODEL (an artifact directory, a checkpoint, or `demo`). The prompt graph opens
+    now, before the first message (an int4 artifact's derives its int8 weights here, not in the first turn)."""
     if max_new_tokens < 1:
         raise ConfigError(f"-n/--max-new-tokens must be >= 1, got {max_new_tokens}")
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin, prompt_weights)
+    runner.open_prompt()
     template = load_chat_template(runner.tokenizer_dir, chat_template)
     cache = cache_for(runner, cache_mb, warn=warn)
     return Conversation(runner, tok, cache, template, sampling, max_new_tokens)

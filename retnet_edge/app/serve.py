@@ -320,14 +320,18 @@ class ServerConfig:
     limits: Limits = Limits()
     step_graph: str = "auto"  # ONNX: fused | chain | auto (runtimes.options)
     spin: bool = True
+    prompt_weights: str = "auto"  # ONNX int4: auto | stored (runtimes.options)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def open_engine(config: ServerConfig, warn: Callable[[str], None] = lambda message: None) -> Engine:
-    """The engine for the config's model, with its prefix cache and chat template."""
-    runner, tok = runner_and_tokenizer(config.model, config.tokenizer, config.threads, config.step_graph, config.spin)
+    """The engine for the config's model, with its prefix cache and chat template; the prompt graph opens
+    before the first request (an int4 artifact's derives its int8 weights here)."""
+    runner, tok = runner_and_tokenizer(config.model, config.tokenizer, config.threads, config.step_graph, config.spin,
+                                       config.prompt_weights)
+    runner.open_prompt()
     cache = cache_for(runner, config.cache_mb, config.cache_dir, warn=warn)
     template = load_chat_template(runner.tokenizer_dir, config.chat_template)
     name = config.model_name or Path(str(config.model).rstrip("/")).name

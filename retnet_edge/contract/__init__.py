@@ -117,6 +117,7 @@ class StepSession(Protocol):
     batch_sizes: tuple[int, ...]  # the batch sizes it can run (ExecuTorch programs: 1)
     state_in_program: bool  # the program keeps the state inside itself (no state in or out)
     step_graph_variants: tuple[str, ...]  # other step graphs a runner may pick (the gate checks each)
+    prompt_graph_variants: tuple[str, ...]  # other prompt weights a runner may pick (the gate checks each)
 
     def init_state(self, batch_size: int) -> list[np.ndarray]: ...
 
@@ -134,6 +135,14 @@ class StepSession(Protocol):
     def use_step_graph(self, name: str) -> str:
         """Switch to step graph `name` (one of step_graph_variants); returns the one it replaces."""
 
+    def use_prompt_graph(self, name: str) -> str:
+        """Prompt with weights `name` (one of prompt_graph_variants); returns the choice it replaces."""
+
+    def open_prompt(self, tokens: int | None = None) -> None:
+        """Open the prompt graph now (a server or chat before its first request). tokens: the length of the
+        one prompt a caller will run before it frees the graph (`generate`), so the session can open the graph
+        that is quicker to open and run for that length; None: the graph stays open for many prompts."""
+
     def drop_prefill(self) -> None:
         """Free the prompt graph until the next prefill (decode-phase memory: one copy of the weights)."""
 
@@ -146,12 +155,19 @@ class SessionDefaults:
 
     state_in_program = False
     step_graph_variants: tuple[str, ...] = ()
+    prompt_graph_variants: tuple[str, ...] = ()
 
     def decoder(self) -> Decoder | None:
         return None
 
     def use_step_graph(self, name: str) -> str:
         raise NotImplementedError(f"{type(self).__name__} has one step graph")
+
+    def use_prompt_graph(self, name: str) -> str:
+        raise NotImplementedError(f"{type(self).__name__} has one prompt graph")
+
+    def open_prompt(self, tokens: int | None = None) -> None:
+        pass
 
     def drop_prefill(self) -> None:
         pass

@@ -213,18 +213,23 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
             got, _ = _run_steps(candidate, ids, candidate.init_state(B))
             report.checks.append(compare(f"step x{steps} (batch {B}, {variant})", ref, got, exp))
         candidate.use_step_graph(default)
-    prompts = {}
-    for B in batches:
-        pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
-        prompts[B] = candidate.run_prefill(refs[B][0][:, :split], pos, candidate.init_state(B))
-    release()
-    for B in batches:
-        ids, ref, _, exp, _ = refs[B]
-        pre, state = prompts.pop(B)
-        rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
-        report.checks.append(compare(f"prefill {split} + step x{steps - split} (batch {B})", ref,
-                                     np.concatenate([pre, rest], axis=1), exp))
-    release()
+    for variant in (None, *candidate.prompt_graph_variants):  # the prompt weights a runner may pick
+        default = candidate.use_prompt_graph(variant) if variant else None
+        prompts = {}
+        for B in batches:
+            pos = np.broadcast_to(np.arange(split, dtype=np.int64), (B, split)).copy()
+            prompts[B] = candidate.run_prefill(refs[B][0][:, :split], pos, candidate.init_state(B))
+        release()
+        for B in batches:
+            ids, ref, _, exp, _ = refs[B]
+            pre, state = prompts.pop(B)
+            rest, _ = _run_steps(candidate, ids[:, split:], state, start=split)
+            label = f"batch {B}, {variant} prompt weights" if variant else f"batch {B}"
+            report.checks.append(compare(f"prefill {split} + step x{steps - split} ({label})", ref,
+                                         np.concatenate([pre, rest], axis=1), exp))
+        release()
+        if default:
+            candidate.use_prompt_graph(default)
     report.checks.sort(key=lambda c: (c.name.split("(batch ")[1], not c.name.startswith("step")))
     max_rel = max(tol.max_rel, NOISE_FACTOR * report.noise_floor) if tol.max_rel is not None else None
     for c in report.checks:

@@ -32,16 +32,16 @@ def check_config_matches(manifest: Manifest, cfg: RetNetConfig, path: Path) -> N
 
 
 def load_runner(path: str | Path, threads: int | None = None, verify_files: bool = True,
-                step_graph: str = "auto", spin: bool = True) -> Runner:
+                step_graph: str = "auto", spin: bool = True, prompt_weights: str = "auto") -> Runner:
     """A runner for a model path (`demo`, checkpoint dir) or an exported artifact directory.
 
     An artifact's files are checked against the sha256 in its manifest first (a bit-flipped or swapped
     weights file would otherwise run and print different text); verify_files=False skips that (bench).
-    `step_graph` and `spin` are ONNX choices (`RuntimeOptions`)."""
+    `step_graph`, `spin` and `prompt_weights` are ONNX choices (`RuntimeOptions`)."""
     p = resolve_path(path)
     is_artifact = p.is_dir() and (p / MANIFEST_FILE).is_file()
     manifest = Manifest.load(p, check_hashes=verify_files) if is_artifact else None
-    options = RuntimeOptions(threads=threads, step_graph=step_graph, spin=spin,
+    options = RuntimeOptions(threads=threads, step_graph=step_graph, spin=spin, prompt_weights=prompt_weights,
                              flavor=manifest.flavor if manifest else None)
     session = RUNTIMES.get(manifest.target if manifest else "eager")(p, options)
     if manifest is not None:

@@ -8,6 +8,8 @@ then swap), so a token costs no state allocation or copy."""
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from ..contract import (
 from ..contract.manifest import Manifest
 from ..core.config import RetNetConfig
 from ..errors import ArtifactError
-from .options import RuntimeOptions
+from .options import PROMPT_WEIGHT_CHOICES, RuntimeOptions
 
 
 def session_options(threads: int | None = None, arena: bool = True, spin: bool = True):
@@ -67,6 +69,10 @@ def step_graph_for(directory: Path, choice: str) -> str:
     return ONNX_STEP_FUSED_FILE if fused and (Path(directory) / ONNX_STEP_FUSED_FILE).is_file() else ONNX_STEP_FILE
 
 
+# `generate` (one prompt, the graph freed after it) derives int8 prompt weights from this many prompt tokens on:
+# opening the derived graph costs ~2 s more on `small` (import onnx, derive, pack) and saves ~4 ms a token
+ONE_SHOT_DERIVE_TOKENS = 1024
+
 # prompt tokens per prefill call: 128 beat 256 and 512 on `small` (int8: 1,871 / 2,032 / 2,493 ms to the first
 # token of a 512-token prompt at 1 thread; int4 at 2 threads 1,703 / 1,842 / 1,913; int4 at 1 thread even),
 # benchmarks/results/prompt_levers_amd_epyc.json: the chunk's activations stay in cache
@@ -86,7 +92,7 @@ class OnnxSession(SessionDefaults):
 
     def __init__(self, directory: Path, threads: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
                  profile_prefix: str | None = None, step_graph: str = "auto", spin: bool = True,
-                 flavor: str | None = None):
+                 flavor: str | None = None, prompt_weights: str = "auto"):
         import onnxruntime as ort  # here, not at the top: registering the runtime must not load the engine
 
         self.directory, self.prefill_chunk = Path(directory), prefill_chunk
@@ -94,6 +100,8 @@ class OnnxSession(SessionDefaults):
         self._profile_prefix = profile_prefix  # onnxruntime profiling into files of this prefix (`ort_profile`)
         self.flavor = flavor or _manifest_flavor(self.directory)
         self.step_file = step_graph_for(self.directory, step_graph)
+        self.prompt_weights = prompt_weights  # auto: int8 derived from int4 codes at load (`onnx_int8`); stored
+        self.derived_prompt: PromptGraphInfo | None = None  # what the open prompt graph derived, if anything
         self._step = self._open_step()
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
         self._keeps: bool | None = None  # the prompt graph takes logits_to_keep (known once it is open)
@@ -120,6 +128,23 @@ class OnnxSession(SessionDefaults):
         """Decode with step graph `name` from the next step on (the gate's check of each variant); returns
         the one it replaces."""
         previous, self.step_file, self._step = self.step_file, name, None
+        release_freed_memory()
+        return previous
+
+    @property
+    def prompt_graph_variants(self) -> tuple[str, ...]:
+        """The prompt weights besides those in use that a runner may pick: the gate checks each. An int4
+        artifact's prompt graph runs int8 weights derived at load (auto) or its stored int4 ones."""
+        if self.flavor != "standard" or not _has_int4_linears(self.directory / ONNX_PREFILL_FILE):
+            return ()
+        return tuple(c for c in PROMPT_WEIGHT_CHOICES if c != self.prompt_weights)
+
+    def use_prompt_graph(self, name: str) -> str:
+        """Prompt with weights `name` (a PROMPT_WEIGHT_CHOICES value) from the next prompt on; returns the
+        choice it replaces."""
+        previous, self.prompt_weights = self.prompt_weights, name
+        if self._prefill is not self._step:
+            self._prefill = None
         release_freed_memory()
         return previous
 
@@ -154,11 +179,58 @@ class OnnxSession(SessionDefaults):
                 self._prefill = self._step
         return self._step
 
+    def _open_prompt(self, derive: bool):
+        """prefill.onnx; with derive, its 4-bit linears as int8 GEMMs over weights derived from their codes
+        now (`onnx_int8.int8_prompt_model`; none: the graph as stored)."""
+        self.derived_prompt = None
+        if not derive:
+            return self._open(ONNX_PREFILL_FILE, arena=False)
+        from .onnx_int8 import int8_prompt_model
+
+        path = self.directory / ONNX_PREFILL_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found")
+        t0 = time.perf_counter()
+        try:
+            graph = int8_prompt_model(path, self._threads)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # onnx's protobuf decode errors, a short read of weights.bin
+            raise ArtifactError(f"{path} could not be read ({exc})") from exc
+        if graph is None:
+            return self._open(ONNX_PREFILL_FILE, arena=False)
+        so = session_options(self._threads, False, self._spin)
+        if self._profile_prefix:
+            so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
+        so.add_external_initializers_from_files_in_memory(list(graph.files), list(graph.files.values()),
+                                                          [a.nbytes for a in graph.files.values()])
+        try:
+            session = self._ort.InferenceSession(graph.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ArtifactError(f"{path} with int8 prompt weights could not be loaded by onnxruntime ({exc}); "
+                                "--prompt-weights stored runs it as exported") from exc
+        self.derived_prompt = PromptGraphInfo(graph.derived, graph.weight_bytes, time.perf_counter() - t0)
+        del graph, so  # onnxruntime copied what it needs: the derived buffer and the maps go now
+        release_freed_memory()
+        return session
+
     @property
     def prefill_session(self):
         if self._prefill is None:
-            self._prefill = self.step_session if self.flavor == "genai" else self._open(ONNX_PREFILL_FILE, arena=False)
+            self.open_prompt()
         return self._prefill
+
+    def open_prompt(self, tokens: int | None = None) -> None:
+        """Open the prompt graph if it is not open. prompt_weights auto derives int8 weights unless the caller
+        runs one prompt shorter than ONE_SHOT_DERIVE_TOKENS and frees the graph after it (`generate`): deriving
+        costs more than it saves there."""
+        if self._prefill is not None:
+            return
+        if self.flavor == "genai":
+            self._prefill = self.step_session
+            return
+        once_short = tokens is not None and tokens < ONE_SHOT_DERIVE_TOKENS
+        self._prefill = self._open_prompt(self.prompt_weights == "auto" and not once_short)
 
     def release(self) -> None:
         """Drop every session and its prepacked weights; the next call reopens what it needs. The gate
@@ -303,6 +375,27 @@ class BoundDecoder:
             buf[...] = s
 
 
+@dataclass(frozen=True)
+class PromptGraphInfo:
+    """What opening the prompt graph with derived int8 weights did (bench and `--verbose` report it)."""
+
+    linears: int  # 4-bit linears moved to the int8 GEMM
+    weight_bytes: int  # the int8 weights and scales derived
+    seconds: float  # deriving them and opening the session
+
+
+def _has_int4_linears(path: Path) -> bool:
+    """prefill.onnx has a 4-bit MatMulNBits (read without its weights)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a missing or broken graph fails where it is opened, with its own message
+        return False
+    return any(n.op_type == "MatMulNBits" and all(a.i == 4 for a in n.attribute if a.name == "bits")
+               for n in model.graph.node)
+
+
 def _manifest_flavor(directory: Path) -> str:
     """The flavour an artifact's manifest records (standard where it has none: a bare graph directory)."""
     if not (directory / MANIFEST_FILE).is_file():
@@ -312,4 +405,4 @@ def _manifest_flavor(directory: Path) -> str:
 
 def open_onnx(directory: Path, options: RuntimeOptions) -> OnnxSession:
     return OnnxSession(directory, options.threads, step_graph=options.step_graph, spin=options.spin,
-                       flavor=options.flavor)
+                       flavor=options.flavor, prompt_weights=options.prompt_weights)

@@ -14,6 +14,9 @@ MAX_THREADS = 256
 # auto: model_fused.onnx (LinearAttention, the state updated in place) where the artifact and onnxruntime
 # have it, else model.onnx; fused / chain force one (runtimes/onnxruntime.py says why auto picks fused)
 STEP_GRAPH_CHOICES = ("auto", "fused", "chain")
+# auto: an int4 artifact's prompt graph runs int8 weights derived from its codes when it opens (runtimes/onnx_int8.py
+# says why); stored: the graph as exported (what plain onnxruntime runs)
+PROMPT_WEIGHT_CHOICES = ("auto", "stored")
 
 
 def check_threads(threads: int | None) -> None:
@@ -32,8 +35,11 @@ class RuntimeOptions:
     # more than latency (shared machines, battery)
     spin: bool = True
     flavor: str | None = None  # the artifact's flavour (its manifest's); None: the target's default
+    prompt_weights: str = "auto"  # ONNX: PROMPT_WEIGHT_CHOICES
 
     def __post_init__(self) -> None:
         check_threads(self.threads)
         if self.step_graph not in STEP_GRAPH_CHOICES:
             raise ConfigError(f"--step-graph {self.step_graph!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")
+        if self.prompt_weights not in PROMPT_WEIGHT_CHOICES:
+            raise ConfigError(f"--prompt-weights {self.prompt_weights!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")

@@ -85,6 +85,11 @@ class Runner:
         self.position += 1
         return logits
 
+    def open_prompt(self, tokens: int | None = None) -> None:
+        """Open the prompt graph now (`StepSession.open_prompt`: tokens is the length of the one prompt to
+        come when the caller frees the graph after it, None when the graph serves many prompts)."""
+        self.session.open_prompt(tokens)
+
     def release_prefill(self) -> None:
         """Free the prompt graph until the next prefill, where the session can (ONNX): decode-phase memory
         is then one copy of the weights plus the state."""

@@ -59,8 +59,10 @@ def test_exact_prompt_runs_no_graph(art):
 
 def test_greedy_text_identical_with_and_without_cache_int4(tmp_path_factory):
     """A 3-turn conversation resent whole each turn: the cached path reads only the new tokens and says
-    exactly what the uncached one says."""
-    runner = load_runner(text_artifact(tmp_path_factory, "int4"), threads=1)
+    exactly what the uncached one says. With the prompt graph's stored int4 weights: with int8 weights derived
+    at load (the default) a prompt rounds differently from the steps that wrote a cached reply, and this random
+    model's near-ties flip (the gate bounds that difference against eager)."""
+    runner = load_runner(text_artifact(tmp_path_factory, "int4"), threads=1, prompt_weights="stored")
     cache = cache_for(runner, interval=16)
     history: list[int] = []
     for turn in range(3):

@@ -17,7 +17,7 @@ from ..cli_utils import emit, info, runner_and_tokenizer, runtime_options, sampl
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print text and speed as JSON (implies --no-stream).")
 def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, threads, tokenizer, step_graph,
-                 spin, as_json):
+                 spin, prompt_weights, as_json):
     """Generate text: chunkwise prefill of PROMPT, then one recurrent step per token.
 
     MODEL is `demo`, a model directory, or an exported artifact directory (ONNX or ExecuTorch).
@@ -35,7 +35,7 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
         stream_text,
     )
 
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin, prompt_weights)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     stats = GenerationStats()
     ids = generate_ids(runner, tok.encode(prompt, add_bos=True), max_new_tokens, sampling, tok.eos_id, stats,

@@ -35,7 +35,7 @@ def with_model_options(fn):
               help="Where /save and /load keep conversations.")
 @with_model_options
 def chat_cmd(model, max_new_tokens, temperature, top_k, top_p, seed, save_dir, threads, tokenizer, chat_template,
-             cache_mb, step_graph, spin):
+             cache_mb, step_graph, spin, prompt_weights):
     """Chat with MODEL in the terminal; the state carries across turns, so each turn reads only its new tokens.
 
     Replies stream as they come; after each one, stderr shows the time to first token, tokens/s, and how
@@ -55,7 +55,7 @@ def chat_cmd(model, max_new_tokens, temperature, top_k, top_p, seed, save_dir, t
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     conv = open_conversation(model, tokenizer, threads, sampling, max_new_tokens, cache_mb, chat_template, info,
-                             step_graph=step_graph, spin=spin)
+                             step_graph=step_graph, spin=spin, prompt_weights=prompt_weights)
     mode = "chat template" if conv.template is not None else "plain continuation"
     info(f"chatting with {model} ({mode}); /help for commands, Ctrl-D to leave")
     run_chat(conv, Path(save_dir).expanduser(), lambda s: click.echo(s, nl=False), info)
@@ -77,7 +77,7 @@ def chat_cmd(model, max_new_tokens, temperature, top_k, top_p, seed, save_dir, t
               help="Requests waiting behind the running one; more get 503 with Retry-After.")
 @with_model_options
 def serve_cmd(model, host, port, api_key, model_name, cache_dir, max_prompt_tokens, max_tokens_limit, max_body_kb,
-              max_queue, threads, tokenizer, chat_template, cache_mb, step_graph, spin):
+              max_queue, threads, tokenizer, chat_template, cache_mb, step_graph, spin, prompt_weights):
     """Serve MODEL over an OpenAI-compatible HTTP API (one decode at a time, a shared prefix cache).
 
     Routes: GET /v1/models, POST /v1/completions and /v1/chat/completions (stream: true for server-sent
@@ -99,4 +99,4 @@ def serve_cmd(model, host, port, api_key, model_name, cache_dir, max_prompt_toke
 
     limits = Limits(max_prompt_tokens, max_tokens_limit, max_body_kb * 1024, max_queue)
     serve(ServerConfig(model, host, port, api_key, model_name, tokenizer, threads, cache_mb, cache_dir, chat_template,
-                       limits, step_graph, spin), info)
+                       limits, step_graph, spin, prompt_weights), info)

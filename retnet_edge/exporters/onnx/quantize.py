@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from ...contract.quant import INT8_QMAX_REDUCED, QuantPlan
 from ...errors import ExportError
+from ...runtimes.onnx_int8 import INT8_CONSTANTS, node_maker, row_quantize_nodes
 from .trace import module_of
 
 
@@ -25,37 +26,24 @@ def int8_per_channel(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-# the uint8 zero point (128) and the other constants every int8 MatMul reads
-INT8_CONSTANTS = {"int8.zero": np.uint8(128), "int8.qmax": np.float32(127.0),
-                   "int8.tiny": np.float32(1e-30), "int8.last": np.array([-1], np.int64)}
-
-
 def int8_matmul_nodes(name: str, a: str, y: str, q: str, scales: str, k: int) -> list[onnx.NodeProto]:
-    """y = a @ W through an int8 GEMM: a's rows quantized to 8 bits each (symmetric, stored as uint8 around
-    128), MatMulInteger with W's int8 [k, N], then the int32 sums scaled by row scale x column scale.
+    """y = a @ W through an int8 GEMM: a's rows quantized to 8 bits each (`onnx_int8.row_quantize_nodes`:
+    symmetric, stored as uint8 around 128), MatMulInteger with W's int8 [k, N], then the int32 sums scaled by
+    row scale x column scale.
 
     Per row, not DynamicQuantizeMatMul's per tensor: on the demo the prompt path's KL was 1.2e-2 per
     tensor (one scale for a whole chunk) against 1.2e-3 step by step, and one row's scale must not depend
-    on the others (batch rows are separate sequences).
-
-    The row quantization is one blocked QuantizeLinear (a block = a whole row of k; opset 21), its zero
-    point expanded to the row scales' shape as onnxruntime wants for blocked quantization. It rounds like
-    the Div/Round/Add/Cast it replaced, bit for bit (both divide, round half to even, then add 128), with
-    three nodes fewer per row quantization: `small` int8 decoded ~2 % faster."""
+    on the others (batch rows are separate sequences). The row quantization is one blocked QuantizeLinear;
+    it rounds like the Div/Round/Add/Cast it replaced, bit for bit, with three nodes fewer per row
+    quantization: `small` int8 decoded ~2 % faster."""
     scope = name.rsplit("/", 1)[0]
-    v = lambda tag: f"{name}_Q8/{tag}"  # noqa: E731  (value names; the node of value `tag` is `{op}_{tag}_Q8`)
-
-    def n(op: str, ins: list[str], tag: str, **kw) -> onnx.NodeProto:
-        return onnx.helper.make_node(op, ins, [v(tag)], name=f"{scope}/{op}_{tag}_Q8", **kw)
-
-    out = onnx.helper.make_node("Mul", [v("row_scaled"), scales], [y], name=f"{scope}/Mul_out_Q8")
-    return [n("Abs", [a], "abs"), n("ReduceMax", [v("abs"), "int8.last"], "amax", keepdims=1),  # [..., 1]
-            n("Max", [v("amax"), "int8.tiny"], "amax1"), n("Div", [v("amax1"), "int8.qmax"], "rscale"),
-            n("Shape", [v("rscale")], "rshape"), n("Expand", ["int8.zero", v("rshape")], "zp"),
-            n("QuantizeLinear", [a, v("rscale"), v("zp")], "a_u8", axis=-1, block_size=k),  # [..., k] uint8
-            onnx.helper.make_node("MatMulInteger", [v("a_u8"), q, "int8.zero"], [v("acc")], name=f"{name}_Q8"),
-            n("Cast", [v("acc")], "acc_f", to=onnx.TensorProto.FLOAT),
-            n("Mul", [v("acc_f"), v("rscale")], "row_scaled"), out]
+    value = lambda tag: f"{name}_Q8/{tag}"  # noqa: E731  (value names; the node of value `tag` is `{op}_{tag}_Q8`)
+    n = node_maker(scope, value, "_Q8")
+    out = onnx.helper.make_node("Mul", [value("row_scaled"), scales], [y], name=f"{scope}/Mul_out_Q8")
+    return [*row_quantize_nodes(n, a, k),
+            onnx.helper.make_node("MatMulInteger", [value("a_u8"), q, "int8.zero"], [value("acc")], name=f"{name}_Q8"),
+            n("Cast", ["{acc}"], "acc_f", to=onnx.TensorProto.FLOAT),
+            n("Mul", ["{acc_f}", "{rscale}"], "row_scaled"), out]
 
 
 def int8_dynamic(model: onnx.ModelProto, exclude: list[str], qmax: int, codes=None) -> onnx.ModelProto:

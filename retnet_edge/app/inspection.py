@@ -82,7 +82,8 @@ def render(report: dict[str, Any]) -> str:
     if "artifact" in report:
         a = report["artifact"]
         flavor = f" ({a['flavor']} flavour)" if a.get("flavor") else ""
-        prompt = ", prompt graph int8" if a["quant"].get("prefill_weights", "same") != "same" else ""
+        prompt = (", prompt graph int8" if a["quant"].get("prefill_weights", "same") != "same" else
+                  ", prompt graph int8 derived at load" if "prefill_int8.json" in a["files"] else "")
         lines.append(f"artifact      {a['target']}{flavor} {a['quant']['scheme']} (lm_head {a['quant']['lm_head']}, embedding "
                      f"{a['quant']['embedding']}{prompt}), validation {a['validation']}: "
                      + ", ".join(f"{k} {_mib(v['bytes'])}" for k, v in a["files"].items()))

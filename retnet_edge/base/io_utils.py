@@ -276,6 +276,22 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     os.chmod(path, _umask_mode(directory=False))  # safetensors writes 0600; other outputs follow the umask
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give this process without swapping (Linux MemAvailable; elsewhere free pages), or
+    None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by a dropped session back to the OS (glibc keeps freed heap pages otherwise)."""
     import ctypes

@@ -271,6 +271,7 @@ def _measure_all(subjects: list[Subject], retnets: list[Subject], llamas: list[S
             res = measure_subject(s, t, bc)
             results += flatten(s, t, res, bandwidth)
             extras.append({"artifact": s.label, "threads": t, "load_s": res["load_s"],
+                           "prompt_open_s": res.get("prompt_open_s"), "prompt_weights": res.get("prompt_weights"),
                            "import_rss_mb": res["import_rss_mb"], "memory_after_load_mb": res["memory_after_load_mb"],
                            "memory_after_prefill_mb": res.get("memory_after_prefill_mb"),
                            "torch_imported": res.get("torch_imported")})

@@ -27,6 +27,9 @@ ONNX_STEP_FILE, ONNX_PREFILL_FILE, ONNX_WEIGHTS_FILE = "model.onnx", "prefill.on
 # the same step graph with each layer's state update as one com.microsoft::LinearAttention node: runners decode
 # with it (the state updated in place, past and present bound to one buffer); model.onnx is the fallback
 ONNX_STEP_FUSED_FILE = "model_fused.onnx"
+# an int4 artifact's prompt graph with int8 GEMMs whose weights the runtime derives from the int4 codes when it
+# opens it, and the table saying where those codes lie (runtimes/onnx_int8.py); plain onnxruntime runs prefill.onnx
+ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE = "prefill_int8.onnx", "prefill_int8.json"
 # its op: ai.onnx LinearAttention of opset 27 where the exporting onnxruntime runs it (1.32+), else onnxruntime's
 # com.microsoft op of the same signature (1.24.4 lacks its CPU kernel, 1.25.1 has it)
 LOGITS_TO_KEEP = "logits_to_keep"  # prefill.onnx: int64 [1], default 0 = every position (exporters/onnx/logits.py)

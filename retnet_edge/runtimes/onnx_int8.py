@@ -1,9 +1,5 @@
-"""The int8 GEMM as our ONNX graphs write it, and int8 prompt weights derived from an artifact's int4 codes.
-
-Both the exporter (`exporters/onnx/quantize.int8_matmul_nodes`, the int8 linears it writes) and the runtime
-(`int8_prompt_model`, the prompt graph it opens) quantize a GEMM's input the same way: 8 bits per row,
-symmetric, stored as uint8 around 128 (`row_quantize_nodes`). The runtime owns the nodes; the exporter
-imports them (imports run runtimes -> exporters).
+"""int8 prompt weights derived from an int4 artifact's codes when its prompt graph opens (numpy only: the
+runtime opens an exported prefill_int8.onnx with its table without importing onnx, which costs ~1.5 s here).
 
 Why the runtime derives int8 prompt weights: onnxruntime's MatMulNBits (4-bit) runs a 128-row prompt chunk of
 `small`'s FFN ([128 x 1024] . [1024 x 2816], 1 thread, AMD EPYC avx2) at 61 GFLOP/s, its int8 GEMM at 151,
@@ -11,52 +7,37 @@ and MatMulNBits is 81 % of an int4 prompt's time. `export --prefill-weights int8
 file); this makes them when the prompt graph opens, from the int4 codes the artifact already holds, so the
 file stays int4. The prompt then computes with the int4 weights re-rounded to int8 per output channel: the
 decode graph's weights, as closely as 7 bits allow.
+
+The graph (prefill_int8.onnx) is prefill.onnx with each 4-bit MatMulNBits replaced by a QGemm over int8
+weights declared in DERIVED_FILE, a file never written: `derive_weights` makes its bytes from the table
+(prefill_int8.json: where each linear's codes lie in weights.bin, where its int8 weights go) and onnxruntime
+gets them with the session options (`onnx_int8_graph` writes both; an artifact exported before them is
+rewritten at load).
 """
 from __future__ import annotations
 
-from pathlib import Path
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from ..contract.quant import INT8_QMAX_REDUCED
 from ..errors import ArtifactError
 
-# the uint8 zero point (128) and the other constants every int8 GEMM reads
-INT8_CONSTANTS = {"int8.zero": np.uint8(128), "int8.qmax": np.float32(127.0),
-                  "int8.tiny": np.float32(1e-30), "int8.last": np.array([-1], np.int64)}
 WEIGHT_QMAX = INT8_QMAX_REDUCED  # int8 weights use 7 bits: no CPU's int8 kernel saturates
 FRACTION_BITS = 8  # the fixed point of `derive_int8`'s ratio s_block / s_row
-
-NodeMaker = Callable[..., onnx.NodeProto]  # (op, inputs, tag, **attrs) -> the node writing value `tag`
-
-
-def row_quantize_nodes(n: NodeMaker, a: str, k: int) -> list[onnx.NodeProto]:
-    """a [..., k] fp32 -> values "a_u8" (uint8 around 128) and "rscale" [..., 1]: each row symmetric to 8 bits.
-
-    One blocked QuantizeLinear (a block = a whole row of k; opset 21), its zero point expanded to the row
-    scales' shape as onnxruntime wants for blocked quantization."""
-    return [n("Abs", [a], "abs"), n("ReduceMax", ["{abs}", "int8.last"], "amax", keepdims=1),  # [..., 1]
-            n("Max", ["{amax}", "int8.tiny"], "amax1"), n("Div", ["{amax1}", "int8.qmax"], "rscale"),
-            n("Shape", ["{rscale}"], "rshape"), n("Expand", ["int8.zero", "{rshape}"], "zp"),
-            n("QuantizeLinear", [a, "{rscale}", "{zp}"], "a_u8", axis=-1, block_size=k)]  # [..., k] uint8
+DERIVED_FILE = "derived-at-load.bin"  # the external file the derived weights are declared in (never written)
+ALIGN = 64
+TABLE_FORMAT = 1
+# while the session opens, the derived weights exist three times: our buffer, onnxruntime's copy of it, and its
+# packed GEMM weights (measured on `small`: peak RSS +660 MB for 205 MB derived)
+PEAK_COPIES = 3
 
 
-def node_maker(scope: str, value: Callable[[str], str], suffix: str) -> NodeMaker:
-    """A maker of nodes named `{scope}/{op}_{tag}{suffix}` writing value(tag); "{tag}" in an input is value(tag)."""
-    def n(op: str, ins: list[str], tag: str, **kw) -> onnx.NodeProto:
-        ins = [value(x[1:-1]) if x.startswith("{") else x for x in ins]
-        return onnx.helper.make_node(op, ins, [value(tag)], name=f"{scope}/{op}_{tag}{suffix}", **kw)
-    return n
+class NoRoomToDerive(Exception):
+    """Deriving the int8 prompt weights would not fit in the memory available (the message says how much)."""
 
-
-# ---------------------------------------------------------------------------------------------------------
-# int8 prompt weights from MatMulNBits' int4 codes
 
 def derive_int8(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, n: int, k: int,
                 block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,154 +82,96 @@ def _last_axis_max(a: np.ndarray) -> np.ndarray:
     return a.max(-1)
 
 
-def qgemm_nodes(name: str, a: str, y: str, q: str, scales: str, k: int, n_out: int) -> list[onnx.NodeProto]:
-    """y [..., N] = a [..., K] @ W.T for int8 W [N, K] (MatMulNBits' row order): a's rows quantized to 8 bits
-    (`row_quantize_nodes`), com.microsoft QGemm with transB (onnxruntime packs B at load, transposing it:
-    147 vs MatMulInteger's 154 GFLOP/s on [128 x 1024] . [1024 x 2816], and no copy is transposed here),
-    its output scaled per column by the op and per row after. QGemm is 2-D: a is flattened to [M, K] and the
-    result reshaped back to a's leading dims. Reads `shape_constants(k, n_out)`."""
-    scope = name.rsplit("/", 1)[0]
-    value = lambda tag: f"{name}_P8/{tag}"  # noqa: E731
-    n = node_maker(scope, value, "_P8")
-    rows_of_k, width, b_zero = shape_constants(k, n_out)
-    return [n("Reshape", [a, rows_of_k], "a2d"),  # [M, K]
-            *row_quantize_nodes(n, value("a2d"), k),
-            n("QGemm", ["{a_u8}", "int8.one", "int8.zero", q, scales, b_zero], "acc", domain="com.microsoft", transB=1),
-            n("Mul", ["{acc}", "{rscale}"], "rows"),  # [M, N]
-            n("Shape", [a], "lead", end=-1), n("Concat", ["{lead}", width], "out_shape", axis=0),
-            onnx.helper.make_node("Reshape", [value("rows"), value("out_shape")], [y], name=f"{scope}/Reshape_out_P8")]
+def source_spec_inline(name: str) -> dict:
+    """A table source stored inside the graph (read by the load-time rewrite, never from a table file)."""
+    return {"inline": name}
 
 
-def shape_constants(k: int, n_out: int) -> tuple[str, str, str]:
-    """The names of the constants `qgemm_nodes` reads: the shapes [-1, k] and [n_out] it reshapes with, and
-    B's zero points (n_out zeros: QGemm wants one per column where the scales are per column)."""
-    return f"int8.rows_of_{k}", f"int8.width_{n_out}", f"int8.b_zero_{n_out}"
+def check_room(table: dict, available: int | None) -> None:
+    """NoRoomToDerive when PEAK_COPIES of the derived weights exceed `available` bytes (None: not checked)."""
+    need = PEAK_COPIES * int(table["bytes"])
+    if available is not None and need > available:
+        raise NoRoomToDerive(f"deriving int8 prompt weights needs ~{need / 2**30:.1f} GiB while the prompt graph "
+                             f"opens; {available / 2**30:.1f} GiB is available")
 
 
-def _constants(k: int, n_out: int) -> dict[str, np.ndarray]:
-    rows_of_k, width, b_zero = shape_constants(k, n_out)
-    return {rows_of_k: np.array([-1, k], np.int64), width: np.array([n_out], np.int64),
-            b_zero: np.zeros(n_out, np.int8), "int8.one": np.float32(1.0)}
-
-
-def external_array(directory: Path, t: onnx.TensorProto) -> np.ndarray:
-    """An initializer's values, read from its external file in `directory` (memory-mapped: only the pages read
-    are loaded). The file must lie in the directory itself: a graph naming ../anything is refused."""
-    kv = {e.key: e.value for e in t.external_data}
-    path = (directory / kv.get("location", "")).resolve()
-    if path.parent != directory.resolve() or not path.is_file():
-        raise ArtifactError(f"{t.name}: external data {kv.get('location')!r} is not a file of {directory}")
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-    count = int(np.prod(t.dims, dtype=np.int64))
-    offset, length = int(kv.get("offset", 0)), int(kv.get("length", count * dtype.itemsize))
-    if length != count * dtype.itemsize or offset < 0 or offset + length > path.stat().st_size:
-        raise ArtifactError(f"{t.name}: its external data ({offset}+{length} bytes) does not fit {path.name}")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(t.dims))
-
-
-def _array(directory: Path, t: onnx.TensorProto) -> np.ndarray:
-    return external_array(directory, t) if t.data_location == onnx.TensorProto.EXTERNAL else numpy_helper.to_array(t)
-
-
-def _derivable(node: onnx.NodeProto, attrs: dict, inits: dict) -> bool:
-    """A 4-bit MatMulNBits with constant B and scales, integer zero points or none, no g_idx and no bias."""
-    ins = [*node.input, "", "", ""]
-    return (node.op_type == "MatMulNBits" and node.domain == "com.microsoft" and attrs.get("bits", 4) == 4
-            and ins[1] in inits and ins[2] in inits and not ins[4] and not ins[5]
-            and (not ins[3] or (ins[3] in inits and inits[ins[3]].data_type == onnx.TensorProto.UINT8)))
-
-
-DERIVED_FILE = "derived-at-load.bin"  # the external file the derived weights are declared in (never written)
-ALIGN = 64
-
-
-@dataclass
-class PromptGraph:
-    """The prompt graph with int8 weights derived at load, and the contents of every external file it reads:
-    the derived weights' (one buffer, never written to disk) and the artifact's own (memory-mapped). They go to
-    onnxruntime with the session options (`SessionOptions.add_external_initializers_from_files_in_memory`),
-    which copies what it needs, so they can be dropped once the session is open."""
-
-    model: onnx.ModelProto
-    files: dict[str, np.ndarray]  # external file name -> its bytes (uint8)
-    derived: int  # linears moved from MatMulNBits to the int8 GEMM
-
-    @property
-    def weight_bytes(self) -> int:
-        return int(self.files[DERIVED_FILE].nbytes)
-
-
-def int8_prompt_model(path: Path, threads: int | None = None) -> PromptGraph | None:
-    """prefill.onnx with every derivable 4-bit MatMulNBits (`_derivable`) replaced by `qgemm_nodes` over
-    `derive_int8`'s weights (derived by `threads` workers; numpy releases the GIL); None when it has none (an
-    int8 artifact, `--prefill-weights int8`)."""
-    directory = path.parent
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes, jobs, declared, dead, shapes, offset = [], [], [], set(), set(), 0
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if not _derivable(node, attrs, inits):
-            nodes.append(node)
-            continue
-        n_out, k, block = attrs["N"], attrs["K"], attrs["block_size"]
-        ins = [*node.input, ""]
-        qname, sname = f"{ins[1]}_P8", f"{ins[1]}_P8_scales"
-        (q_at, s_at), offset = (offset, _aligned(offset + n_out * k)), _aligned(_aligned(offset + n_out * k) + 4 * n_out)
-        declared += [_external_declaration(qname, onnx.TensorProto.INT8, (n_out, k), q_at),
-                     _external_declaration(sname, onnx.TensorProto.FLOAT, (n_out,), s_at)]
-        jobs.append((ins, n_out, k, block, q_at, s_at))
-        dead.update(x for x in ins[1:4] if x)
-        shapes.add((k, n_out))
-        nodes += qgemm_nodes(node.name, node.input[0], node.output[0], qname, sname, k, n_out)
-    if not jobs:
-        return None
-    derived = np.empty(offset, np.uint8)
-
-    def derive(job) -> None:
-        ins, n_out, k, block, q_at, s_at = job
-        zp = _array(directory, inits[ins[3]]) if ins[3] else None
-        q, scale = derive_int8(_array(directory, inits[ins[1]]), _array(directory, inits[ins[2]]), zp, n_out, k, block)
-        derived[q_at:q_at + q.nbytes] = q.view(np.uint8).reshape(-1)
-        derived[s_at:s_at + scale.nbytes] = scale.view(np.uint8)
-
-    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
-        list(pool.map(derive, jobs))  # list(): a worker's exception surfaces here
-    still_read = {x for node in nodes for x in node.input}
-    kept = [t for t in model.graph.initializer if t.name not in dead or t.name in still_read]
-    present = {t.name for t in kept}
-    constants = {**INT8_CONSTANTS, **{c: v for k, n_out in shapes for c, v in _constants(k, n_out).items()}}
-    kept += [numpy_helper.from_array(np.asarray(v), c) for c, v in constants.items() if c not in present]
-    files = {DERIVED_FILE: derived, **{name: _mapped(directory, name) for name in _locations(kept)}}
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + declared)
-    return PromptGraph(model, files, len(jobs))
-
-
-def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
-
-
-def _locations(tensors: list[onnx.TensorProto]) -> set[str]:
-    return {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
-
-
-def _mapped(directory: Path, name: str) -> np.ndarray:
-    """A file of the artifact directory, memory-mapped (a location outside it is refused)."""
+def mapped_file(directory: Path, name: str) -> np.ndarray:
+    """A file of the artifact directory, memory-mapped (a name outside it is refused)."""
     path = (directory / name).resolve()
     if path.parent != directory.resolve() or not path.is_file():
         raise ArtifactError(f"the prompt graph's external data {name!r} is not a file of {directory}")
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
-def _external_declaration(name: str, dtype: int, shape: tuple[int, ...], offset: int) -> onnx.TensorProto:
-    """An initializer declared in DERIVED_FILE at `offset` (its values come with the session options)."""
-    t = onnx.TensorProto(name=name, data_type=dtype, dims=shape, data_location=onnx.TensorProto.EXTERNAL)
-    length = int(np.prod(shape)) * onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
-    for key, value in (("location", DERIVED_FILE), ("offset", str(offset)), ("length", str(length))):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
-    return t
+def _read(files: dict[str, np.ndarray], inline: dict, spec: dict, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """One source of the table: a slice of a mapped file (checked to fit) or an array stored in the graph."""
+    if "inline" in spec:
+        return np.asarray(inline[spec["inline"]], dtype).reshape(shape)
+    data = files[spec["file"]]
+    count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    offset, length = int(spec["offset"]), int(spec.get("length", count))
+    if length not in (count, -1) or offset < 0 or offset + count > data.size:
+        raise ArtifactError(f"int4 codes at {spec['file']}+{offset} ({count} bytes) do not fit {spec['file']} "
+                            f"({data.size} bytes)")
+    return data[offset:offset + count].view(dtype).reshape(shape)
+
+
+def layout(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
+    """Where each linear's int8 weights [N, K] and fp32 scales [N] lie in DERIVED_FILE, one after the other,
+    each ALIGN-aligned: ([(q_at, s_at)], total bytes). The graph's declarations and the table both follow it."""
+    places, offset = [], 0
+    for n, k in shapes:
+        q_at = offset
+        s_at = _aligned(q_at + n * k)
+        offset = _aligned(s_at + 4 * n)
+        places.append((q_at, s_at))
+    return places, offset
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def check_layout(table: dict) -> None:
+    """The table's offsets are `layout`'s for its shapes: no two linears overlap and none overruns the buffer
+    (a table that disagreed with its graph would feed a GEMM another linear's weights)."""
+    lins = table["linears"]
+    for lin in lins:
+        n, k, block = int(lin["n"]), int(lin["k"]), int(lin["block"])
+        if n <= 0 or k <= 0 or block <= 0 or k % block or block % 2:
+            raise ArtifactError(f"{lin.get('name')}: MatMulNBits shape N={n} K={k} block={block} is not derivable")
+    places, total = layout([(int(lin["n"]), int(lin["k"])) for lin in lins])
+    got = [(int(lin["q_at"]), int(lin["s_at"])) for lin in lins]
+    if got != places or int(table["bytes"]) != total:
+        bad = next((lin.get("name") for lin, p, g in zip(lins, places, got) if p != g), "the total")
+        raise ArtifactError(f"the int8 prompt table's offsets overlap or overrun ({bad})")
+
+
+def derive_weights(directory: Path, table: dict, threads: int | None = None, inline: dict | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Every external file the int8 prompt graph reads, by name: DERIVED_FILE's bytes made from the int4 codes
+    (`derive_int8` per linear, `threads` workers: numpy releases the GIL) and the artifact's own files,
+    memory-mapped."""
+    if table.get("format") != TABLE_FORMAT:
+        raise ArtifactError(f"unknown int8 prompt table format {table.get('format')!r} (this version reads "
+                            f"{TABLE_FORMAT}); --prompt-weights stored runs the graph as exported")
+    files = {name: mapped_file(directory, name) for name in table["files"]}
+    check_layout(table)
+    derived = np.empty(int(table["bytes"]), np.uint8)
+    inline = inline or {}
+
+    def derive(lin: dict) -> None:
+        n, k, block = int(lin["n"]), int(lin["k"]), int(lin["block"])
+        blocks = k // block
+        b = _read(files, inline, lin["b"], np.uint8, (n, blocks, block // 2))
+        s = _read(files, inline, lin["scales"], np.float32, (n, blocks))
+        zp = (_read(files, inline, lin["zero_points"], np.uint8, (n, (blocks + 1) // 2))
+              if lin["zero_points"] else None)
+        q, scale = derive_int8(b, s, zp, n, k, block)
+        q_at, s_at = int(lin["q_at"]), int(lin["s_at"])
+        derived[q_at:q_at + q.nbytes] = q.view(np.uint8).reshape(-1)
+        derived[s_at:s_at + scale.nbytes] = scale.view(np.uint8)
+
+    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
+        list(pool.map(derive, table["linears"]))  # list(): a worker's exception surfaces here
+    return {DERIVED_FILE: derived, **files}

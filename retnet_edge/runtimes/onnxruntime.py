@@ -23,6 +23,8 @@ from ..contract import (
     LOGITS_TO_KEEP,
     MANIFEST_FILE,
     ONNX_PREFILL_FILE,
+    ONNX_PREFILL_INT8_FILE,
+    ONNX_PREFILL_INT8_TABLE,
     ONNX_STEP_FILE,
     ONNX_STEP_FUSED_FILE,
     POSITION_IDS,
@@ -102,6 +104,7 @@ class OnnxSession(SessionDefaults):
         self.step_file = step_graph_for(self.directory, step_graph)
         self.prompt_weights = prompt_weights  # auto: int8 derived from int4 codes at load (`onnx_int8`); stored
         self.derived_prompt: PromptGraphInfo | None = None  # what the open prompt graph derived, if anything
+        self.prompt_note = ""  # why auto kept the stored prompt weights, where memory decided it
         self._step = self._open_step()
         self._prefill = self._step if self.flavor == "genai" else None  # genai: one graph, one session
         self._keeps: bool | None = None  # the prompt graph takes logits_to_keep (known once it is open)
@@ -181,38 +184,61 @@ class OnnxSession(SessionDefaults):
 
     def _open_prompt(self, derive: bool):
         """prefill.onnx; with derive, its 4-bit linears as int8 GEMMs over weights derived from their codes
-        now (`onnx_int8.int8_prompt_model`; none: the graph as stored)."""
+        now (`onnx_int8`): prefill_int8.onnx with its table where the export wrote them, else prefill.onnx
+        rewritten here (an artifact exported before them); the graph as stored where it has no int4 linears
+        or the derived weights would not fit in memory (`prompt_note` says so)."""
         self.derived_prompt = None
         if not derive:
             return self._open(ONNX_PREFILL_FILE, arena=False)
-        from .onnx_int8 import int8_prompt_model
+        from ..base.io_utils import available_memory_bytes
+        from .onnx_int8 import DERIVED_FILE, NoRoomToDerive, check_room, derive_weights
 
-        path = self.directory / ONNX_PREFILL_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{path} not found")
         t0 = time.perf_counter()
         try:
-            graph = int8_prompt_model(path, self._threads)
+            source = self._int8_prompt_source()
+            if source is None:
+                return self._open(ONNX_PREFILL_FILE, arena=False)
+            model, table, inline = source
+            check_room(table, available_memory_bytes())
+            files = derive_weights(self.directory, table, self._threads, inline)
+        except NoRoomToDerive as exc:
+            self.prompt_note = f"stored int4 prompt weights: {exc}"
+            return self._open(ONNX_PREFILL_FILE, arena=False)
         except ArtifactError:
             raise
-        except Exception as exc:  # onnx's protobuf decode errors, a short read of weights.bin
-            raise ArtifactError(f"{path} could not be read ({exc})") from exc
-        if graph is None:
-            return self._open(ONNX_PREFILL_FILE, arena=False)
+        except Exception as exc:  # a malformed table or graph, a short read
+            raise ArtifactError(f"{self.directory}: the int8 prompt graph could not be read ({exc}); "
+                                "--prompt-weights stored runs the graph as exported") from exc
         so = session_options(self._threads, False, self._spin)
         if self._profile_prefix:
             so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
-        so.add_external_initializers_from_files_in_memory(list(graph.files), list(graph.files.values()),
-                                                          [a.nbytes for a in graph.files.values()])
+        so.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
+                                                          [a.nbytes for a in files.values()])
         try:
-            session = self._ort.InferenceSession(graph.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            session = self._ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ArtifactError(f"{path} with int8 prompt weights could not be loaded by onnxruntime ({exc}); "
-                                "--prompt-weights stored runs it as exported") from exc
-        self.derived_prompt = PromptGraphInfo(graph.derived, graph.weight_bytes, time.perf_counter() - t0)
-        del graph, so  # onnxruntime copied what it needs: the derived buffer and the maps go now
+            raise ArtifactError(f"{self.directory}: the int8 prompt graph could not be loaded by onnxruntime ({exc}); "
+                                "--prompt-weights stored runs the graph as exported") from exc
+        self.derived_prompt = PromptGraphInfo(len(table["linears"]), int(files[DERIVED_FILE].nbytes),
+                                              time.perf_counter() - t0)
+        del files, so  # onnxruntime copied what it needs: the derived buffer and the maps go now
         release_freed_memory()
         return session
+
+    def _int8_prompt_source(self) -> tuple[str | bytes, dict, dict] | None:
+        """(the int8 prompt graph: a path or its bytes, its table, sources stored in the graph), or None where
+        prefill.onnx has no int4 linear. The export's prefill_int8.onnx + prefill_int8.json when present
+        (no onnx import: ~1.5 s of opening here), else prefill.onnx rewritten now."""
+        graph, table = self.directory / ONNX_PREFILL_INT8_FILE, self.directory / ONNX_PREFILL_INT8_TABLE
+        if graph.is_file() and table.is_file():
+            return str(graph), json.loads(table.read_text()), {}
+        path = self.directory / ONNX_PREFILL_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{path} not found")
+        from .onnx_int8_graph import plan_int8_prompt
+
+        plan = plan_int8_prompt(path)
+        return None if plan is None else (plan.model.SerializeToString(), plan.table, plan.inline)
 
     @property
     def prefill_session(self):
@@ -385,7 +411,9 @@ class PromptGraphInfo:
 
 
 def _has_int4_linears(path: Path) -> bool:
-    """prefill.onnx has a 4-bit MatMulNBits (read without its weights)."""
+    """prefill.onnx has a 4-bit MatMulNBits (read without its weights; an int8 prompt table says so)."""
+    if (path.parent / ONNX_PREFILL_INT8_TABLE).is_file():
+        return True
     import onnx
 
     try:

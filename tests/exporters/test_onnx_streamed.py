@@ -91,7 +91,8 @@ def test_streamed_export_writes_the_whole_model_paths_artifact(variant, quant, t
     assert config_quant_plan(model.cfg, qc) == quant_plan(step, qc)
     export_onnx_whole(step, qc, quant_plan(step, qc), whole)
     files = export_onnx(open_weights(path), qc, config_quant_plan(model.cfg, qc), streamed)
-    assert files == ["model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin"]
+    int8_prompt = ["prefill_int8.onnx", "prefill_int8.json"] if quant == "int4-all" else []  # int4 prompt linears
+    assert files == ["model.onnx", "model_fused.onnx", "prefill.onnx", "weights.bin", *int8_prompt]
     assert _sha(whole / "weights.bin") == _sha(streamed / "weights.bin")
     for graph, T in (("model.onnx", 1), ("model_fused.onnx", 1), ("prefill.onnx", 7)):
         a, b = _run(whole, graph, model.cfg, T), _run(streamed, graph, model.cfg, T)

@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
-from retnet_edge.contract import ONNX_PREFILL_FILE
+from retnet_edge.contract import ONNX_PREFILL_FILE, ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE
 from retnet_edge.errors import ArtifactError, ConfigError
-from retnet_edge.runtimes.onnx_int8 import derive_int8, int8_prompt_model
+from retnet_edge.runtimes.onnx_int8 import DERIVED_FILE, derive_int8, derive_weights
+from retnet_edge.runtimes.onnx_int8_graph import plan_int8_prompt
 from retnet_edge.runtimes.onnxruntime import ONE_SHOT_DERIVE_TOKENS, OnnxSession
 from retnet_edge.runtimes.options import RuntimeOptions
 
@@ -55,12 +56,42 @@ def int4(demo_export):
 
 
 def test_prompt_graph_swaps_every_int4_linear_for_the_int8_gemm(int4):
-    graph = int8_prompt_model(int4 / ONNX_PREFILL_FILE, threads=1)
-    ops = [n.op_type for n in graph.model.graph.node]
+    plan = plan_int8_prompt(int4 / ONNX_PREFILL_FILE)
+    ops = [n.op_type for n in plan.model.graph.node]
     stored = [n.op_type for n in onnx.load(str(int4 / ONNX_PREFILL_FILE), load_external_data=False).graph.node]
-    assert "MatMulNBits" not in ops and ops.count("QGemm") == stored.count("MatMulNBits") == graph.derived > 0
-    q_bytes = sum(int(np.prod(t.dims)) for t in graph.model.graph.initializer if t.name.endswith("_P8"))
-    assert graph.weight_bytes >= q_bytes > 0  # one int8 per weight (+ scales, alignment)
+    assert "MatMulNBits" not in ops and ops.count("QGemm") == stored.count("MatMulNBits") == len(plan.table["linears"])
+    exported = onnx.load(str(int4 / ONNX_PREFILL_INT8_FILE), load_external_data=False)
+    assert [n.op_type for n in exported.graph.node] == ops  # the export wrote the same rewrite
+    files = derive_weights(int4, plan.table, threads=1)
+    q_bytes = sum(int(np.prod(t.dims)) for t in plan.model.graph.initializer if t.name.endswith("_P8"))
+    assert files[DERIVED_FILE].nbytes >= q_bytes > 0 and set(files) == {DERIVED_FILE, "weights.bin"}
+
+
+def test_opening_the_exported_int8_prompt_graph_imports_no_onnx(int4):
+    """The table path needs numpy only (importing onnx costs ~1.5 s here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from retnet_edge.runtimes.onnxruntime import OnnxSession; "
+            f"s = OnnxSession({str(int4)!r}, threads=1); s.open_prompt(); "
+            "assert s.derived_prompt is not None; print('onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+def test_an_artifact_without_the_int8_graph_is_rewritten_at_load_to_the_same_logits(int4, tmp_path):
+    d = tmp_path / "older"
+    shutil.copytree(int4, d)
+    (d / ONNX_PREFILL_INT8_FILE).unlink()
+    (d / ONNX_PREFILL_INT8_TABLE).unlink()
+    ids, pos = np.arange(7, 47)[None], np.arange(40)[None]
+    got = {}
+    for name, path in (("exported", int4), ("rewritten", d)):
+        s = OnnxSession(path, threads=1)
+        got[name] = s.run_prefill(ids, pos, s.init_state(1))[0]
+        assert s.derived_prompt is not None
+    np.testing.assert_array_equal(got["exported"], got["rewritten"])
 
 
 def test_derived_prompt_tracks_the_stored_one_and_the_step_loop(int4):
@@ -109,17 +140,56 @@ def test_the_gate_checks_both_prompt_weights(int4):
                                                                      for n in names)
 
 
+def test_auto_keeps_the_stored_weights_where_deriving_would_not_fit(int4, monkeypatch):
+    import retnet_edge.base.io_utils as io_utils
+
+    monkeypatch.setattr(io_utils, "available_memory_bytes", lambda: 1 << 20)
+    s = OnnxSession(int4, threads=1)
+    s.open_prompt()
+    assert s.derived_prompt is None and "GiB is available" in s.prompt_note
+    ids = np.arange(5, 25)[None]
+    logits, _ = s.run_prefill(ids, np.arange(20)[None], s.init_state(1))
+    assert np.isfinite(logits).all()
+
+
 def test_an_int8_artifact_has_nothing_to_derive(demo_export):
     d = demo_export("onnx", "int8").path
-    assert int8_prompt_model(d / ONNX_PREFILL_FILE) is None
+    assert plan_int8_prompt(d / ONNX_PREFILL_FILE) is None and not (d / ONNX_PREFILL_INT8_TABLE).exists()
     s = OnnxSession(d, threads=1)
     s.open_prompt()
     assert s.derived_prompt is None and s.prompt_graph_variants == ()
 
 
-def test_external_data_outside_the_artifact_is_refused(int4, tmp_path):
+def _copy_with_table(int4, tmp_path, edit):
+    import json
+
     d = tmp_path / "art"
     shutil.copytree(int4, d)
+    table = json.loads((d / ONNX_PREFILL_INT8_TABLE).read_text())
+    edit(table)
+    (d / ONNX_PREFILL_INT8_TABLE).write_text(json.dumps(table))
+    return d
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update(files=["../outside.bin"]), "not a file of"),
+    (lambda t: t["linears"][0]["b"].update(offset=1 << 40), "do not fit"),
+    (lambda t: t["linears"][1].update(q_at=0), "overlap"),
+    (lambda t: t["linears"][0].update(k=100), "not derivable"),
+    (lambda t: t.update(format=99), "unknown int8 prompt table format"),
+    (lambda t: t.pop("linears"), "could not be read"),
+])
+def test_a_tampered_table_gives_one_error(int4, tmp_path, edit, message):
+    (tmp_path / "outside.bin").write_bytes(b"\0" * (1 << 20))
+    d = _copy_with_table(int4, tmp_path, edit)
+    with pytest.raises(ArtifactError, match=message):
+        OnnxSession(d, threads=1).open_prompt()
+
+
+def test_external_data_outside_the_artifact_is_refused_on_rewrite(int4, tmp_path):
+    d = tmp_path / "art"
+    shutil.copytree(int4, d)
+    (d / ONNX_PREFILL_INT8_TABLE).unlink()
     model = onnx.load(str(d / ONNX_PREFILL_FILE), load_external_data=False)
     t = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
     next(e for e in t.external_data if e.key == "location").value = "../outside.bin"
@@ -130,12 +200,14 @@ def test_external_data_outside_the_artifact_is_refused(int4, tmp_path):
 
 
 def test_truncated_weights_give_one_error(int4, tmp_path):
+    import json
+
     d = tmp_path / "art"
     shutil.copytree(int4, d)
     with open(d / "weights.bin", "r+b") as f:
         f.truncate((d / "weights.bin").stat().st_size // 2)
-    with pytest.raises(ArtifactError, match="does not fit weights.bin"):
-        int8_prompt_model(d / ONNX_PREFILL_FILE)
+    with pytest.raises(ArtifactError, match="do not fit weights.bin"):
+        derive_weights(d, json.loads((d / ONNX_PREFILL_INT8_TABLE).read_text()))
 
 
 def test_unknown_prompt_weights_is_a_config_error():

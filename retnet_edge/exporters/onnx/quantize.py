@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from ...contract.quant import INT8_QMAX_REDUCED, QuantPlan
 from ...errors import ExportError
-from ...runtimes.onnx_int8 import INT8_CONSTANTS, node_maker, row_quantize_nodes
+from ...runtimes.onnx_int8_graph import INT8_CONSTANTS, node_maker, row_quantize_nodes
 from .trace import module_of
 
 

@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ...base.interrupts import run_tied
 from ...checkpoints.streaming import ModelWeights
-from ...contract import ONNX_WEIGHTS_FILE
+from ...contract import ONNX_PREFILL_FILE, ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE, ONNX_WEIGHTS_FILE
 from ...contract.request import STATE_OPS
 from ...contract.quant import INT8_QMAX_REDUCED, QuantConfig, QuantPlan
 from ...core.config import RetNetConfig
@@ -487,4 +487,20 @@ def export_onnx(weights: ModelWeights, qc: QuantConfig, plan: QuantPlan, out: Pa
     for fname, model in protos.items():
         onnx.save_model(model, str(out / fname))
     extra = write_genai_files(out, cfg, tokenizer, log=log) if flavor == "genai" else []
+    if ONNX_PREFILL_FILE in protos:
+        extra += write_int8_prompt_graph(out, log)
     return [*graphs, ONNX_WEIGHTS_FILE, *extra]
+
+
+def write_int8_prompt_graph(out: Path, log) -> list[str]:
+    """prefill_int8.onnx and its table where prefill.onnx has int4 linears (runtimes/onnx_int8.py: the runtime
+    derives their int8 weights when it opens the graph; the gate checks it with the rest); [] otherwise."""
+    from ...runtimes.onnx_int8_graph import plan_int8_prompt, write_int8_prompt
+
+    plan = plan_int8_prompt(out / ONNX_PREFILL_FILE)
+    if plan is None or not plan.portable:
+        return []
+    write_int8_prompt(plan, out / ONNX_PREFILL_INT8_FILE, out / ONNX_PREFILL_INT8_TABLE)
+    log(f"  writing the int8 prompt graph ({len(plan.table['linears'])} int4 linears whose int8 weights the runtime "
+        "derives at load) ...")
+    return [ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE]

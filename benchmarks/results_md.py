@@ -98,6 +98,24 @@ def headline(doc: dict) -> list[str]:
     return out
 
 
+def prompt_weights(doc: dict) -> list[str]:
+    """int4 artifacts' prompts on int8 weights derived at load against their stored int4 weights, same process."""
+    rows = [(art, th, next(iter(by.values()))) for (art, _, _, th), by in _groups(doc).items()
+            if next(iter(by.values())).get("stored_prompt")]
+    if not rows:
+        return []
+    out = ["", "int4 prompts, int8 weights derived at load (the default) against the stored int4 weights "
+           "(`--prompt-weights stored`), in the same process:", "",
+           "| subject | threads | prompt tok/s (512), derived | stored | ratio | opening the prompt graph, derived | stored |",
+           "|---|---|---|---|---|---|---|"]
+    for art, th, r in rows:
+        st = r["stored_prompt"]
+        out.append(f"| {_name(art)} | {th} | {r['prefill_tokens_per_s']} | {st['prefill_tokens_per_s']} | "
+                   f"**{r['prefill_tokens_per_s'] / st['prefill_tokens_per_s']:.2f}x** | {r['prompt_open_s']:.2f} s | "
+                   f"{st['prompt_open_s']:.2f} s |")
+    return out
+
+
 def explanation(doc: dict) -> list[str]:
     out = ["| subject | runtime | bits | thr | context | ms/token (median) | p90 | MB read/token | GB/s | of roof "
            "| RSS MiB | state / KV MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -218,7 +236,7 @@ def page(runs: list[tuple[Path, dict]]) -> str:
         out += [f"## {doc['machine']['cpu']} — `benchmarks/results/{path.name}`", "", machine_line(doc), "",
                 f"Settings: contexts {c['contexts']}, {c['tokens']} timed tokens x {c['repeat']} repetitions per "
                 f"context, threads {c['threads']}, baselines {', '.join(c.get('baselines', [])) or 'none'}.", "",
-                *headline(doc), "", "What explains it:", "", *explanation(doc), ""]
+                *headline(doc), *prompt_weights(doc), "", "What explains it:", "", *explanation(doc), ""]
     out += ["## Other measurements (each names its machine)", "", *task_section(RESULTS), *sessions_section(RESULTS),
             *int4_section(RESULTS), *auto_section(RESULTS)]
     return "\n".join(out).rstrip() + "\n"

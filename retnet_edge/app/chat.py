@@ -242,6 +242,8 @@ def open_conversation(model: str, tokenizer: str | None = None, threads: int | N
         raise ConfigError(f"-n/--max-new-tokens must be >= 1, got {max_new_tokens}")
     runner, tok = runner_and_tokenizer(model, tokenizer, threads, step_graph, spin, prompt_weights)
     runner.open_prompt()
+    if getattr(runner.session, "prompt_note", ""):
+        warn(runner.session.prompt_note)
     template = load_chat_template(runner.tokenizer_dir, chat_template)
     cache = cache_for(runner, cache_mb, warn=warn)
     return Conversation(runner, tok, cache, template, sampling, max_new_tokens)

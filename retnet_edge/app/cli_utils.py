@@ -159,7 +159,7 @@ def runtime_options(fn):
     (ONNX artifacts)."""
     fn = click.option("--prompt-weights", type=click.Choice(PROMPT_WEIGHTS), default="auto", show_default=True,
                       help="ONNX int4: auto runs prompts on int8 weights derived from the int4 codes when the prompt "
-                           "graph opens (~1.6-1.9x the prompt speed on AVX2; the file stays int4; `generate` keeps "
+                           "graph opens (~1.8x the prompt speed on AVX2; the file stays int4; `generate` keeps "
                            "the stored graph for prompts under 1,024 tokens, where deriving costs more than it "
                            "saves); stored runs the graph as exported.")(fn)
     fn = click.option("--spin/--no-spin", default=True, show_default=True,

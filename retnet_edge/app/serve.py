@@ -332,6 +332,8 @@ def open_engine(config: ServerConfig, warn: Callable[[str], None] = lambda messa
     runner, tok = runner_and_tokenizer(config.model, config.tokenizer, config.threads, config.step_graph, config.spin,
                                        config.prompt_weights)
     runner.open_prompt()
+    if getattr(runner.session, "prompt_note", ""):
+        warn(runner.session.prompt_note)
     cache = cache_for(runner, config.cache_mb, config.cache_dir, warn=warn)
     template = load_chat_template(runner.tokenizer_dir, config.chat_template)
     name = config.model_name or Path(str(config.model).rstrip("/")).name

@@ -277,19 +277,38 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
 
 
 def available_memory_bytes() -> int | None:
-    """Memory the OS can give this process without swapping (Linux MemAvailable; elsewhere free pages), or
-    None where neither is known."""
+    """Memory the OS can give this process without swapping (Linux MemAvailable; elsewhere free pages), less
+    where a container's memory limit leaves less (cgroup v2 memory.max, v1 limit_in_bytes), or None where
+    none of these is known."""
+    host = None
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            host = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if host is None:
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    room = [x for x in (host, _cgroup_room()) if x is not None]
+    return min(room) if room else None
+
+
+def _cgroup_room() -> int | None:
+    """The memory this process's cgroup may still use (limit - usage), or None without a limit."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f:
+                cap = f.read().strip()
+            with open(usage) as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 1 << 60:  # "max" (v2) or a huge number (v1): no limit
+            return max(0, int(cap) - used)
+    return None
 
 
 def release_freed_memory() -> None:

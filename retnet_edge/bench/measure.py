@@ -159,6 +159,24 @@ def fill_rate(context: int, seconds: float | None) -> dict:
     return {"fill_ms": round(seconds * 1e3, 2), "fill_tokens_per_s": round(context / seconds, 1)}
 
 
+def stored_prompt(dec, prompt: list[int]) -> dict | None:
+    """An int4 ONNX artifact's prompt through its stored int4 weights too (`--prompt-weights stored`), in the
+    same process: the derived int8 weights' gain in one run. None where the artifact has no such choice."""
+    session = getattr(dec.r, "session", None)
+    if session is None or "stored" not in getattr(session, "prompt_graph_variants", ()):
+        return None
+    previous = session.use_prompt_graph("stored")
+    try:
+        t0 = time.perf_counter()
+        session.open_prompt()
+        opened = time.perf_counter() - t0
+        seconds = prompt_seconds(dec.reset, dec.prefill, prompt)
+    finally:
+        session.use_prompt_graph(previous)
+    return {"prompt_open_s": round(opened, 3), "ttft_ms": round(seconds * 1e3, 2),
+            "prefill_tokens_per_s": round(len(prompt) / seconds, 1)}
+
+
 def open_decoder(model: str, runtime: str, path: str, threads: int, positions: int = PROMPT + 16):
     """The subject's decoder; `positions`: what the run reaches (the ONNX baseline preallocates its cache)."""
     from ..runtimes import load_runner
@@ -229,13 +247,14 @@ def measure(spec: dict) -> dict:
             "spread": round((max(medians) - min(medians)) / statistics.median(medians), 4), **fill_rate(context, fill_s),
             "state_bytes_now": dec.state_bytes, "state_fingerprint": fingerprint,
             "memory_mb": memory_delta(memory_mb(), base)})
+    stored = stored_prompt(dec, prompt)
     profile = ort_profile(spec["path"], spec["threads"]) if spec.get("profile") else None
     return {"load_s": round(load_s, 3), "prompt_open_s": round(prompt_open_s, 3), "prompt_weights": prompt_weights,
             "import_rss_mb": round(base.get("rss", 0.0), 1), "profile": profile,
             "torch_imported": "torch" in sys.modules,  # ONNX artifacts run without torch (the base install)
             "memory_after_load_mb": after_load, "memory_after_prefill_mb": after_prefill,
             "prefill_tokens": PROMPT, "ttft_ms": round(ttft * 1e3, 2),
-            "prefill_tokens_per_s": round(PROMPT / ttft, 1), "records": records}
+            "prefill_tokens_per_s": round(PROMPT / ttft, 1), "stored_prompt": stored, "records": records}
 
 
 # op types by what they cost in a RetNet step (the rest: norms, rotary, gating, reshapes)

@@ -221,6 +221,8 @@ def flatten(s: Subject, threads: int, result: dict, bandwidth: dict) -> list[dic
             "ms_per_token_median": r["ms_per_token_median"], "ms_per_token_p90": r["ms_per_token_p90"],
             "tokens_per_s": round(tok_s, 2), "spread": r.get("spread"), "positions": r.get("positions"),
             "prefill_tokens_per_s": result["prefill_tokens_per_s"], "ttft_ms": result["ttft_ms"],
+            "prompt_weights": result.get("prompt_weights"), "prompt_open_s": result.get("prompt_open_s"),
+            "stored_prompt": result.get("stored_prompt"),
             "fill_tokens_per_s": r.get("fill_tokens_per_s"), "fill_ms": r.get("fill_ms"),
             "rss_mb": mem.get("rss"), "rss_peak_mb": mem.get("peak"), "rss_anon_mb": mem.get("anon"),
             "rss_file_mb": mem.get("file"), "state_bytes": state, "state_fingerprint": r.get("state_fingerprint"),
@@ -371,6 +373,16 @@ def render_bench_table(doc: dict) -> str:
             fills = [by_ctx[c].get("fill_tokens_per_s") if c in by_ctx else None for c in deep]
             rows.append(f"{art[-28:]:<28} {rt:<15} {quant:<5} {th:>3} "
                         + " ".join(f"{f:>11.1f}" if f else f"{'—':>11}" for f in fills))
+        rows.append("")
+    derived = [(key, next(iter(by_ctx.values()))) for key, by_ctx in groups.items()
+               if next(iter(by_ctx.values())).get("stored_prompt")]
+    if derived:
+        rows.append("int4 prompt weights: int8 derived at load vs stored int4 (--prompt-weights stored), same process")
+        for (art, rt, quant, th), r in derived:
+            st = r["stored_prompt"]
+            rows.append(f"  {art[-28:]} {th} thr: pp512 {r['prefill_tokens_per_s']} vs {st['prefill_tokens_per_s']} tok/s "
+                        f"(x{r['prefill_tokens_per_s'] / st['prefill_tokens_per_s']:.2f}); opening the prompt graph "
+                        f"{r['prompt_open_s']:.2f} vs {st['prompt_open_s']:.2f} s")
         rows.append("")
     for v in doc["summary"].get("vs_llama_cpp", []):
         pp = f"; pp512 x{v['pp512_ratio']:.2f}" if v["pp512_ratio"] else ""

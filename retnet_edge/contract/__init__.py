@@ -141,6 +141,13 @@ class StepSession(Protocol):
     def use_prompt_graph(self, name: str) -> str:
         """Prompt with weights `name` (one of prompt_graph_variants); returns the choice it replaces."""
 
+    def unchecked_files(self) -> tuple[str, ...]:
+        """Artifact files the last prompt could not run here (ONNX: the int8 prompt graph when its derived
+        weights did not fit in memory): the gate leaves them out of an export and says so in a verify."""
+
+    def unchecked_reason(self) -> str:
+        """Why `unchecked_files` could not run."""
+
     def open_prompt(self, tokens: int | None = None) -> None:
         """Open the prompt graph now (a server or chat before its first request). tokens: the length of the
         one prompt a caller will run before it frees the graph (`generate`), so the session can open the graph
@@ -171,6 +178,12 @@ class SessionDefaults:
 
     def open_prompt(self, tokens: int | None = None) -> None:
         pass
+
+    def unchecked_files(self) -> tuple[str, ...]:
+        return ()
+
+    def unchecked_reason(self) -> str:
+        return ""
 
     def drop_prefill(self) -> None:
         pass

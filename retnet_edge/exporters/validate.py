@@ -74,6 +74,7 @@ class ValidationReport:
     checks: list[CheckResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     noise_floor: float = 0.0
+    unchecked: list[str] = field(default_factory=list)  # artifact files the gate could not run here, and why
 
     @property
     def passed(self) -> bool:
@@ -81,7 +82,8 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "quant": self.quant, "failures": self.failures,
-                "reference_noise_floor": float(f"{self.noise_floor:.3e}"), "checks": [c.to_dict() for c in self.checks]}
+                "reference_noise_floor": float(f"{self.noise_floor:.3e}"), "checks": [c.to_dict() for c in self.checks],
+                **({"unchecked": self.unchecked} if self.unchecked else {})}
 
 
 def validation_tokens(vocab_size: int, batch: int, length: int, tokenizer=None, seed: int = 0) -> np.ndarray:
@@ -214,6 +216,9 @@ def validate(reference, candidate: StepSession, qc: QuantConfig, vocab_size: int
             report.checks.append(compare(f"step x{steps} (batch {B}, {variant})", ref, got, exp))
         candidate.use_step_graph(default)
     for variant in (None, *candidate.prompt_graph_variants):  # the prompt weights a runner may pick
+        if variant and candidate.unchecked_files():  # the default prompt ran the stored graph: checked already
+            report.unchecked.append(f"{', '.join(candidate.unchecked_files())}: {candidate.unchecked_reason()}")
+            break
         default = candidate.use_prompt_graph(variant) if variant else None
         prompts = {}
         for B in batches:

@@ -11,8 +11,8 @@ decode graph's weights, as closely as 7 bits allow.
 The graph (prefill_int8.onnx) is prefill.onnx with each 4-bit MatMulNBits replaced by a QGemm over int8
 weights declared in DERIVED_FILE, a file never written: `derive_weights` makes its bytes from the table
 (prefill_int8.json: where each linear's codes lie in weights.bin, where its int8 weights go) and onnxruntime
-gets them with the session options (`onnx_int8_graph` writes both; an artifact exported before them is
-rewritten at load).
+gets them with the session options (`onnx_int8_graph` writes both at export; an artifact exported before them
+runs its stored prompt graph).
 """
 from __future__ import annotations
 
@@ -83,11 +83,6 @@ def _last_axis_max(a: np.ndarray) -> np.ndarray:
     return a.max(-1)
 
 
-def source_spec_inline(name: str) -> dict:
-    """A table source stored inside the graph (read by the load-time rewrite, never from a table file)."""
-    return {"inline": name}
-
-
 def check_room(table: dict, available: int | None) -> None:
     """NoRoomToDerive when PEAK_COPIES of the derived weights exceed `available` bytes (None: not checked)."""
     need = PEAK_COPIES * int(table["bytes"])
@@ -104,17 +99,24 @@ def mapped_file(directory: Path, name: str) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
-def _read(files: dict[str, np.ndarray], inline: dict, spec: dict, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """One source of the table: a slice of a mapped file (checked to fit) or an array stored in the graph."""
-    if "inline" in spec:
-        return np.asarray(inline[spec["inline"]], dtype).reshape(shape)
+def _read(files: dict[str, np.ndarray], spec: dict, what: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """One source of the table: a slice of a mapped file, checked to be the size its shape says and to fit."""
     data = files[spec["file"]]
     count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    offset, length = int(spec["offset"]), int(spec.get("length", count))
-    if length not in (count, -1) or offset < 0 or offset + count > data.size:
-        raise ArtifactError(f"int4 codes at {spec['file']}+{offset} ({count} bytes) do not fit {spec['file']} "
+    offset, length = _int(spec["offset"]), _int(spec.get("length", count))
+    if length != count:
+        raise ArtifactError(f"{what} at {spec['file']}+{offset}: {length} bytes where its shape {list(shape)} "
+                            f"needs {count}")
+    if offset < 0 or offset + count > data.size:
+        raise ArtifactError(f"{what} at {spec['file']}+{offset} ({count} bytes) do not fit {spec['file']} "
                             f"({data.size} bytes)")
     return data[offset:offset + count].view(dtype).reshape(shape)
+
+
+def _int(v) -> int:
+    if type(v) is not int:  # a float offset would be truncated, a bool would pass as 0 or 1
+        raise ArtifactError(f"the int8 prompt table holds {v!r} where an integer belongs")
+    return v
 
 
 def layout(shapes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
@@ -133,40 +135,42 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def check_layout(table: dict) -> None:
-    """The table's offsets are `layout`'s for its shapes: no two linears overlap and none overruns the buffer
-    (a table that disagreed with its graph would feed a GEMM another linear's weights)."""
+def check_table(table: dict) -> None:
+    """A table this version reads, whose offsets are `layout`'s for its shapes: no two linears' int8 weights
+    overlap and none overruns the buffer. (Where each linear's codes lie is the export's word, kept honest by
+    the manifest's sha256 of the table and of weights.bin.)"""
+    if table.get("format") != TABLE_FORMAT:
+        raise ArtifactError(f"unknown int8 prompt table format {table.get('format')!r} (this version reads "
+                            f"{TABLE_FORMAT}); --prompt-weights stored runs the graph as exported")
     lins = table["linears"]
     for lin in lins:
-        n, k, block = int(lin["n"]), int(lin["k"]), int(lin["block"])
+        n, k, block = _int(lin["n"]), _int(lin["k"]), _int(lin["block"])
         if n <= 0 or k <= 0 or block <= 0 or k % block or block % 2:
             raise ArtifactError(f"{lin.get('name')}: MatMulNBits shape N={n} K={k} block={block} is not derivable")
-    places, total = layout([(int(lin["n"]), int(lin["k"])) for lin in lins])
-    got = [(int(lin["q_at"]), int(lin["s_at"])) for lin in lins]
-    if got != places or int(table["bytes"]) != total:
+    places, total = layout([(lin["n"], lin["k"]) for lin in lins])
+    got = [(_int(lin["q_at"]), _int(lin["s_at"])) for lin in lins]
+    if got != places or _int(table["bytes"]) != total:
         bad = next((lin.get("name") for lin, p, g in zip(lins, places, got) if p != g), "the total")
         raise ArtifactError(f"the int8 prompt table's offsets overlap or overrun ({bad})")
 
 
-def derive_weights(directory: Path, table: dict, threads: int | None = None, inline: dict | None = None
-                   ) -> dict[str, np.ndarray]:
+def derive_weights(directory: Path, table: dict, threads: int | None = None) -> dict[str, np.ndarray]:
     """Every external file the int8 prompt graph reads, by name: DERIVED_FILE's bytes made from the int4 codes
     (`derive_int8` per linear, `threads` workers: numpy releases the GIL) and the artifact's own files,
     memory-mapped."""
-    if table.get("format") != TABLE_FORMAT:
-        raise ArtifactError(f"unknown int8 prompt table format {table.get('format')!r} (this version reads "
-                            f"{TABLE_FORMAT}); --prompt-weights stored runs the graph as exported")
+    check_table(table)
     files = {name: mapped_file(directory, name) for name in table["files"]}
-    check_layout(table)
-    derived = np.empty(int(table["bytes"]), np.uint8)
-    inline = inline or {}
+    derived = np.empty(table["bytes"], np.uint8)
 
     def derive(lin: dict) -> None:
         n, k, block = int(lin["n"]), int(lin["k"]), int(lin["block"])
         blocks = k // block
-        b = _read(files, inline, lin["b"], np.uint8, (n, blocks, block // 2))
-        s = _read(files, inline, lin["scales"], np.float32, (n, blocks))
-        zp = (_read(files, inline, lin["zero_points"], np.uint8, (n, (blocks + 1) // 2))
+        name = lin.get("name")
+        b = _read(files, lin["b"], f"{name}: int4 codes", np.uint8, (n, blocks, block // 2))
+        s = _read(files, lin["scales"], f"{name}: int4 scales", np.float32, (n, blocks))
+        if not np.isfinite(s).all():  # the int4 graph would give NaN logits; rounded codes would hide them
+            raise ArtifactError(f"{lin.get('name')}: its int4 scales have NaN or inf values (a damaged weights file?)")
+        zp = (_read(files, lin["zero_points"], f"{name}: int4 zero points", np.uint8, (n, (blocks + 1) // 2))
               if lin["zero_points"] else None)
         q_at, s_at = int(lin["q_at"]), int(lin["s_at"])
         q_out = derived[q_at:q_at + n * k].view(np.int8).reshape(n, k)

@@ -3,8 +3,9 @@ an artifact's int4 codes (`runtimes/onnx_int8.py` says why and derives them).
 
 Both the exporter (`exporters/onnx/quantize.int8_matmul_nodes`, the int8 linears it writes) and the prompt
 graph rewrite (`plan_int8_prompt`) quantize a GEMM's input the same way: 8 bits per row, symmetric, stored as
-uint8 around 128 (`row_quantize_nodes`). The rewrite runs at export (prefill_int8.onnx and its table, so the
-runtime opens it without importing onnx) and at load for an artifact exported before it existed.
+uint8 around 128 (`row_quantize_nodes`). The rewrite runs at export (prefill_int8.onnx and its table), so the
+gate checks it and the runtime opens it without importing onnx; an artifact exported before it keeps its
+stored prompt graph.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ArtifactError
-from .onnx_int8 import DERIVED_FILE, TABLE_FORMAT, layout, source_spec_inline
+from .onnx_int8 import DERIVED_FILE, TABLE_FORMAT, layout
 
 # the uint8 zero point (128) and the other constants every int8 GEMM reads
 INT8_CONSTANTS = {"int8.zero": np.uint8(128), "int8.qmax": np.float32(127.0),
@@ -92,7 +93,7 @@ class PromptPlan:
 
     model: onnx.ModelProto
     table: dict  # onnx_int8.derive_weights' input: {"format", "bytes", "files", "linears": [...]}
-    inline: dict[str, np.ndarray]  # sources stored inside the graph (a tiny model), by name
+    inline: tuple[str, ...]  # int4 sources stored inside the graph (a tiny model): no table can point at them
 
     @property
     def portable(self) -> bool:
@@ -105,13 +106,13 @@ def plan_int8_prompt(path: Path) -> PromptPlan | None:
     it has none (an int8 artifact, `--prefill-weights int8`). Nothing is derived here."""
     model = onnx.load(str(path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
-    nodes, linears, dead, shapes, inline = [], [], set(), set(), {}
+    nodes, linears, dead, shapes, inline = [], [], set(), set(), []
 
     def source(name: str) -> dict:
         t = inits[name]
         if t.data_location != onnx.TensorProto.EXTERNAL:
-            inline[name] = numpy_helper.to_array(t)
-            return source_spec_inline(name)
+            inline.append(name)
+            return {"inline": name}
         kv = {e.key: e.value for e in t.external_data}
         return {"file": kv.get("location", ""), "offset": int(kv.get("offset", 0)), "length": int(kv.get("length", -1))}
 
@@ -151,7 +152,7 @@ def plan_int8_prompt(path: Path) -> PromptPlan | None:
                    | {s["file"] for lin in linears for s in (lin["b"], lin["scales"], lin["zero_points"])
                       if s and "file" in s})
     table = {"format": TABLE_FORMAT, "bytes": offset, "files": files, "linears": linears}
-    return PromptPlan(model, table, inline)
+    return PromptPlan(model, table, tuple(inline))
 
 
 def write_int8_prompt(plan: PromptPlan, graph_path: Path, table_path: Path) -> None:

@@ -34,7 +34,7 @@ from ..contract import (
 )
 from ..contract.manifest import Manifest
 from ..core.config import RetNetConfig
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .options import PROMPT_WEIGHT_CHOICES, RuntimeOptions
 
 
@@ -102,6 +102,8 @@ class OnnxSession(SessionDefaults):
         self._profile_prefix = profile_prefix  # onnxruntime profiling into files of this prefix (`ort_profile`)
         self.flavor = flavor or _manifest_flavor(self.directory)
         self.step_file = step_graph_for(self.directory, step_graph)
+        if prompt_weights not in PROMPT_WEIGHT_CHOICES:
+            raise ConfigError(f"--prompt-weights {prompt_weights!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
         self.prompt_weights = prompt_weights  # auto: int8 derived from int4 codes at load (`onnx_int8`); stored
         self.derived_prompt: PromptGraphInfo | None = None  # what the open prompt graph derived, if anything
         self.prompt_note = ""  # why auto kept the stored prompt weights, where memory decided it
@@ -137,14 +139,25 @@ class OnnxSession(SessionDefaults):
     @property
     def prompt_graph_variants(self) -> tuple[str, ...]:
         """The prompt weights besides those in use that a runner may pick: the gate checks each. An int4
-        artifact's prompt graph runs int8 weights derived at load (auto) or its stored int4 ones."""
-        if self.flavor != "standard" or not _has_int4_linears(self.directory / ONNX_PREFILL_FILE):
+        artifact with prefill_int8.onnx runs int8 weights derived at load (auto) or its stored int4 ones."""
+        if self.flavor != "standard" or not self._has_int8_prompt():
             return ()
         return tuple(c for c in PROMPT_WEIGHT_CHOICES if c != self.prompt_weights)
+
+    def _has_int8_prompt(self) -> bool:
+        return (self.directory / ONNX_PREFILL_INT8_FILE).is_file() and (self.directory / ONNX_PREFILL_INT8_TABLE).is_file()
+
+    def unchecked_files(self) -> tuple[str, ...]:
+        return (ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE) if self.prompt_note else ()
+
+    def unchecked_reason(self) -> str:
+        return self.prompt_note
 
     def use_prompt_graph(self, name: str) -> str:
         """Prompt with weights `name` (a PROMPT_WEIGHT_CHOICES value) from the next prompt on; returns the
         choice it replaces."""
+        if name not in PROMPT_WEIGHT_CHOICES:
+            raise ConfigError(f"--prompt-weights {name!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
         previous, self.prompt_weights = self.prompt_weights, name
         if self._prefill is not self._step:
             self._prefill = None
@@ -183,26 +196,25 @@ class OnnxSession(SessionDefaults):
         return self._step
 
     def _open_prompt(self, derive: bool):
-        """prefill.onnx; with derive, its 4-bit linears as int8 GEMMs over weights derived from their codes
-        now (`onnx_int8`): prefill_int8.onnx with its table where the export wrote them, else prefill.onnx
-        rewritten here (an artifact exported before them); the graph as stored where it has no int4 linears
-        or the derived weights would not fit in memory (`prompt_note` says so)."""
-        self.derived_prompt = None
-        if not derive:
+        """prefill.onnx; with derive and an int4 artifact's prefill_int8.onnx + table (which the export gate
+        checked), that graph over int8 weights derived from the int4 codes now (`onnx_int8`). The stored graph
+        where the artifact has no int8 prompt graph (not int4, or exported before it) or the derived weights
+        would not fit in memory (`prompt_note` says so)."""
+        self.derived_prompt, self.prompt_note = None, ""
+        if not (derive and self._has_int8_prompt()):
             return self._open(ONNX_PREFILL_FILE, arena=False)
         from ..base.io_utils import available_memory_bytes
-        from .onnx_int8 import DERIVED_FILE, NoRoomToDerive, check_room, derive_weights
+        from .onnx_int8 import DERIVED_FILE, NoRoomToDerive, check_room, check_table, derive_weights
 
         t0 = time.perf_counter()
         try:
-            source = self._int8_prompt_source()
-            if source is None:
-                return self._open(ONNX_PREFILL_FILE, arena=False)
-            model, table, inline = source
+            model = str(self.directory / ONNX_PREFILL_INT8_FILE)
+            table = json.loads((self.directory / ONNX_PREFILL_INT8_TABLE).read_text())
+            check_table(table)
             check_room(table, available_memory_bytes())
-            files = derive_weights(self.directory, table, self._threads, inline)
+            files = derive_weights(self.directory, table, self._threads)
         except NoRoomToDerive as exc:
-            self.prompt_note = f"stored int4 prompt weights: {exc}"
+            self.prompt_note = f"prompts use the stored int4 weights: {exc}"
             return self._open(ONNX_PREFILL_FILE, arena=False)
         except ArtifactError:
             raise
@@ -224,21 +236,6 @@ class OnnxSession(SessionDefaults):
         del files, so  # onnxruntime copied what it needs: the derived buffer and the maps go now
         release_freed_memory()
         return session
-
-    def _int8_prompt_source(self) -> tuple[str | bytes, dict, dict] | None:
-        """(the int8 prompt graph: a path or its bytes, its table, sources stored in the graph), or None where
-        prefill.onnx has no int4 linear. The export's prefill_int8.onnx + prefill_int8.json when present
-        (no onnx import: ~1.5 s of opening here), else prefill.onnx rewritten now."""
-        graph, table = self.directory / ONNX_PREFILL_INT8_FILE, self.directory / ONNX_PREFILL_INT8_TABLE
-        if graph.is_file() and table.is_file():
-            return str(graph), json.loads(table.read_text()), {}
-        path = self.directory / ONNX_PREFILL_FILE
-        if not path.is_file():
-            raise ArtifactError(f"{path} not found")
-        from .onnx_int8_graph import plan_int8_prompt
-
-        plan = plan_int8_prompt(path)
-        return None if plan is None else (plan.model.SerializeToString(), plan.table, plan.inline)
 
     @property
     def prefill_session(self):
@@ -408,20 +405,6 @@ class PromptGraphInfo:
     linears: int  # 4-bit linears moved to the int8 GEMM
     weight_bytes: int  # the int8 weights and scales derived
     seconds: float  # deriving them and opening the session
-
-
-def _has_int4_linears(path: Path) -> bool:
-    """prefill.onnx has a 4-bit MatMulNBits (read without its weights; an int8 prompt table says so)."""
-    if (path.parent / ONNX_PREFILL_INT8_TABLE).is_file():
-        return True
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a missing or broken graph fails where it is opened, with its own message
-        return False
-    return any(n.op_type == "MatMulNBits" and all(a.i == 4 for a in n.attribute if a.name == "bits")
-               for n in model.graph.node)
 
 
 def _manifest_flavor(directory: Path) -> str:

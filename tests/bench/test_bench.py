@@ -145,3 +145,16 @@ def test_the_onnx_baseline_is_the_gqa_graph_people_deploy_and_it_is_right(tmp_pa
     assert np.abs(r.step(ids[5]) - ref[5]).max() < 1e-5 * np.abs(ref).max()  # rewound: the same token, the same logits
     with pytest.raises(ArtifactError, match="holds 16"):
         r.prefill(list(range(3, 20)))
+
+
+def test_an_int4_artifact_is_timed_with_derived_and_stored_prompt_weights(demo_export, tmp_path):
+    """One run gives the int8-derived prompt and the stored int4 one, and what opening each graph cost."""
+    art = demo_export("onnx", "int4")
+    res = CliRunner().invoke(main, ["bench", str(art.path), "--baseline", "none", "--contexts", "0", "--tokens", "4",
+                                    "--repeat", "1", "--threads", "1", "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "int4 prompt weights: int8 derived at load vs stored int4" in res.stdout
+    (r,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert r["prompt_weights"].startswith("int8 derived at load (48 linears")
+    assert r["prompt_open_s"] > 0 and r["stored_prompt"]["prompt_open_s"] > 0
+    assert r["prefill_tokens_per_s"] > 0 and r["stored_prompt"]["prefill_tokens_per_s"] > 0

@@ -80,18 +80,15 @@ def test_opening_the_exported_int8_prompt_graph_imports_no_onnx(int4):
     assert out.stdout.strip() == "False"
 
 
-def test_an_artifact_without_the_int8_graph_is_rewritten_at_load_to_the_same_logits(int4, tmp_path):
+def test_an_artifact_without_the_int8_graph_keeps_its_stored_prompt_graph(int4, tmp_path):
+    """An artifact exported before prefill_int8.onnx: its gate never ran a derived prompt, so none runs."""
     d = tmp_path / "older"
     shutil.copytree(int4, d)
     (d / ONNX_PREFILL_INT8_FILE).unlink()
     (d / ONNX_PREFILL_INT8_TABLE).unlink()
-    ids, pos = np.arange(7, 47)[None], np.arange(40)[None]
-    got = {}
-    for name, path in (("exported", int4), ("rewritten", d)):
-        s = OnnxSession(path, threads=1)
-        got[name] = s.run_prefill(ids, pos, s.init_state(1))[0]
-        assert s.derived_prompt is not None
-    np.testing.assert_array_equal(got["exported"], got["rewritten"])
+    s = OnnxSession(d, threads=1)
+    s.open_prompt()
+    assert s.derived_prompt is None and s.prompt_graph_variants == () and s.unchecked_files() == ()
 
 
 def test_derived_prompt_tracks_the_stored_one_and_the_step_loop(int4):
@@ -147,6 +144,7 @@ def test_auto_keeps_the_stored_weights_where_deriving_would_not_fit(int4, monkey
     s = OnnxSession(int4, threads=1)
     s.open_prompt()
     assert s.derived_prompt is None and "GiB is available" in s.prompt_note
+    assert s.unchecked_files() == (ONNX_PREFILL_INT8_FILE, ONNX_PREFILL_INT8_TABLE)
     ids = np.arange(5, 25)[None]
     logits, _ = s.run_prefill(ids, np.arange(20)[None], s.init_state(1))
     assert np.isfinite(logits).all()
@@ -178,6 +176,8 @@ def _copy_with_table(int4, tmp_path, edit):
     (lambda t: t["linears"][0].update(k=100), "not derivable"),
     (lambda t: t.update(format=99), "unknown int8 prompt table format"),
     (lambda t: t.pop("linears"), "could not be read"),
+    (lambda t: t["linears"][0]["b"].update(offset=1.5), "where an integer belongs"),
+    (lambda t: t["linears"][0]["scales"].update(length=3), "needs"),
 ])
 def test_a_tampered_table_gives_one_error(int4, tmp_path, edit, message):
     (tmp_path / "outside.bin").write_bytes(b"\0" * (1 << 20))
@@ -186,16 +186,16 @@ def test_a_tampered_table_gives_one_error(int4, tmp_path, edit, message):
         OnnxSession(d, threads=1).open_prompt()
 
 
-def test_external_data_outside_the_artifact_is_refused_on_rewrite(int4, tmp_path):
+def test_nan_scales_are_refused_not_rounded(int4, tmp_path):
+    import json
+
     d = tmp_path / "art"
     shutil.copytree(int4, d)
-    (d / ONNX_PREFILL_INT8_TABLE).unlink()
-    model = onnx.load(str(d / ONNX_PREFILL_FILE), load_external_data=False)
-    t = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
-    next(e for e in t.external_data if e.key == "location").value = "../outside.bin"
-    (tmp_path / "outside.bin").write_bytes(b"\0" * (1 << 20))
-    onnx.save(model, str(d / ONNX_PREFILL_FILE))
-    with pytest.raises(ArtifactError, match="not a file of"):
+    spec = json.loads((d / ONNX_PREFILL_INT8_TABLE).read_text())["linears"][0]["scales"]
+    with open(d / "weights.bin", "r+b") as f:
+        f.seek(spec["offset"])
+        f.write(np.full(4, np.nan, np.float32).tobytes())
+    with pytest.raises(ArtifactError, match="NaN or inf"):
         OnnxSession(d, threads=1).open_prompt()
 
 
@@ -210,6 +210,53 @@ def test_truncated_weights_give_one_error(int4, tmp_path):
         derive_weights(d, json.loads((d / ONNX_PREFILL_INT8_TABLE).read_text()))
 
 
-def test_unknown_prompt_weights_is_a_config_error():
+def test_unknown_prompt_weights_is_a_config_error(int4):
     with pytest.raises(ConfigError, match="--prompt-weights"):
         RuntimeOptions(prompt_weights="int3")
+    with pytest.raises(ConfigError, match="--prompt-weights"):
+        OnnxSession(int4, threads=1, prompt_weights="bogus")
+    with pytest.raises(ConfigError, match="--prompt-weights"):
+        OnnxSession(int4, threads=1).use_prompt_graph("bogus")
+
+
+def test_the_gate_does_not_vouch_for_an_int8_prompt_graph_it_could_not_run(tmp_path, monkeypatch):
+    """Where the derived weights do not fit during the export's gate, the int8 prompt graph is left out (the
+    artifact's prompts then run the stored graph everywhere), and `verify` fails rather than pass unchecked."""
+    import retnet_edge.base.io_utils as io_utils
+    from retnet_edge.contract.quant import QuantConfig
+    from retnet_edge.exporters import export_model
+
+    monkeypatch.setattr(io_utils, "available_memory_bytes", lambda: 1 << 20)
+    lines = []
+    art = export_model("demo", "onnx", QuantConfig("int4", int4_method="rtn"), tmp_path / "art", steps=16, log=lines.append)
+    assert not (art.path / ONNX_PREFILL_INT8_FILE).exists() and not (art.path / ONNX_PREFILL_INT8_TABLE).exists()
+    assert ONNX_PREFILL_INT8_TABLE not in art.manifest.files and any("left out" in x for x in lines)
+    assert "GiB is available" in art.manifest.validation["unchecked"][0]
+    monkeypatch.undo()
+    assert OnnxSession(art.path, threads=1).prompt_graph_variants == ()
+
+
+def test_verify_fails_where_it_cannot_run_the_int8_prompt_graph(int4, monkeypatch):
+    import retnet_edge.base.io_utils as io_utils
+    from retnet_edge.exporters.pipeline import verify_artifact
+
+    monkeypatch.setattr(io_utils, "available_memory_bytes", lambda: 1 << 20)
+    v = verify_artifact(int4, steps=16)
+    assert not v.report.passed and any(f.startswith("not checked: prefill_int8.onnx") for f in v.report.failures)
+
+
+def test_eval_scores_the_prompt_weights_it_is_asked_for(int4):
+    import json
+
+    from click.testing import CliRunner
+
+    from retnet_edge.cli import main
+
+    ppl = {}
+    for choice in ("auto", "stored"):
+        res = CliRunner().invoke(main, ["eval", str(int4), "--max-tokens", "300", "--threads", "1", "--json",
+                                        "--prompt-weights", choice])
+        assert res.exit_code == 0, res.output
+        ppl[choice] = json.loads(res.stdout)["perplexity"]
+    assert all(np.isfinite(p) and p > 1 for p in ppl.values()) and ppl["auto"] != ppl["stored"]
+    assert abs(ppl["auto"] / ppl["stored"] - 1) < 0.05  # the same model, rounded two ways

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_utils import emit, require_file, runner_and_tokenizer
+from ..cli_utils import PROMPT_WEIGHTS, emit, require_file, runner_and_tokenizer
 
 TEXT_ONLY = ("text_file", "window", "max_tokens", "reference")
 TASKS_ONLY = ("limit", "num_fewshot", "include_path", "max_length")
@@ -26,10 +26,14 @@ TASKS_ONLY = ("limit", "num_fewshot", "include_path", "max_length")
               help="Refuse items longer than N tokens (default: the artifact's own limit, if it declares one).")
 @click.option("--threads", type=int, default=None, help="CPU threads for the runtime.")
 @click.option("--tokenizer", type=click.Path(), help="Tokenizer file if MODEL has none.")
+@click.option("--prompt-weights", type=click.Choice(PROMPT_WEIGHTS), default="auto", show_default=True,
+              help="ONNX int4: text is scored through the prompt graph, so auto scores the int8 weights derived "
+                   "from the int4 codes (what prompts run on); stored scores the int4 weights as exported (what "
+                   "decoding runs on).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def eval_cmd(ctx, model, text_file, window, max_tokens, reference, tasks, limit, num_fewshot, include_path,
-             max_length, threads, tokenizer, as_json):
+             max_length, threads, tokenizer, prompt_weights, as_json):
     """Perplexity and bits per byte of MODEL on a text; with --reference, its divergence from another
     model; with --tasks, its accuracy on lm-evaluation-harness tasks (each choice scored from the state
     after the shared context).
@@ -51,9 +55,9 @@ def eval_cmd(ctx, model, text_file, window, max_tokens, reference, tasks, limit,
         raise click.UsageError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply "
                                f"{'with' if tasks is not None else 'without'} --tasks")
     if tasks is not None:
-        _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, tokenizer, as_json)
+        _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, tokenizer, prompt_weights, as_json)
     else:
-        _text(model, text_file, window, max_tokens, reference, threads, tokenizer, as_json)
+        _text(model, text_file, window, max_tokens, reference, threads, tokenizer, prompt_weights, as_json)
 
 
 def _progress(what: str, as_json: bool):
@@ -78,10 +82,10 @@ def _progress(what: str, as_json: bool):
     return update
 
 
-def _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, tokenizer, as_json):
+def _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, tokenizer, prompt_weights, as_json):
     from ..tasks import format_table, run_tasks
 
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, prompt_weights=prompt_weights)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     r = run_tasks(runner, tok, names, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
                   max_length=max_length, progress=_progress("requests", as_json))
@@ -89,7 +93,7 @@ def _tasks(model, tasks, limit, num_fewshot, include_path, max_length, threads, 
     emit(r, as_json, format_table(r))
 
 
-def _text(model, text_file, window, max_tokens, reference, threads, tokenizer, as_json):
+def _text(model, text_file, window, max_tokens, reference, threads, tokenizer, prompt_weights, as_json):
     from pathlib import Path
 
     from ...base.paths import DEMO_DIR
@@ -100,7 +104,7 @@ def _text(model, text_file, window, max_tokens, reference, threads, tokenizer, a
             raise RetNetEdgeError("no --text given and no demo held-out text is installed")
         text_file = DEMO_DIR / "heldout.txt"
     require_file(text_file, "text")
-    runner, tok = runner_and_tokenizer(model, tokenizer, threads)
+    runner, tok = runner_and_tokenizer(model, tokenizer, threads, prompt_weights=prompt_weights)
     text = Path(text_file).read_text(encoding="utf-8")
     if reference is not None:
         from ...runtimes import load_runner

@@ -39,7 +39,7 @@ FLAVORS = sorted({f for fs in TARGET_FLAVORS.values() for f in fs})
 @click.option("--prefill-weights", default="same", show_default=True, type=click.Choice(["same", "int8"]),
               help="ONNX int4 only: `int8` stores int8 copies of the int4 weights for the prompt graph (weights.bin "
                    "~1.7x larger). By default (same) the runner derives int8 prompt weights from the int4 codes when "
-                   "it opens the prompt graph (prefill_int8.onnx; ~1.9x faster prompts on AVX2 than onnxruntime's "
+                   "it opens the prompt graph (prefill_int8.onnx; ~1.8x faster prompts on AVX2 than onnxruntime's "
                    "int4 GEMM, ~2 s more to open on a 270M model); `int8` saves that derivation, and its copies are "
                    "rounded from the fp32 weights rather than from the int4 codes. Decode is unchanged.")
 @click.option("--int4-method", type=click.Choice(["auto", *INT4_METHODS]), default="auto", show_default=True,

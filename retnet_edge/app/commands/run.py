@@ -56,5 +56,7 @@ def generate_cmd(model, prompt, max_new_tokens, temperature, top_k, top_p, seed,
     else:
         click.echo(prompt + text)
     info(speed)
+    if getattr(runner.session, "prompt_note", ""):
+        info(runner.session.prompt_note)
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ArtifactError
 from .onnx_int8 import DERIVED_FILE, TABLE_FORMAT, layout
 
 # the uint8 zero point (128) and the other constants every int8 GEMM reads
@@ -156,9 +155,8 @@ def plan_int8_prompt(path: Path) -> PromptPlan | None:
 
 
 def write_int8_prompt(plan: PromptPlan, graph_path: Path, table_path: Path) -> None:
-    """The rewritten graph and its table, beside prefill.onnx (the export's temporary directory)."""
-    if not plan.portable:
-        raise ArtifactError("the prompt graph keeps some int4 codes inside itself; its int8 graph is derived at load")
+    """The rewritten graph and its table, beside prefill.onnx (the export's temporary directory); for a
+    `portable` plan only (a table cannot point at codes stored inside the graph)."""
     onnx.save_model(plan.model, str(graph_path))
     table_path.write_text(json.dumps(plan.table, indent=1) + "\n")
 

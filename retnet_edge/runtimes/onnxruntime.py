@@ -34,8 +34,8 @@ from ..contract import (
 )
 from ..contract.manifest import Manifest
 from ..core.config import RetNetConfig
-from ..errors import ArtifactError, ConfigError
-from .options import PROMPT_WEIGHT_CHOICES, RuntimeOptions
+from ..errors import ArtifactError
+from .options import PROMPT_WEIGHT_CHOICES, RuntimeOptions, check_prompt_weights
 
 
 def session_options(threads: int | None = None, arena: bool = True, spin: bool = True):
@@ -102,8 +102,7 @@ class OnnxSession(SessionDefaults):
         self._profile_prefix = profile_prefix  # onnxruntime profiling into files of this prefix (`ort_profile`)
         self.flavor = flavor or _manifest_flavor(self.directory)
         self.step_file = step_graph_for(self.directory, step_graph)
-        if prompt_weights not in PROMPT_WEIGHT_CHOICES:
-            raise ConfigError(f"--prompt-weights {prompt_weights!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
+        check_prompt_weights(prompt_weights)
         self.prompt_weights = prompt_weights  # auto: int8 derived from int4 codes at load (`onnx_int8`); stored
         self.derived_prompt: PromptGraphInfo | None = None  # what the open prompt graph derived, if anything
         self.prompt_note = ""  # why auto kept the stored prompt weights, where memory decided it
@@ -156,8 +155,7 @@ class OnnxSession(SessionDefaults):
     def use_prompt_graph(self, name: str) -> str:
         """Prompt with weights `name` (a PROMPT_WEIGHT_CHOICES value) from the next prompt on; returns the
         choice it replaces."""
-        if name not in PROMPT_WEIGHT_CHOICES:
-            raise ConfigError(f"--prompt-weights {name!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
+        check_prompt_weights(name)
         previous, self.prompt_weights = self.prompt_weights, name
         if self._prefill is not self._step:
             self._prefill = None
@@ -175,7 +173,8 @@ class OnnxSession(SessionDefaults):
             self.step_file = ONNX_STEP_FILE
             return self._open(self.step_file)
 
-    def _open(self, name: str, arena: bool = True):
+    def _open(self, name: str, arena: bool = True, files: dict | None = None, hint: str = ""):
+        """A session of graph `name`; `files`: the contents of its external files, handed over in memory."""
         path = self.directory / name
         if not path.is_file():
             raise ArtifactError(f"{path} not found")
@@ -183,9 +182,12 @@ class OnnxSession(SessionDefaults):
             so = session_options(self._threads, arena, self._spin)
             if self._profile_prefix:
                 so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
+            if files:
+                so.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
+                                                                  [a.nbytes for a in files.values()])
             return self._ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc})") from exc
+            raise ArtifactError(f"{path} could not be loaded by onnxruntime ({exc}){hint}") from exc
 
     @property
     def step_session(self):
@@ -208,7 +210,6 @@ class OnnxSession(SessionDefaults):
 
         t0 = time.perf_counter()
         try:
-            model = str(self.directory / ONNX_PREFILL_INT8_FILE)
             table = json.loads((self.directory / ONNX_PREFILL_INT8_TABLE).read_text())
             check_table(table)
             check_room(table, available_memory_bytes())
@@ -221,19 +222,11 @@ class OnnxSession(SessionDefaults):
         except Exception as exc:  # a malformed table or graph, a short read
             raise ArtifactError(f"{self.directory}: the int8 prompt graph could not be read ({exc}); "
                                 "--prompt-weights stored runs the graph as exported") from exc
-        so = session_options(self._threads, False, self._spin)
-        if self._profile_prefix:
-            so.enable_profiling, so.profile_file_prefix = True, self._profile_prefix
-        so.add_external_initializers_from_files_in_memory(list(files), list(files.values()),
-                                                          [a.nbytes for a in files.values()])
-        try:
-            session = self._ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ArtifactError(f"{self.directory}: the int8 prompt graph could not be loaded by onnxruntime ({exc}); "
-                                "--prompt-weights stored runs the graph as exported") from exc
+        session = self._open(ONNX_PREFILL_INT8_FILE, arena=False, files=files,
+                             hint="; --prompt-weights stored runs the graph as exported")
         self.derived_prompt = PromptGraphInfo(len(table["linears"]), int(files[DERIVED_FILE].nbytes),
                                               time.perf_counter() - t0)
-        del files, so  # onnxruntime copied what it needs: the derived buffer and the maps go now
+        del files  # onnxruntime copied what it needs: the derived buffer and the maps go now
         release_freed_memory()
         return session
 

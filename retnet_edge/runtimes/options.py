@@ -19,6 +19,11 @@ STEP_GRAPH_CHOICES = ("auto", "fused", "chain")
 PROMPT_WEIGHT_CHOICES = ("auto", "stored")
 
 
+def check_prompt_weights(choice: str) -> None:
+    if choice not in PROMPT_WEIGHT_CHOICES:
+        raise ConfigError(f"--prompt-weights {choice!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
+
+
 def check_threads(threads: int | None) -> None:
     """None (the runtime's default) or 1..MAX_THREADS: -1 aborted the ExecuTorch runtime and 100000 grew
     onnxruntime past 2.5 GB before crashing (issue 14)."""
@@ -41,5 +46,4 @@ class RuntimeOptions:
         check_threads(self.threads)
         if self.step_graph not in STEP_GRAPH_CHOICES:
             raise ConfigError(f"--step-graph {self.step_graph!r}: expected one of {', '.join(STEP_GRAPH_CHOICES)}")
-        if self.prompt_weights not in PROMPT_WEIGHT_CHOICES:
-            raise ConfigError(f"--prompt-weights {self.prompt_weights!r}: expected one of {', '.join(PROMPT_WEIGHT_CHOICES)}")
+        check_prompt_weights(self.prompt_weights)
